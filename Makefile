@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` (set up, then run the main job) and `make test` (set up, then test).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+OUT ?= runs/demo
+
+.PHONY: setup demo test lab pretrain bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -e '.[notebooks,test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/clipood-kit demo --out $(OUT)
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+pretrain: setup
+	$(VENV)/bin/clipood-kit pretrain
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

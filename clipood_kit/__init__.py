@@ -1,0 +1,11 @@
+"""clipood-kit: fine-tune CLIP so it stays robust out of distribution.
+
+The public functions of CLIPood (Shu et al., ICML 2023) live here; the rest is organised by module:
+`data` (the embedded world, folder datasets, splits), `models` (loader), `methods` (losses, averaging, the
+method registry), `training` (the Accelerate loop), `protocols`, `evaluation`, `figures`, `cli`.
+"""
+from .methods import BetaMovingAverage, beta_weights, class_margins, mms_loss
+from .models import load_clip
+
+__version__ = "0.1.0"
+__all__ = ["BetaMovingAverage", "beta_weights", "class_margins", "mms_loss", "load_clip"]

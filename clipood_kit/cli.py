@@ -1,0 +1,196 @@
+"""The `clipood-kit` command line: one small function per subcommand, each building the same config
+objects the notebooks build."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .data import WORLD
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny-clip-world",
+                   help="open_clip architecture (default: the embedded tiny-clip-world)")
+    p.add_argument("--pretrained", default="default",
+                   help="open_clip pretrained tag, a local checkpoint file, 'none' for random init, or "
+                        "'default' (the shipped weights of the tiny model)")
+    p.add_argument("--device", default="cpu")
+
+
+def _pretrained(value: str) -> Optional[str]:
+    return None if value.lower() == "none" else value
+
+
+def cmd_pretrain(args) -> int:
+    from .pretrain import PretrainConfig, pretrain
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed))
+                 if v is not None}
+    cfg = PretrainConfig(**overrides)
+    card = pretrain(cfg, out=args.out)
+    from .zeroshot import format_table
+    print(format_table(card["zeroshot_eval"]["accuracy"], "zero-shot accuracy (%)"))
+    print(f"trained in {card['train_seconds']:.0f} s; weights: {card['weights_file']} ({card['file_bytes'] / 1e6:.2f} MB)")
+    return 0
+
+
+def cmd_zeroshot(args) -> int:
+    from .io import write_json
+    from .zeroshot import ZeroShotConfig, format_table, run_zeroshot
+    cfg = ZeroShotConfig(model=args.model, pretrained=_pretrained(args.pretrained), data=args.data,
+                         per_cell=args.per_cell, seed=args.seed, templates=args.template or None,
+                         batch_size=args.batch_size, device=args.device)
+    result = run_zeroshot(cfg)
+    print(f"zero-shot {result['model_id']} on {result['dataset']['name']} "
+          f"({len(result['dataset']['classes'])} classes, {result['dataset']['size']} images)")
+    print(format_table(result["accuracy"]))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_export_world(args) -> int:
+    from .data import export_world
+    root = export_world(args.root, per_cell=args.per_cell, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote the world as a DomainBed-style tree to {root}")
+    return 0
+
+
+def _experiment_from_args(args):
+    from dataclasses import replace
+    from .presets import get_preset
+    exp = get_preset(args.preset)
+    top = {k: getattr(args, k) for k in ("model", "data", "protocol", "shots", "device") if getattr(args, k) is not None}
+    if args.pretrained is not None:
+        top["pretrained"] = _pretrained(args.pretrained)
+    if args.per_cell is not None:
+        top["per_cell"] = args.per_cell
+    if args.source:
+        top["source_domains"] = args.source
+    if args.target:
+        from .data import open_dataset
+        domains = open_dataset(args.data or exp.data, args.per_cell or exp.per_cell).domains
+        unknown = [t for t in args.target if t not in domains]
+        if unknown:
+            raise ValueError(f"target domain(s) {unknown} not in the dataset; its domains are {domains}")
+        top["source_domains"] = [d for d in domains if d not in args.target]
+    method = {k: v for k, v in (("name", args.method), ("margin_lambda", args.margin_lambda),
+                                ("bma_alpha", args.bma_alpha), ("bma_beta", args.bma_beta)) if v is not None}
+    train = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
+                               ("precision", args.precision), ("seed", args.seed),
+                               ("checkpoint_every", args.checkpoint_every), ("num_workers", args.num_workers))
+             if v is not None}
+    if args.seed is not None:
+        top["split_seed"] = args.seed
+    return replace(exp, **top, method=replace(exp.method, **method), train=replace(exp.train, **train))
+
+
+def cmd_finetune(args) -> int:
+    from dataclasses import asdict
+    from .protocols import prepare, run_method
+    from .zeroshot import format_table
+    exp = _experiment_from_args(args)
+    print(json.dumps({"experiment": asdict(exp)}, indent=1, default=str))
+    setup = prepare(exp)
+    result = run_method(setup, exp.method, exp.train, run_dir=args.out, resume=args.resume,
+                        stop_after=args.stop_after)
+    if not result["completed"]:
+        print(f"stopped after step {result['history'][-1]['step']}; resume with the same command and --resume")
+        return 0
+    print(format_table(result["headline"], f"{exp.method.name} ({result['primary']}) accuracy (%)"))
+    print(f"wrote {args.out}/results.json, history.json and model weights")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from dataclasses import replace
+    from .demo import CELLS, DemoConfig, run_demo
+    cfg = DemoConfig(seeds=tuple(args.seeds))
+    if args.steps is not None:
+        cfg.experiment = replace(cfg.experiment, train=replace(cfg.experiment.train, steps=args.steps))
+    results = run_demo(cfg, args.out)
+    width = max(len(k) for k in results["summary"]) + 2
+    print(f"{'method':<{width}}" + "".join(f"{c.replace(' domains', ''):>16}" for c in CELLS))
+    for method, row in results["summary"].items():
+        print(f"{method:<{width}}" + "".join(f"{row[c]['mean']:>10.1f} ±{row[c]['std']:4.1f}" for c in CELLS))
+    print(f"wrote {args.out}/results.json and {args.out}/report.html in {results['seconds']:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipood-kit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="pretrain the embedded tiny CLIP on the world (writes data/)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="weights file (default: data/tiny-clip-world.safetensors)")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("zeroshot", help="zero-shot accuracy per domain")
+    _add_model_args(p)
+    p.add_argument("--data", default=WORLD, help="'world' or the root of a DomainBed-style folder tree")
+    p.add_argument("--per-cell", type=int, default=40, help="world: images per (style, class)")
+    p.add_argument("--seed", type=int, default=1, help="world: seed of the evaluation images")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeat for an ensemble)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", type=Path, help="write the results here as JSON")
+    p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("finetune", help="fine-tune with one method under one protocol (writes a run folder)")
+    p.add_argument("--preset", default="tiny-world", help="experiment preset (see clipood_kit/presets.py)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--data", default=None, help="'world' or the root of a DomainBed-style folder tree")
+    p.add_argument("--per-cell", type=int, default=None)
+    p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None)
+    p.add_argument("--source", action="append", help="source (training) domain; repeat")
+    p.add_argument("--target", action="append", help="held-out domain (the others are sources); repeat")
+    p.add_argument("--shots", type=int, default=None)
+    p.add_argument("--method", default=None, help="ce, mms, bma, clipood, wise-ft, ema")
+    p.add_argument("--lambda", dest="margin_lambda", type=float, default=None, help="MMS margin lambda")
+    p.add_argument("--bma-alpha", type=float, default=None)
+    p.add_argument("--bma-beta", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--precision", choices=["no", "bf16", "fp16"], default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("demo", help="the main job: zero-shot, CE, ablations and CLIPood on the world + report")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps (fast runs)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export-world", help="write the world as a DomainBed-style image folder")
+    p.add_argument("root", type=Path)
+    p.add_argument("--per-cell", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export_world)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"clipood-kit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Data: the embedded world, DomainBed-style folders, deterministic splits, transforms."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .datasets import (DatasetError, DomainDataset, FolderDataset, TransformedSubset, WorldDataset,
+                       export_world)
+
+WORLD = "world"
+
+
+def open_dataset(source: str = WORLD, per_cell: int = 40, seed: int = 0) -> DomainDataset:
+    """`"world"`: the embedded world grid (per_cell images per style x class, seeded); otherwise the path of a
+    DomainBed-style folder tree."""
+    if source == WORLD:
+        return WorldDataset(per_cell=per_cell, seed=seed)
+    return FolderDataset(Path(source))
+
+
+__all__ = ["DatasetError", "DomainDataset", "FolderDataset", "TransformedSubset", "WorldDataset", "export_world",
+           "open_dataset", "WORLD"]

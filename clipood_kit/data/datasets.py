@@ -1,0 +1,189 @@
+"""Datasets with domains: the embedded world and DomainBed-style image folders, behind one interface.
+
+Both yield `(image, label, domain)` where image is whatever the transform makes of a uint8 C x H x W tensor
+(no transform: the uint8 tensor itself). Both expose `classes`, `domains` (names, sorted), and the per-sample
+`labels` and `domain_ids` tensors that the splits in `clipood_kit.data.splits` work on.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import pil_to_tensor
+
+from . import world as world_mod
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+Transform = Optional[Callable[[torch.Tensor], torch.Tensor]]
+
+
+class DatasetError(ValueError):
+    """A dataset folder or request that cannot be used; the message names the problem and the fix."""
+
+
+class DomainDataset(Dataset):
+    """Common interface: names of classes and domains, per-sample labels and domain ids."""
+
+    classes: List[str]
+    domains: List[str]
+    labels: torch.Tensor
+    domain_ids: torch.Tensor
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int):
+        return self.load(index), int(self.labels[index]), int(self.domain_ids[index])
+
+    def describe(self) -> dict:
+        """JSON-ready identity of the dataset (for results and cache keys)."""
+        return {"name": self.name, "classes": list(self.classes), "domains": list(self.domains), "size": len(self)}
+
+
+class WorldDataset(DomainDataset):
+    """The embedded world as a balanced grid: `per_cell` images for every (style, class), seeded."""
+
+    def __init__(self, per_cell: int = 40, seed: int = 0, config: world_mod.WorldConfig = world_mod.WorldConfig()):
+        batch = world_mod.grid(per_cell, seed, config)
+        self.images = batch.images
+        self.labels = batch.labels
+        self.domain_ids = batch.domains
+        self.batch = batch
+        self.classes = list(config.classes)
+        self.domains = list(config.styles)
+        self.per_cell, self.seed, self.config = per_cell, seed, config
+        self.name = f"world(per_cell={per_cell},seed={seed},size={config.image_size})"
+
+    def load(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+class FolderDataset(DomainDataset):
+    """A DomainBed-style tree `root/<domain>/<class>/<image>` (PACS, VLCS, OfficeHome, TerraIncognita,
+    DomainNet, or `export_world`'s output). Domains and classes are the sorted folder names; samples are
+    ordered by (domain, class, file name), so every split built on them is deterministic.
+    """
+
+    def __init__(self, root: str | os.PathLike, domains: Optional[Sequence[str]] = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset folder {self.root} does not exist; pass the root of a DomainBed-style tree "
+                               f"root/<domain>/<class>/<image> (e.g. clipood-kit export-world {self.root})")
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not found:
+            raise DatasetError(f"{self.root} has no domain folders; expected root/<domain>/<class>/<image>")
+        if domains is not None:
+            missing = [d for d in domains if d not in found]
+            if missing:
+                raise DatasetError(f"domain(s) {missing} missing in {self.root}; available domains: {found}")
+            found = sorted(domains)
+        self.domains = found
+        per_domain = {}
+        for d in self.domains:
+            class_dirs = sorted(p for p in (self.root / d).iterdir() if p.is_dir() and not p.name.startswith("."))
+            files = {c.name: sorted(f for f in c.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS) for c in class_dirs}
+            if not files or not any(files.values()):
+                raise DatasetError(f"domain '{d}' in {self.root} is empty: it needs class folders with images "
+                                   f"({', '.join(IMAGE_EXTENSIONS)})")
+            empty = [c for c, fs in files.items() if not fs]
+            if empty:
+                raise DatasetError(f"class folder(s) {empty} of domain '{d}' hold no images; add images or remove them")
+            per_domain[d] = files
+        reference = set(per_domain[self.domains[0]])
+        for d in self.domains[1:]:
+            classes = set(per_domain[d])
+            if classes != reference:
+                only_ref = sorted(reference - classes)
+                only_here = sorted(classes - reference)
+                raise DatasetError(
+                    f"class sets differ between domains '{self.domains[0]}' and '{d}': only in '{self.domains[0]}': "
+                    f"{only_ref}; only in '{d}': {only_here}. Every domain needs the same class folders.")
+        self.classes = sorted(reference)
+        paths, labels, doms = [], [], []
+        for di, d in enumerate(self.domains):
+            for ci, c in enumerate(self.classes):
+                for f in per_domain[d][c]:
+                    paths.append(f)
+                    labels.append(ci)
+                    doms.append(di)
+        self.paths = paths
+        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.domain_ids = torch.tensor(doms, dtype=torch.long)
+        self.name = f"folder({self.root.resolve()})"
+
+    def load(self, index: int) -> torch.Tensor:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as img:
+                return pil_to_tensor(img.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as e:
+            raise DatasetError(f"cannot read image {path}: {e}. Replace or delete the file.") from e
+
+
+class TransformedSubset(Dataset):
+    """Indices into a DomainDataset with a transform applied to each image."""
+
+    def __init__(self, dataset: DomainDataset, indices: Sequence[int], transform: Transform = None):
+        self.dataset = dataset
+        self.indices = torch.as_tensor(list(indices), dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, label, domain = self.dataset[int(self.indices[i])]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label, domain
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.dataset.labels[self.indices]
+
+    @property
+    def domain_ids(self) -> torch.Tensor:
+        return self.dataset.domain_ids[self.indices]
+
+
+def export_world(root: str | os.PathLike, per_cell: int = 40, seed: int = 0,
+                 config: world_mod.WorldConfig = world_mod.WorldConfig(), overwrite: bool = False) -> Path:
+    """Write the world grid as PNG files `root/<style>/<class>/<n>.png` (a DomainBed-style tree).
+
+    The tree is written into a temporary folder beside `root` and renamed into place, so a failed export
+    leaves nothing half-written.
+    """
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise DatasetError(f"{root} exists and is not empty; choose another folder or pass overwrite=True "
+                               f"(--overwrite)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    data = WorldDataset(per_cell, seed, config)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        counters = {}
+        for i in range(len(data)):
+            d, c = data.domains[int(data.domain_ids[i])], data.classes[int(data.labels[i])]
+            n = counters.get((d, c), 0)
+            counters[(d, c)] = n + 1
+            folder = tmp / d / c
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).save(folder / f"{n:05d}.png")
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root

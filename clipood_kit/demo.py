@@ -1,0 +1,148 @@
+"""The demo (`clipood-kit demo`, `make demo`): on the embedded world and the shipped tiny CLIP, zero-shot,
+plain fine-tuning, the ablations and CLIPood under the open-world protocol (train on base classes of two
+styles; test train/unseen styles x base/new classes), with results.json and a self-contained report.html.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import figures
+from .data import TransformedSubset
+from .evaluation import encode_images
+from .io import write_json, write_text
+from .methods import MethodConfig
+from .protocols import ExperimentConfig, Setup, headline, prepare, run_method, zero_shot_cells
+from .training import TrainConfig
+
+DEMO_METHODS = ("ce", "mms", "bma", "clipood", "wise-ft", "ema")
+CELLS = ("train domains / base", "train domains / new", "unseen domains / base", "unseen domains / new",
+         "unseen domains / H")
+
+
+def demo_experiment() -> ExperimentConfig:
+    """The demo's experiment: hyperparameters tuned for the tiny model on 2 CPU cores (see README)."""
+    return ExperimentConfig(
+        per_cell=30, protocol="open-world",
+        method=MethodConfig(margin_lambda=0.3, bma_alpha=0.5, bma_beta=0.5, ema_decay=0.98),
+        train=TrainConfig(steps=120, batch_size=32, lr=1e-4))
+
+
+@dataclass
+class DemoConfig:
+    seeds: Sequence[int] = (0,)
+    methods: Sequence[str] = DEMO_METHODS
+    experiment: ExperimentConfig = field(default_factory=demo_experiment)
+    umap_points: int = 600
+
+
+def _mean_std(values: List[float]) -> Dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def summarise(per_seed: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Mean and std over seeds of every row and cell."""
+    rows = per_seed[0].keys()
+    return {r: {c: _mean_std([s[r][c] for s in per_seed]) for c in per_seed[0][r]} for r in rows}
+
+
+def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], points: int, seed: int) -> dict:
+    """Image features of `points` evaluation images under each encoder state, projected by one UMAP fitted on
+    the first state's features (the zero-shot model) and applied to the others; class text features too."""
+    import umap
+    gen = torch.Generator().manual_seed(seed)
+    pick = setup.eval_idx[torch.randperm(len(setup.eval_idx), generator=gen)[:points]].sort().values
+    subset = TransformedSubset(setup.dataset, pick, setup.loaded.preprocess)
+    model = setup.loaded.model
+    original = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    feats = {}
+    try:
+        for name, state in states.items():
+            model.visual.load_state_dict(state)
+            feats[name] = encode_images(model, subset)["features"].numpy()
+    finally:
+        model.visual.load_state_dict(original)
+    names = list(states)
+    reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed, n_jobs=1)
+    coords = {names[0]: reducer.fit_transform(feats[names[0]])}
+    coords.update({n: reducer.transform(feats[n]) for n in names[1:]})
+    anchor = reducer.transform(setup.text_features.numpy())
+    return {"coords": coords, "anchors": {n: anchor for n in names},
+            "labels": setup.dataset.labels[pick].numpy(), "domains": setup.dataset.domain_ids[pick].numpy()}
+
+
+def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
+    start = time.perf_counter()
+    out = Path(out)
+    per_seed, runs, umap_data, setup0 = [], {}, None, None
+    for seed in tqdm(cfg.seeds, desc="seeds", disable=not progress or len(cfg.seeds) == 1):
+        exp = replace(cfg.experiment, split_seed=seed, train=replace(cfg.experiment.train, seed=seed))
+        setup = prepare(exp)
+        rows = {"zero-shot": headline("open-world", zero_shot_cells(setup))}
+        for name in tqdm(cfg.methods, desc=f"methods (seed {seed})", disable=not progress):
+            result = run_method(setup, replace(exp.method, name=name), exp.train, progress=progress)
+            rows[name] = result["headline"]
+            if result["primary"] != "last":
+                rows[f"{name} (last step)"] = headline("open-world", result["models"]["last"])
+            runs.setdefault(name, []).append({k: v for k, v in result.items() if k != "states"})
+            if seed == cfg.seeds[0]:
+                if name == "ce":
+                    ce_last = result["states"]["last"]
+                if name == "clipood":
+                    clipood_bma = result["states"]["bma"]
+        per_seed.append(rows)
+        if seed == cfg.seeds[0]:
+            setup0 = setup
+            if cfg.umap_points and "ce" in cfg.methods and "clipood" in cfg.methods:
+                umap_data = umap_projection(setup, {"zero-shot": setup.zero_shot_state, "CE (last)": ce_last,
+                                                    "CLIPood (BMA)": clipood_bma}, cfg.umap_points, seed)
+    summary = summarise(per_seed)
+    results = {"config": {"seeds": list(cfg.seeds), "methods": list(cfg.methods),
+                          "experiment": asdict(cfg.experiment)},
+               "setup": setup0.describe(), "summary": summary, "per_seed": per_seed,
+               "runs": runs, "seconds": round(time.perf_counter() - start, 1)}
+    write_json(out / "results.json", results)
+    write_text(out / "report.html", build_report(results, setup0, umap_data))
+    return results
+
+
+def build_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
+    summary = results["summary"]
+    exp = results["config"]["experiment"]
+    rows = {m: {c: f"{v[c]['mean']:.1f} ± {v[c]['std']:.1f}" for c in CELLS} for m, v in summary.items()}
+    d = setup.describe()
+    intro = (f"<p>{len(results['config']['seeds'])} seed(s), model <code>{d['model_id']}</code>, "
+             f"{len(d['base_classes'])} base and {len(d['new_classes'])} new classes; trained on base classes of "
+             f"{', '.join(d['source_domains'])}; unseen styles: {', '.join(d['target_domains'])}. Base images are "
+             f"classified among base names, new images among new names; H is their harmonic mean. Mean ± std over "
+             f"seeds. Run time {results['seconds']:.0f} s.</p>")
+    sections = [("Accuracy per method", intro + figures.table_html(rows, CELLS),
+                 figures.accuracy_bars(summary, CELLS[:4]))]
+    first_runs = {m: r[0] for m, r in results["runs"].items()}
+    sections.append(("Training loss", "", figures.history_figure({m: r["history"] for m, r in first_runs.items()})))
+    m = exp["method"]
+    sections.append(("Beta moving average weights",
+                     f"<p>w_t = BetaPDF((t + 0.5) / (T + 1); {m['bma_alpha']}, {m['bma_beta']}), T = "
+                     f"{exp['train']['steps']} steps; t = 0 is the zero-shot model.</p>",
+                     figures.beta_weights_figure(exp["train"]["steps"], m["bma_alpha"], m["bma_beta"])))
+    sections.append(("Class-adaptive margins", "<p>MMS margin lambda * (1 - cos(t_i, t_j)) between class text "
+                     "features: similar classes get small margins.</p>",
+                     figures.margin_heatmap(setup.text_features, setup.dataset.classes, m["margin_lambda"])))
+    if umap_data is not None:
+        for colour_by in ("class", "domain"):
+            sections.append((f"Image features before and after fine-tuning (by {colour_by})",
+                             "<p>One UMAP fitted on the zero-shot features; the fine-tuned models' features are "
+                             "placed in the same frame. Crosses: class text features.</p>",
+                             figures.embedding_figure(umap_data["coords"], umap_data["labels"], umap_data["domains"],
+                                                      setup.dataset.classes, setup.dataset.domains,
+                                                      umap_data["anchors"] if colour_by == "class" else None,
+                                                      colour_by)))
+    return figures.report_html("clipood-kit demo: CLIPood on the embedded world", sections)

@@ -1,0 +1,82 @@
+"""Zero-shot classifiers from prompts, image feature extraction, and accuracy per domain.
+
+Classifier (CLIP, Radford et al. 2021, prompt ensembling): for class c and templates m = 1..M,
+`t_c = norm( mean_m norm(g(template_m(c))) )`; prediction `argmax_c cos(f, t_c)`.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+DEFAULT_TEMPLATES = [
+    "a photo of a {}.", "a sketch of a {}.", "a painting of a {}.", "a cartoon of a {}.",
+    "art of the {}.", "a drawing of a {}.", "a rendering of a {}.", "a photo of the large {}.",
+]
+
+
+@torch.no_grad()
+def text_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str],
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """C x D matrix of L2-normalised, template-ensembled class text features (no gradient)."""
+    if not templates:
+        raise ValueError("templates is empty: give at least one prompt template such as 'a photo of a {}.'")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ValueError(f"template(s) {bad} lack the '{{}}' placeholder for the class name")
+    rows = []
+    for name in classnames:
+        tokens = tokenizer([t.format(name) for t in templates]).to(device)
+        feats = F.normalize(model.encode_text(tokens).float(), dim=-1)
+        rows.append(F.normalize(feats.mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def encode_images(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256, device: torch.device | str = "cpu",
+                  num_workers: int = 0, progress: bool = False, desc: str = "encode") -> Dict[str, torch.Tensor]:
+    """L2-normalised image features with labels and domains: {'features', 'labels', 'domains'}."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    feats, labels, domains = [], [], []
+    for images, y, d in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        feats.append(F.normalize(model.encode_image(images.to(device)).float(), dim=-1).cpu())
+        labels.append(y)
+        domains.append(d)
+    model.train(was_training)
+    return {"features": torch.cat(feats), "labels": torch.cat(labels), "domains": torch.cat(domains)}
+
+
+def accuracy_by_domain(predictions: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
+                       domain_names: Sequence[str]) -> Dict[str, float]:
+    """Accuracy (%) per domain present, plus 'mean' (unweighted mean over those domains)."""
+    out = {}
+    for d in domains.unique(sorted=True).tolist():
+        m = domains == d
+        out[domain_names[d]] = 100.0 * (predictions[m] == labels[m]).float().mean().item()
+    if out:
+        out["mean"] = sum(out.values()) / len(out)
+    return out
+
+
+def classify(features: torch.Tensor, classifier: torch.Tensor, class_ids: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Predicted class ids; with `class_ids`, only those classes compete (open-class protocols)."""
+    logits = features @ classifier.T
+    if class_ids is None:
+        return logits.argmax(1)
+    ids = torch.as_tensor(list(class_ids), dtype=torch.long)
+    return ids[logits[:, ids].argmax(1)]
+
+
+def zeroshot_accuracy(model, tokenizer, dataset: Dataset, classnames: Sequence[str], domain_names: Sequence[str],
+                      templates: Sequence[str], batch_size: int = 256, device="cpu", progress: bool = False,
+                      class_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
+    """Zero-shot accuracy per domain of `dataset` (items: image, label, domain)."""
+    classifier = text_classifier(model, tokenizer, classnames, templates, device).cpu()
+    enc = encode_images(model, dataset, batch_size, device, progress=progress, desc="zero-shot")
+    return accuracy_by_domain(classify(enc["features"], classifier, class_ids), enc["labels"], enc["domains"],
+                              domain_names)

@@ -1,0 +1,114 @@
+"""Plotly figures of the method and its results, and the self-contained HTML report.
+
+Each figure is built from plain data by a pure function (the notebooks' widgets call the same functions).
+"""
+from __future__ import annotations
+
+import html
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+import torch
+from plotly.subplots import make_subplots
+
+from .methods import beta_weights, class_margins, zero_shot_share
+
+
+def accuracy_bars(summary: Dict[str, Dict[str, Dict[str, float]]], cells: Sequence[str],
+                  title: str = "Accuracy (%) per method") -> go.Figure:
+    """Grouped bars: x = cells ('unseen domains / new', ...), one bar per method, error bar = std over seeds.
+
+    `summary[method][cell] = {"mean": m, "std": s}`.
+    """
+    fig = go.Figure()
+    for method, row in summary.items():
+        fig.add_bar(name=method, x=list(cells), y=[row[c]["mean"] for c in cells],
+                    error_y=dict(type="data", array=[row[c]["std"] for c in cells], visible=True))
+    fig.update_layout(barmode="group", title=title, yaxis_title="accuracy (%)", legend_title="method")
+    return fig
+
+
+def beta_weights_figure(total_steps: int, alpha: float, beta: float) -> go.Figure:
+    """BMA weights w_t over steps (normalised to sum 1) and the running share of the zero-shot model."""
+    w = np.array(beta_weights(total_steps, alpha, beta))
+    steps = np.arange(total_steps + 1)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_scatter(x=steps, y=w / w.sum(), name="normalised weight w_t / sum w", mode="lines")
+    fig.add_scatter(x=steps, y=zero_shot_share(list(w)), name="zero-shot share of the running average",
+                    mode="lines", line=dict(dash="dot"), secondary_y=True)
+    fig.update_layout(title=f"Beta moving average: Beta({alpha:g}, {beta:g}) over {total_steps} steps",
+                      xaxis_title="step t (0 = zero-shot model)")
+    fig.update_yaxes(title_text="weight", secondary_y=False)
+    fig.update_yaxes(title_text="zero-shot share", range=[0, 1], secondary_y=True)
+    return fig
+
+
+def margin_heatmap(text_features: torch.Tensor, classnames: Sequence[str], margin_lambda: float) -> go.Figure:
+    """The MMS margin matrix lambda * (1 - cos(t_i, t_j)) of the class text features."""
+    m = class_margins(text_features, margin_lambda).numpy()
+    fig = go.Figure(go.Heatmap(z=m, x=list(classnames), y=list(classnames), colorscale="Viridis",
+                               colorbar=dict(title="margin")))
+    fig.update_layout(title=f"Class-adaptive margins, lambda = {margin_lambda:g} (row: true class y, column: class j)",
+                      yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def history_figure(histories: Dict[str, List[dict]]) -> go.Figure:
+    """Training loss per step of each method."""
+    fig = go.Figure()
+    for name, hist in histories.items():
+        fig.add_scatter(x=[r["step"] for r in hist], y=[r["loss"] for r in hist], name=name, mode="lines")
+    fig.update_layout(title="Training loss", xaxis_title="step", yaxis_title="loss")
+    return fig
+
+
+def embedding_figure(coords: Dict[str, np.ndarray], labels: np.ndarray, domains: np.ndarray,
+                     classnames: Sequence[str], domainnames: Sequence[str], anchors: Optional[Dict[str, np.ndarray]] = None,
+                     colour_by: str = "class") -> go.Figure:
+    """Side-by-side 2-D projections (one panel per model) in one shared frame, coloured by class or domain;
+    class text embeddings as black anchors."""
+    names = list(coords)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_xaxes=True, shared_yaxes=True)
+    keys, key_names = (labels, classnames) if colour_by == "class" else (domains, domainnames)
+    palette = pio.templates["plotly"].layout.colorway
+    big = list(palette) + ["#7f7f7f", "#bcbd22", "#17becf", "#8c564b", "#e377c2", "#1f77b4", "#aec7e8", "#ffbb78",
+                           "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d"]
+    for col, name in enumerate(names, start=1):
+        xy = coords[name]
+        for k in np.unique(keys):
+            m = keys == k
+            fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", marker=dict(size=4, color=big[k % len(big)]),
+                              name=key_names[k], legendgroup=key_names[k], showlegend=col == 1, row=1, col=col)
+        if anchors is not None and name in anchors:
+            a = anchors[name]
+            fig.add_scatter(x=a[:, 0], y=a[:, 1], mode="markers+text", text=list(classnames), textposition="top center",
+                            marker=dict(symbol="x", size=8, color="black"), name="class text", showlegend=col == 1,
+                            legendgroup="text", row=1, col=col)
+    fig.update_layout(title=f"UMAP of image features (shared frame), coloured by {colour_by}", height=480)
+    return fig
+
+
+def report_html(title: str, sections: List[tuple]) -> str:
+    """A self-contained HTML page: `sections` are (heading, html text, figure or None); plotly.js inlined once."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "th:first-child,td:first-child{text-align:left}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    first = True
+    for heading, text, fig in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>{text}")
+        if fig is not None:
+            parts.append(pio.to_html(fig, full_html=False, include_plotlyjs="inline" if first else False))
+            first = False
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def table_html(rows: Dict[str, Dict[str, str]], columns: Sequence[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *columns])
+    body = "".join("<tr><td>" + html.escape(r) + "</td>" + "".join(f"<td>{html.escape(v.get(c, ''))}</td>" for c in columns)
+                   + "</tr>" for r, v in rows.items())
+    return f"<table><tr>{head}</tr>{body}</table>"

@@ -1,0 +1,54 @@
+"""Atomic writes: results, histories and weights appear whole or not at all (write a temp file, then rename)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import torch
+
+
+def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+    return _atomic(path, write)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_weights(path: str | os.PathLike, state_dict: Dict[str, torch.Tensor], metadata: Dict[str, str] | None = None) -> Path:
+    """A state dict as safetensors (tensors made contiguous, shared storage cloned)."""
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_weights(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+    """A state dict from .safetensors, or from a torch file with weights_only=True."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state

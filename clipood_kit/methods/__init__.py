@@ -1,0 +1,27 @@
+"""Fine-tuning methods, one registry: a new method is one module and one line in METHODS."""
+from .averaging import (BetaMovingAverage, ExponentialMovingAverage, beta_pdf, beta_weights, interpolate,
+                        zero_shot_share)
+from .base import Method, MethodConfig
+from .clipood import BMA, MMS, CLIPood
+from .ema import EMA
+from .losses import class_margins, margin_logits, mms_loss
+from .wise_ft import WiSEFT
+
+METHODS = {
+    "ce": Method,
+    "mms": MMS,
+    "bma": BMA,
+    "clipood": CLIPood,
+    "ema": EMA,
+    "wise-ft": WiSEFT,
+}
+
+
+def build_method(cfg: MethodConfig) -> Method:
+    if cfg.name not in METHODS:
+        raise ValueError(f"unknown method {cfg.name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[cfg.name](cfg)
+
+
+__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "BetaMovingAverage", "ExponentialMovingAverage",
+           "beta_pdf", "beta_weights", "zero_shot_share", "interpolate", "class_margins", "margin_logits", "mms_loss"]

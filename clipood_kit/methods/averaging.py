@@ -1,0 +1,153 @@
+"""Weight averaging over training: Beta moving average (CLIPood), EMA, and WiSE-FT interpolation.
+
+BMA, CLIPood (Shu et al., ICML 2023, Sec. 3.3, Eq. 7-8): over T optimisation steps, the state after step t
+(t = 0 is the zero-shot model) gets the weight
+
+    w_t = BetaPDF((t + 0.5) / (T + 1); alpha, beta),   t = 0..T
+
+and the average is the exact weighted mean sum_t w_t theta_t / sum_t w_t, kept as a running update after each
+step t >= 1:  r = w_t / sum_{k<t} w_k,  avg = (avg + r * theta_t) / (1 + r).  The average is held in fp32
+whatever precision training runs in (the official code keeps it in fp16, which rounds late contributions away).
+Only parameters are averaged (buffers are not), as in the official code.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Tuple
+
+import torch
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _check_total_steps(total_steps: int) -> None:
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+
+
+def beta_pdf(x: float, alpha: float, beta: float) -> float:
+    """Density of Beta(alpha, beta) at x in (0, 1)."""
+    log_b = math.lgamma(alpha) + math.lgamma(beta) - math.lgamma(alpha + beta)
+    return math.exp((alpha - 1) * math.log(x) + (beta - 1) * math.log1p(-x) - log_b)
+
+
+def beta_weights(total_steps: int, alpha: float, beta: float) -> List[float]:
+    """The total_steps + 1 unnormalised BMA weights w_t = BetaPDF((t + 0.5) / (total_steps + 1)), t = 0..T."""
+    _check_total_steps(total_steps)
+    _check_positive("alpha", alpha)
+    _check_positive("beta", beta)
+    return [beta_pdf((t + 0.5) / (total_steps + 1), alpha, beta) for t in range(total_steps + 1)]
+
+
+def zero_shot_share(weights: List[float]) -> List[float]:
+    """After each step t, the share of the zero-shot model (t = 0) in the average: w_0 / sum_{k<=t} w_k."""
+    out, total = [], 0.0
+    for w in weights:
+        total += w
+        out.append(weights[0] / total)
+    return out
+
+
+def _parameters(module: torch.nn.Module) -> Iterable[Tuple[str, torch.nn.Parameter]]:
+    return ((n, p) for n, p in module.named_parameters())
+
+
+class BetaMovingAverage:
+    """Running Beta-weighted mean of a module's parameters over `total_steps` optimiser steps (fp32).
+
+    Build it from the module before training (that state is t = 0), call `update(module)` after every
+    optimiser step, and `copy_to(module)` to load the average.
+    """
+
+    def __init__(self, module: torch.nn.Module, total_steps: int, alpha: float = 0.5, beta: float = 0.5):
+        self.weights = beta_weights(total_steps, alpha, beta)
+        self.total_steps, self.alpha, self.beta = total_steps, alpha, beta
+        self.average: Dict[str, torch.Tensor] = {n: p.detach().float().clone() for n, p in _parameters(module)}
+        self.step = 0
+        self.weight_sum = self.weights[0]
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> float:
+        """Fold in the module's state after the next step; returns that step's weight w_t."""
+        if self.step >= self.total_steps:
+            raise ValueError(f"update after the last step: the average was built for total_steps={self.total_steps} "
+                             f"and has taken all of them; build it with the true number of steps")
+        self.step += 1
+        w = self.weights[self.step]
+        r = w / self.weight_sum
+        for n, p in _parameters(module):
+            avg = self.average[n]
+            avg.add_(p.detach().float(), alpha=r).div_(1.0 + r)
+        self.weight_sum += w
+        return w
+
+    @property
+    def zero_shot_share(self) -> float:
+        """Share of the t = 0 (zero-shot) state in the current average."""
+        return self.weights[0] / self.weight_sum
+
+    @torch.no_grad()
+    def copy_to(self, module: torch.nn.Module) -> torch.nn.Module:
+        for n, p in _parameters(module):
+            p.copy_(self.average[n].to(p.dtype))
+        return module
+
+    def state_dict(self) -> dict:
+        return {"average": {n: t.clone() for n, t in self.average.items()}, "step": self.step,
+                "weight_sum": self.weight_sum, "total_steps": self.total_steps, "alpha": self.alpha, "beta": self.beta}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["total_steps"], state["alpha"], state["beta"]) != (self.total_steps, self.alpha, self.beta):
+            raise ValueError(f"BMA state was saved for total_steps={state['total_steps']}, alpha={state['alpha']}, "
+                             f"beta={state['beta']}; this run has {self.total_steps}, {self.alpha}, {self.beta}")
+        self.average = {n: t.float().clone() for n, t in state["average"].items()}
+        self.step = int(state["step"])
+        self.weight_sum = float(state["weight_sum"])
+
+
+class ExponentialMovingAverage:
+    """avg = decay * avg + (1 - decay) * theta after every step, in fp32, starting from the zero-shot state."""
+
+    def __init__(self, module: torch.nn.Module, decay: float = 0.99):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.average = {n: p.detach().float().clone() for n, p in _parameters(module)}
+        self.step = 0
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> float:
+        self.step += 1
+        for n, p in _parameters(module):
+            self.average[n].mul_(self.decay).add_(p.detach().float(), alpha=1.0 - self.decay)
+        return 1.0 - self.decay
+
+    @property
+    def zero_shot_share(self) -> float:
+        return self.decay ** self.step
+
+    copy_to = BetaMovingAverage.copy_to
+
+    def state_dict(self) -> dict:
+        return {"average": {n: t.clone() for n, t in self.average.items()}, "step": self.step, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.average = {n: t.float().clone() for n, t in state["average"].items()}
+        self.step, self.decay = int(state["step"]), float(state["decay"])
+
+
+def interpolate(zero_shot: Dict[str, torch.Tensor], fine_tuned: Dict[str, torch.Tensor], mix: float) -> Dict[str, torch.Tensor]:
+    """WiSE-FT (Wortsman et al., CVPR 2022, Eq. 1): theta(a) = (1 - a) * theta_zeroshot + a * theta_finetuned.
+
+    Floating tensors are mixed; other entries (integer buffers) are taken from the fine-tuned state.
+    """
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix (WiSE-FT alpha) must be in [0, 1], got {mix}")
+    if zero_shot.keys() != fine_tuned.keys():
+        raise ValueError("zero-shot and fine-tuned states have different keys; they must be the same architecture")
+    return {k: (torch.lerp(zero_shot[k].float(), fine_tuned[k].float(), mix).to(fine_tuned[k].dtype)
+                if fine_tuned[k].is_floating_point() else fine_tuned[k].clone())
+            for k in fine_tuned}

@@ -1,0 +1,83 @@
+"""The interface every fine-tuning method implements (one small class per method, DomainBed style).
+
+The trainer calls, in order: `setup(encoder, text_features, logit_scale, total_steps)` once; then every step
+`loss(features, labels, images)` and, after the optimiser step, `after_step(encoder)`; at the end
+`final_states(zero_shot_state, last_state)`, which names the models to evaluate. `state_dict` /
+`load_state_dict` carry whatever the method keeps across steps (an average) through checkpoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .averaging import BetaMovingAverage, ExponentialMovingAverage
+from .losses import mms_loss
+
+State = Dict[str, torch.Tensor]
+
+
+@dataclass
+class MethodConfig:
+    """Hyperparameters of all methods, defaults from the papers (shared/METHODS.md)."""
+
+    name: str = "clipood"
+    margin_lambda: float = 0.3        # MMS lambda (CLIPood: 0.3 domain shift / base-to-new, 0.1 in the wild)
+    bma_alpha: float = 0.5            # BMA Beta(alpha, beta) (official code: 0.5 DomainBed, 0.1 base-to-new)
+    bma_beta: float = 0.5
+    ema_decay: float = 0.99
+    wise_mixes: Tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    wise_mix: float = 0.5             # the WiSE-FT model reported as the method's result
+
+
+class Method:
+    """Plain fine-tuning: cross-entropy on logit_scale * cos(f, t_c); the last model is the result."""
+
+    name = "ce"
+    margin_lambda_used = False
+    averager_kind: Optional[str] = None
+
+    def __init__(self, cfg: MethodConfig):
+        self.cfg = cfg
+        self.margin_lambda = cfg.margin_lambda if self.margin_lambda_used else 0.0
+        self.averager = None
+
+    # -- training -------------------------------------------------------------------------------------
+    def setup(self, encoder: torch.nn.Module, text_features: torch.Tensor, logit_scale: float, total_steps: int):
+        self.text_features, self.logit_scale = text_features, logit_scale
+        if self.averager_kind == "bma":
+            self.averager = BetaMovingAverage(encoder, total_steps, self.cfg.bma_alpha, self.cfg.bma_beta)
+        elif self.averager_kind == "ema":
+            self.averager = ExponentialMovingAverage(encoder, self.cfg.ema_decay)
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return mms_loss(features, self.text_features, labels, self.margin_lambda, self.logit_scale)
+
+    def after_step(self, encoder: torch.nn.Module) -> Dict[str, float]:
+        if self.averager is None:
+            return {}
+        weight = self.averager.update(encoder)
+        return {"average_weight": weight, "zero_shot_share": self.averager.zero_shot_share}
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {} if self.averager is None else self.averager.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.averager is not None:
+            self.averager.load_state_dict(state)
+
+    # -- results --------------------------------------------------------------------------------------
+    @property
+    def primary(self) -> str:
+        """Name of the evaluated model that is this method's result."""
+        return self.averager_kind or "last"
+
+    def final_states(self, zero_shot: State, last: State) -> Dict[str, State]:
+        states = {"last": last}
+        if self.averager is not None:
+            averaged = dict(last)
+            averaged.update({n: t.to(last[n].dtype) for n, t in self.averager.average.items()})
+            states[self.averager_kind] = averaged
+        return states

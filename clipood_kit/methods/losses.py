@@ -1,0 +1,57 @@
+"""Classification losses on frozen class text features.
+
+Margin metric softmax (MMS), CLIPood (Shu et al., ICML 2023, Sec. 3.2, Eq. 4-5): with f the normalised image
+feature, t_c the normalised text feature of class c, tau the logit scale and lambda the margin weight,
+
+    z_y = tau * cos(f, t_y)
+    z_j = tau * (cos(f, t_j) + lambda * (1 - cos(t_y, t_j)))     for j != y
+    loss = cross_entropy(z, y)
+
+The margin sits inside the temperature and nothing is subtracted from the target (shared/METHODS.md). The
+official code shifts the feature instead (f - lambda * t_y); that changes every logit of a row by the same
+constant plus the margin, so the softmax is the same. lambda = 0 is plain cross-entropy fine-tuning.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_lambda(margin_lambda: float) -> None:
+    if not margin_lambda >= 0:
+        raise ValueError(f"margin_lambda must be >= 0 (0 = plain cross-entropy), got {margin_lambda}")
+
+
+def class_margins(text_features: torch.Tensor, margin_lambda: float) -> torch.Tensor:
+    """C x C matrix M[i, j] = lambda * (1 - cos(t_i, t_j)), zero on the diagonal."""
+    _check_lambda(margin_lambda)
+    if text_features.ndim != 2:
+        raise ValueError(f"text_features must be C x D (one row per class), got shape {tuple(text_features.shape)}")
+    t = F.normalize(text_features.float(), dim=-1)
+    margins = margin_lambda * (1.0 - t @ t.T)
+    return margins.fill_diagonal_(0.0)
+
+
+def margin_logits(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
+                  margin_lambda: float, logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """The MMS logits z (N x C) defined in the module docstring."""
+    if image_features.ndim != 2 or labels.ndim != 1 or image_features.shape[0] != labels.shape[0]:
+        raise ValueError(f"image_features must be N x D and labels N: got {tuple(image_features.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if image_features.shape[1] != text_features.shape[-1]:
+        raise ValueError(f"feature dimensions differ: image {image_features.shape[1]}, text {text_features.shape[-1]}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= text_features.shape[0]):
+        raise ValueError(f"labels must be class ids in 0..{text_features.shape[0] - 1}")
+    f = F.normalize(image_features.float(), dim=-1)
+    t = F.normalize(text_features.float(), dim=-1)
+    cosine = f @ t.T
+    if margin_lambda == 0:
+        _check_lambda(margin_lambda)
+        return logit_scale * cosine
+    return logit_scale * (cosine + class_margins(t, margin_lambda)[labels])
+
+
+def mms_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
+             margin_lambda: float, logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """Mean MMS loss over the batch; raw features in (normalised here), `text_features` one row per class."""
+    return F.cross_entropy(margin_logits(image_features, text_features, labels, margin_lambda, logit_scale), labels)

@@ -1,0 +1,114 @@
+"""One loader for every CLIP: `load_clip(name, pretrained) -> LoadedCLIP(model, tokenizer, preprocess)`.
+
+- `name` is any open_clip architecture (`open_clip.list_models()`), including the embedded
+  `tiny-clip-world`, which this module registers with open_clip from `clipood_kit/model_configs/`.
+- `pretrained` is an open_clip pretrained tag (downloaded and cached by open_clip itself), a local checkpoint
+  file (a state dict in .safetensors, .pt, .pth or .bin, read with `weights_only=True`), `None` for random
+  initialisation, or `"default"`: the shipped weights for the tiny model, none for the others.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import open_clip
+import torch
+
+from ..data.transforms import make_transform
+from .tokenizer import WordTokenizer
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+TINY_NAME = "tiny-clip-world"
+# World images are roughly centred on grey; these fix the tiny model's input normalisation.
+TINY_MEAN = (0.5, 0.5, 0.5)
+TINY_STD = (0.25, 0.25, 0.25)
+
+open_clip.add_model_config(CONFIG_DIR)
+
+
+def data_dir() -> Path:
+    """The project's `data/` folder (shipped weights); `CLIPOOD_KIT_DATA` overrides it."""
+    return Path(os.environ.get("CLIPOOD_KIT_DATA", Path(__file__).resolve().parents[2] / "data"))
+
+
+def tiny_weights_path() -> Path:
+    return data_dir() / f"{TINY_NAME}.safetensors"
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """Pretrained weights that cannot be obtained (offline, unknown tag); the message says what to pass."""
+
+
+@dataclass
+class LoadedCLIP:
+    model: torch.nn.Module
+    tokenizer: Callable
+    preprocess: Callable          # eval transform: uint8 tensor or PIL image -> normalised float tensor
+    name: str
+    pretrained: Optional[str]
+    model_id: str                 # architecture + weights identity, for results and cache keys
+
+    def __iter__(self):           # model, tokenizer, preprocess = load_clip(...)
+        return iter((self.model, self.tokenizer, self.preprocess))
+
+    def train_transform(self):
+        return make_transform(self.model.visual.preprocess_cfg, train=True)
+
+
+def file_digest(path: Union[str, Path], length: int = 12) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def tiny_tokenizer() -> WordTokenizer:
+    config = json.loads((CONFIG_DIR / f"{TINY_NAME}.json").read_text())
+    return WordTokenizer.from_file(CONFIG_DIR / f"{TINY_NAME}.vocab.json", config["text_cfg"]["context_length"])
+
+
+def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", device: Union[str, torch.device] = "cpu",
+              cache_dir: Optional[str] = None) -> LoadedCLIP:
+    """Build an open_clip model with its weights, tokenizer and eval preprocessing."""
+    available = open_clip.list_models()
+    if name not in available:
+        raise ValueError(f"unknown architecture {name!r}; choose one of open_clip.list_models() "
+                         f"(e.g. {TINY_NAME}, ViT-B-32, ViT-B-16, RN50)")
+    is_tiny = name == TINY_NAME
+    if pretrained == "default":
+        pretrained = str(tiny_weights_path()) if is_tiny else None
+        if is_tiny and not Path(pretrained).is_file():
+            raise PretrainedUnavailableError(
+                f"shipped tiny CLIP weights missing at {pretrained}; run `clipood-kit pretrain` to make them "
+                f"or set CLIPOOD_KIT_DATA to the folder that holds them")
+    kwargs = {"image_mean": TINY_MEAN, "image_std": TINY_STD} if is_tiny else {}
+    is_file = pretrained is not None and Path(pretrained).is_file()
+    if pretrained is not None and not is_file:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise PretrainedUnavailableError(
+                f"{pretrained!r} is neither a file nor a pretrained tag of {name} (tags: {tags or 'none'}); "
+                f"pass an existing checkpoint path")
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device, cache_dir=cache_dir, weights_only=True, **kwargs)
+    except RuntimeError as e:
+        if is_file or "download" not in str(e).lower():
+            raise
+        raise PretrainedUnavailableError(
+            f"could not download pretrained weights {name}/{pretrained} (offline?): fetch the file on a "
+            f"connected machine and pass its path instead, e.g. --pretrained /path/to/open_clip_model.safetensors"
+        ) from None
+    model.eval()
+    tokenizer = tiny_tokenizer() if is_tiny else open_clip.get_tokenizer(name)
+    if is_file:
+        weights = f"file:{Path(pretrained).name}@{file_digest(pretrained)}"
+    else:
+        weights = pretrained or "random-init"
+    return LoadedCLIP(model, tokenizer, make_transform(model.visual.preprocess_cfg), name, pretrained,
+                      f"{name}/{weights}")

@@ -1,0 +1,243 @@
+"""Fine-tuning loop on HF Accelerate (one CPU, one GPU, many GPUs).
+
+- The image encoder is trained; the class text features are computed once, frozen (CLIPood's classifier).
+- AdamW (weight decay 0.1), cosine learning rate per step without warm-up (the official code's schedule).
+- Batches are balanced over the source domains: every step draws batch_size / n_domains images from each
+  domain with replacement (DomainBed's sampler). The global batch of step t is a function of (seed, t) alone,
+  and each image's augmentation has its own seed, so a resumed run and a run on k processes see exactly the
+  batches of an uninterrupted single-process run; process r takes every k-th image of the global batch.
+- Mixed precision (bf16/fp16) only in forward/backward; master weights and averages stay fp32.
+- BatchNorm layers (ResNet towers) keep their pretrained statistics: they run in inference mode, so
+  k processes compute what one process does, and averaged weights never meet mismatched statistics.
+- Checkpoints: `accelerator.save_state` (model, optimiser, RNG) plus the method's state (BMA average) as
+  safetensors and the step and history as JSON, written into a temporary folder renamed into place.
+  The method state is not registered with `register_for_checkpointing`, because Accelerate loads such
+  objects with `weights_only=False`; ours are read with safetensors and json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .io import load_weights, save_weights, write_json
+from .methods import Method
+from .optim import cosine_lr
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 36               # global batch, over all processes
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    precision: str = "no"              # "no", "bf16" or "fp16" (autocast; fp32 master weights)
+    seed: int = 0
+    checkpoint_every: int = 0          # steps between checkpoints; 0: only when stopped early
+    num_workers: int = 0
+
+    def validate(self, num_processes: int = 1) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1 or self.batch_size % num_processes:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of the number of "
+                             f"processes ({num_processes})")
+        if self.precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {self.precision!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+class AugmentedView(Dataset):
+    """Items addressed by (index, augmentation seed): the transform runs under its own seed, so the same
+    pair gives the same tensor in any process, worker or resumed run."""
+
+    def __init__(self, dataset: Dataset, transform: Callable):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: Tuple[int, int]):
+        index, seed = item
+        image, label, domain = self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            image = self.transform(image)
+        return image, label, domain
+
+
+def global_batch(step: int, seed: int, domain_pools: Sequence[torch.Tensor], batch_size: int) -> List[Tuple[int, int]]:
+    """The (index, augmentation seed) pairs of step `step`: batch_size / D draws with replacement from each of
+    the D domain pools (the first batch_size % D pools give one more)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    per, extra = divmod(batch_size, len(domain_pools))
+    out = []
+    for d, pool in enumerate(domain_pools):
+        n = per + (1 if d < extra else 0)
+        picks = pool[torch.randint(len(pool), (n,), generator=gen)]
+        seeds = torch.randint(2**31 - 1, (n,), generator=gen)
+        out.extend(zip(picks.tolist(), seeds.tolist()))
+    return out
+
+
+class StepBatches:
+    """Batch sampler for DataLoader: this process's share of every global batch from `start` on."""
+
+    def __init__(self, cfg: TrainConfig, domain_pools, start: int, rank: int, world: int):
+        self.cfg, self.pools, self.start, self.rank, self.world = cfg, domain_pools, start, rank, world
+
+    def __len__(self) -> int:
+        return self.cfg.steps - self.start
+
+    def __iter__(self):
+        for step in range(self.start, self.cfg.steps):
+            yield global_batch(step, self.cfg.seed, self.pools, self.cfg.batch_size)[self.rank::self.world]
+
+
+def freeze_batchnorm(module: torch.nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _flatten(state: dict, prefix: str = "") -> Tuple[Dict[str, torch.Tensor], dict]:
+    """Split a nested state into tensors (flat keys 'a/b') and the JSON-ready rest."""
+    tensors, rest = {}, {}
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            tensors[prefix + k] = v
+        elif isinstance(v, dict) and v and all(isinstance(x, torch.Tensor) for x in v.values()):
+            tensors.update({f"{prefix}{k}/{n}": t for n, t in v.items()})
+        else:
+            rest[k] = v
+    return tensors, rest
+
+
+def _unflatten(tensors: Dict[str, torch.Tensor], rest: dict) -> dict:
+    state = dict(rest)
+    for key, t in tensors.items():
+        if "/" in key:
+            outer, inner = key.split("/", 1)
+            state.setdefault(outer, {})[inner] = t
+        else:
+            state[key] = t
+    return state
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    done = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    return done[-1] if done else None
+
+
+def _save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, method: Method, history: List[dict]) -> Path:
+    folder = Path(run_dir) / CHECKPOINTS
+    final, tmp = folder / f"step_{step:06d}", folder / f".tmp_step_{step:06d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        tensors, rest = _flatten(method.state_dict())
+        save_weights(tmp / "method_state.safetensors", tensors)
+        write_json(tmp / "trainer_state.json", {"step": step, "history": history, "method_state": rest})
+        for old in folder.iterdir():            # keep only the newest checkpoint
+            if old.name.startswith("step_"):
+                shutil.rmtree(old)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+@dataclass
+class FineTuneOutput:
+    states: Dict[str, Dict[str, torch.Tensor]]   # evaluated encoder states by name ("last", "bma", ...)
+    history: List[dict]
+    completed: bool                              # False when stopped early by `stop_after`
+
+
+def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequence[torch.Tensor],
+              text_features: torch.Tensor, logit_scale: float, label_map: torch.Tensor, transform: Callable,
+              method: Method, cfg: TrainConfig, run_dir: Optional[Path] = None, resume: bool = False,
+              stop_after: Optional[int] = None, accelerator: Optional[Accelerator] = None,
+              progress: bool = True, on_step: Optional[Callable[[dict], None]] = None) -> FineTuneOutput:
+    """Fine-tune `encoder` (an image tower) on `train_set` with `method`.
+
+    `domain_pools` hold the train_set indices of each source domain; `label_map` maps dataset labels to rows
+    of `text_features` (the training classes). `on_step` receives each history row (live plots).
+    """
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.precision)
+    cfg.validate(accelerator.num_processes)
+    if (resume or stop_after is not None or cfg.checkpoint_every) and run_dir is None:
+        raise ValueError("checkpoints need a run_dir")
+    torch.manual_seed(cfg.seed)
+    device = accelerator.device
+    zero_shot = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    text_features = text_features.to(device).float()
+    label_map = label_map.to(device)
+    method.setup(encoder, text_features, logit_scale, cfg.steps)
+
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    encoder.train()
+    freeze_batchnorm(encoder)
+    model, optimizer = accelerator.prepare(encoder, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    start, history = 0, []
+    if resume and run_dir is not None and latest_checkpoint(run_dir) is not None:
+        ckpt = latest_checkpoint(run_dir)
+        accelerator.load_state(str(ckpt))
+        meta = json.loads((ckpt / "trainer_state.json").read_text())
+        start, history = int(meta["step"]), meta["history"]
+        method.load_state_dict(_unflatten(load_weights(ckpt / "method_state.safetensors"), meta["method_state"]))
+
+    view = AugmentedView(train_set, transform)
+    loader = DataLoader(view, batch_sampler=StepBatches(cfg, domain_pools, start, accelerator.process_index,
+                                                          accelerator.num_processes),
+                        num_workers=cfg.num_workers)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"fine-tune {method.name}",
+               disable=not (progress and accelerator.is_local_main_process))
+    step = start
+    for images, labels, _ in loader:
+        lr = cosine_lr(step, cfg.steps, cfg.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, labels = images.to(device), label_map[labels.to(device)]
+        with accelerator.autocast():
+            features = model(images)
+        loss = method.loss(features.float(), labels, images)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        row = {"step": step, "loss": accelerator.reduce(loss.detach(), "mean").item(), "lr": lr}
+        row.update(method.after_step(unwrapped))
+        history.append(row)
+        if on_step is not None and accelerator.is_main_process:
+            on_step(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
+        stopping = stop_after is not None and step >= stop_after and step < cfg.steps
+        if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
+            _save_checkpoint(accelerator, run_dir, step, method, history)
+        if stopping:
+            bar.close()
+            return FineTuneOutput({}, history, completed=False)
+    bar.close()
+    last = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+    return FineTuneOutput(method.final_states(zero_shot, last), history, completed=True)

@@ -1,0 +1,23 @@
+"""Shared fixtures. The suite runs offline: open_clip's hub downloads fail at once instead of retrying."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The shipped tiny CLIP (model, tokenizer, preprocess)."""
+    from clipood_kit.models import load_clip
+    return load_clip()
+
+
+@pytest.fixture(scope="session")
+def world_tree(tmp_path_factory):
+    """The world exported as a small DomainBed-style folder (3 images per style x class)."""
+    from clipood_kit.data import export_world
+    return export_world(tmp_path_factory.mktemp("export") / "world", per_cell=3, seed=5)

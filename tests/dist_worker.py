@@ -1,0 +1,38 @@
+"""Run a tiny CLIPood fine-tune on N CPU processes (gloo) through Accelerate's debug_launcher.
+
+    python tests/dist_worker.py N OUT_FILE
+
+The main process saves the BMA and last encoder states to OUT_FILE (safetensors).
+"""
+import os
+import sys
+
+import torch
+
+
+def experiment():
+    from clipood_kit.methods import MethodConfig
+    from clipood_kit.protocols import ExperimentConfig
+    from clipood_kit.training import TrainConfig
+    return ExperimentConfig(per_cell=3, method=MethodConfig(name="clipood"),
+                            train=TrainConfig(steps=5, batch_size=8, lr=1e-4, seed=3))
+
+
+def train(out_file):
+    torch.set_num_threads(1)
+    from accelerate import Accelerator
+    from clipood_kit.io import save_weights
+    from clipood_kit.protocols import prepare, run_method
+    exp = experiment()
+    setup = prepare(exp)
+    accelerator = Accelerator(cpu=True)
+    result = run_method(setup, exp.method, exp.train, progress=False, accelerator=accelerator)
+    if accelerator.is_main_process:
+        flat = {f"{name}/{k}": v for name, state in result["states"].items() for k, v in state.items()}
+        flat["losses"] = torch.tensor([r["loss"] for r in result["history"]], dtype=torch.float64)
+        save_weights(out_file, flat, metadata={"processes": str(accelerator.num_processes)})
+
+
+if __name__ == "__main__":
+    from accelerate import debug_launcher
+    debug_launcher(train, args=(sys.argv[2],), num_processes=int(sys.argv[1]))

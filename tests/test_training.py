@@ -1,0 +1,128 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipood_kit.methods import MethodConfig
+from clipood_kit.protocols import ExperimentConfig, prepare, run_method
+from clipood_kit.training import TrainConfig, global_batch
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def small():
+    exp = ExperimentConfig(per_cell=4, method=MethodConfig(name="clipood"),
+                           train=TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=1))
+    return exp, prepare(exp)
+
+
+def test_a_run_moves_accuracy_and_the_bma_model_sits_between(small):
+    exp, setup = small
+    train = TrainConfig(steps=40, batch_size=16, lr=2e-4, seed=0)
+    ce = run_method(setup, MethodConfig(name="ce"), train, progress=False)
+    zero = setup.describe()
+    from clipood_kit.protocols import zero_shot_cells
+    zs = zero_shot_cells(setup)
+    # fine-tuning on the source styles' base classes raises accuracy there
+    assert ce["models"]["last"]["train domains"]["base"] > zs["train domains"]["base"] + 3
+    losses = [r["loss"] for r in ce["history"]]
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_history_has_the_bma_weight_and_zero_shot_share(small):
+    exp, setup = small
+    r = run_method(setup, exp.method, exp.train, progress=False)
+    h = r["history"]
+    assert [row["step"] for row in h] == list(range(1, 9))
+    assert all({"loss", "lr", "average_weight", "zero_shot_share"} <= set(row) for row in h)
+    shares = [row["zero_shot_share"] for row in h]
+    assert all(a > b for a, b in zip(shares, shares[1:])) and 0 < shares[-1] < 1
+    assert h[0]["lr"] == pytest.approx(1e-4) and h[-1]["lr"] < h[0]["lr"]
+    assert set(r["models"]) == {"last", "bma"} and r["primary"] == "bma"
+
+
+def test_batches_are_balanced_over_domains_and_seeded():
+    pools = [torch.arange(0, 10), torch.arange(10, 30), torch.arange(30, 33)]
+    b = global_batch(5, 0, pools, 9)
+    assert b == global_batch(5, 0, pools, 9) and b != global_batch(6, 0, pools, 9)
+    idx = torch.tensor([i for i, _ in b])
+    assert [int(((idx >= p[0]) & (idx <= p[-1])).sum()) for p in pools] == [3, 3, 3]
+
+
+def test_stopped_and_resumed_run_is_bit_identical(small, tmp_path):
+    exp, setup = small
+    full = run_method(setup, exp.method, exp.train, run_dir=tmp_path / "full", progress=False)
+    part = run_method(setup, exp.method, exp.train, run_dir=tmp_path / "cut", stop_after=3, progress=False)
+    assert not part["completed"] and (tmp_path / "cut" / "checkpoints" / "step_000003").is_dir()
+    rest = run_method(setup, exp.method, exp.train, run_dir=tmp_path / "cut", resume=True, progress=False)
+    for name in ("last", "bma"):
+        for k, v in full["states"][name].items():
+            assert torch.equal(v, rest["states"][name][k]), (name, k)
+    assert full["history"] == rest["history"]
+    saved = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert saved["primary"] == "bma" and "unseen domains" in saved["models"]["bma"]
+    assert (tmp_path / "cut" / "history.json").exists() and (tmp_path / "cut" / "model_bma.safetensors").exists()
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from clipood_kit.methods import MethodConfig
+from clipood_kit.protocols import ExperimentConfig, prepare, run_method
+from clipood_kit.training import TrainConfig
+exp = ExperimentConfig(per_cell=4, method=MethodConfig(name="clipood"),
+                       train=TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=1, checkpoint_every=2))
+kill_at = int(sys.argv[2])
+def on_step(row):
+    if row["step"] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+run_method(prepare(exp), exp.method, exp.train, run_dir=sys.argv[1], resume=True, progress=False, on_step=on_step)
+"""
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(small, tmp_path):
+    exp, setup = small
+    train = TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=1, checkpoint_every=2)
+    full = run_method(setup, exp.method, train, progress=False)
+    run = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run), "5"], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000004"]
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run), "0"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    resumed = load_file(run / "model_bma.safetensors")
+    for k, v in full["states"]["bma"].items():
+        assert torch.equal(resumed[f"visual.{k}"], v), k
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}.safetensors"
+        proc = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), str(n), str(out)], capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[n] = load_file(out)
+    one, two = outs[1], outs[2]
+    assert one.keys() == two.keys()
+    bma_keys = [k for k in one if k.startswith("bma/")]
+    assert bma_keys
+    for k in bma_keys:
+        assert torch.allclose(one[k], two[k], atol=1e-6, rtol=0), (k, (one[k] - two[k]).abs().max())
+    assert torch.allclose(one["losses"], two["losses"], atol=1e-5)
+    moved = max((one[k] - one[k.replace("bma/", "last/")]).abs().max().item() for k in bma_keys)
+    assert moved > 0      # the run did train: BMA differs from the last step
+
+
+def test_bad_train_config_is_refused(small):
+    exp, setup = small
+    with pytest.raises(ValueError, match="batch_size"):
+        run_method(setup, exp.method, TrainConfig(steps=2, batch_size=0), progress=False)
+    with pytest.raises(ValueError, match="unknown method 'sgd'"):
+        run_method(setup, MethodConfig(name="sgd"), exp.train, progress=False)
