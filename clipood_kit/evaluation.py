@@ -42,9 +42,10 @@ def encode_images(model: torch.nn.Module, dataset: Dataset, batch_size: int = 25
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    dtype = next(model.parameters()).dtype
     feats, labels, domains = [], [], []
     for images, y, d in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        feats.append(F.normalize(model.encode_image(images.to(device)).float(), dim=-1).cpu())
+        feats.append(F.normalize(model.encode_image(images.to(device, dtype=dtype)).float(), dim=-1).cpu())
         labels.append(y)
         domains.append(d)
     model.train(was_training)

@@ -84,7 +84,7 @@ class Setup:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.loaded.model.logit_scale.exp())
+        return self.loaded.model.logit_scale.detach().exp().item()
 
     def describe(self) -> dict:
         d = self.dataset

@@ -187,7 +187,8 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
     torch.manual_seed(cfg.seed)
     device = accelerator.device
     zero_shot = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-    text_features = text_features.to(device).float()
+    dtype = next(encoder.parameters()).dtype          # fp32 (or fp64 for exact numerical checks)
+    text_features = text_features.to(device, dtype=torch.promote_types(dtype, torch.float32))
     label_map = label_map.to(device)
     method.setup(encoder, text_features, logit_scale, cfg.steps)
 
@@ -217,10 +218,10 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
         lr = cosine_lr(step, cfg.steps, cfg.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, labels = images.to(device), label_map[labels.to(device)]
+        images, labels = images.to(device, dtype=dtype), label_map[labels.to(device)]
         with accelerator.autocast():
             features = model(images)
-        loss = method.loss(features.float(), labels, images)
+        loss = method.loss(features.to(text_features.dtype), labels, images)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -3,6 +3,11 @@
     python tests/dist_worker.py N OUT_FILE
 
 The main process saves the BMA and last encoder states to OUT_FILE (safetensors).
+
+The encoder runs in float64: AdamW divides each gradient by its running RMS, so for parameters whose true
+gradient is zero (the key bias of attention pooling: softmax ignores it) float32 summation noise, which
+differs between one process and two, becomes lr-sized steps. In float64 that noise is far below Adam's eps,
+and the comparison tests the data sharding and gradient averaging themselves.
 """
 import os
 import sys
@@ -25,6 +30,7 @@ def train(out_file):
     from clipood_kit.protocols import prepare, run_method
     exp = experiment()
     setup = prepare(exp)
+    setup.loaded.model.double()
     accelerator = Accelerator(cpu=True)
     result = run_method(setup, exp.method, exp.train, progress=False, accelerator=accelerator)
     if accelerator.is_main_process:

@@ -61,7 +61,7 @@ def test_word_tokenizer_pools_at_the_end_token_and_names_unknown_words(tiny):
     tok = tiny.tokenizer
     ids = tok(["a photo of a star.", "a star"])
     assert ids.shape == (2, tok.context_length)
-    assert ids[0].argmax() == 5 and ids[1].argmax() == 3 and ids.max() == tok.eot_id
+    assert ids[0].argmax() == 6 and ids[1].argmax() == 3 and ids.max() == tok.eot_id
     assert tok.vocab_size == tiny.model.vocab_size
     with pytest.raises(TokenizerError, match=r"\['giraffe'\]"):
         tok("a photo of a giraffe")

@@ -307,9 +307,9 @@ def _style_painting(g: _Geometry, colour: Tensor, gen: torch.Generator, S: int) 
     n = colour.shape[0]
     strokes = _smooth_noise(n, 3, 8, S, gen) - 0.5
     background = _smooth_noise(n, 3, 4, S, gen) * 0.8 + 0.1
-    obj = colour[:, :, None, None] + 0.35 * strokes
+    obj = colour[:, :, None, None] + 0.3 * strokes
     soft = _blur(g.mask, 1)
-    return soft * obj + (1 - soft) * (background + 0.2 * strokes)
+    return soft * obj + (1 - soft) * (0.8 * background + 0.1 + 0.2 * strokes)
 
 
 def _style_neon(g: _Geometry, colour: Tensor, gen: torch.Generator, S: int) -> Tensor:
@@ -317,7 +317,7 @@ def _style_neon(g: _Geometry, colour: Tensor, gen: torch.Generator, S: int) -> T
     outline = g.inner_edge(1)
     glow = _blur(_blur(outline, 1), 1) * 2.0
     dark = 0.03 + 0.1 * _smooth_noise(n, 3, 3, S, gen)
-    light = (outline + glow).clamp(0, 1)
+    light = (outline + glow + 0.3 * g.mask).clamp(0, 1)      # tubes on the rim, a faint glow inside
     return light * (colour[:, :, None, None] * 0.8 + 0.2) + (1 - light) * dark
 
 

@@ -27,7 +27,7 @@ def class_margins(text_features: torch.Tensor, margin_lambda: float) -> torch.Te
     _check_lambda(margin_lambda)
     if text_features.ndim != 2:
         raise ValueError(f"text_features must be C x D (one row per class), got shape {tuple(text_features.shape)}")
-    t = F.normalize(text_features.float(), dim=-1)
+    t = F.normalize(text_features.to(torch.promote_types(text_features.dtype, torch.float32)), dim=-1)
     margins = margin_lambda * (1.0 - t @ t.T)
     return margins.fill_diagonal_(0.0)
 
@@ -42,8 +42,9 @@ def margin_logits(image_features: torch.Tensor, text_features: torch.Tensor, lab
         raise ValueError(f"feature dimensions differ: image {image_features.shape[1]}, text {text_features.shape[-1]}")
     if labels.numel() and (labels.min() < 0 or labels.max() >= text_features.shape[0]):
         raise ValueError(f"labels must be class ids in 0..{text_features.shape[0] - 1}")
-    f = F.normalize(image_features.float(), dim=-1)
-    t = F.normalize(text_features.float(), dim=-1)
+    dtype = torch.promote_types(image_features.dtype, torch.float32)
+    f = F.normalize(image_features.to(dtype), dim=-1)
+    t = F.normalize(text_features.to(dtype), dim=-1)
     cosine = f @ t.T
     if margin_lambda == 0:
         _check_lambda(margin_lambda)

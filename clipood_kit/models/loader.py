@@ -32,7 +32,7 @@ open_clip.add_model_config(CONFIG_DIR)
 
 def data_dir() -> Path:
     """The project's `data/` folder (shipped weights); `CLIPOOD_KIT_DATA` overrides it."""
-    return Path(os.environ.get("CLIPOOD_KIT_DATA", Path(__file__).resolve().parents[2] / "data"))
+    return Path(os.environ.get("CLIPOOD_KIT_DATA") or Path(__file__).resolve().parents[2] / "data")
 
 
 def tiny_weights_path() -> Path:

@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+from clipood_kit.demo import CELLS, DemoConfig, demo_experiment, run_demo
+
+
+def test_demo_writes_results_and_a_report_with_every_figure(tmp_path):
+    exp = demo_experiment()
+    exp = replace(exp, per_cell=4, train=replace(exp.train, steps=6, batch_size=8))
+    cfg = DemoConfig(seeds=(0, 1), methods=("ce", "clipood", "wise-ft"), experiment=exp, umap_points=120)
+    results = run_demo(cfg, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["summary"]) == {"zero-shot", "ce", "clipood", "clipood (last step)", "wise-ft"}
+    for row in saved["summary"].values():
+        for cell in CELLS:
+            assert len(row[cell]["values"]) == 2 and 0 <= row[cell]["mean"] <= 100
+    # zero-shot does not depend on the training seed; the split seed changes its held-out images only
+    assert saved["config"]["experiment"]["train"]["steps"] == 6
+    html = (tmp_path / "report.html").read_text()
+    assert html.count('class="plotly-graph-div"') == 6
+    for heading in ("Accuracy per method", "Beta moving average weights", "Class-adaptive margins",
+                    "Image features before and after fine-tuning (by class)", "Training loss"):
+        assert heading in html
+    # plotly.js inlined once: the page is self-contained
+    assert "<script src=" not in html and html.count("Plotly.register") <= 2 and len(html) > 1_000_000
+
+
+def test_cli_finetune_writes_a_run_folder(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--method", "bma", "--steps", "4",
+                           "--batch-size", "8", "--per-cell", "3", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["method"] == "bma" and result["primary"] == "bma"
+    assert result["experiment"]["train"]["steps"] == 4 and result["setup"]["source_domains"] == ["photo", "sketch"]
+    assert len(json.loads((out / "history.json").read_text())) == 4
+    from clipood_kit.models import load_clip
+    loaded = load_clip(pretrained=str(out / "model_bma.safetensors"))
+    assert loaded.model_id.startswith("tiny-clip-world/file:model_bma.safetensors")
+
+
+def test_cli_finetune_rejects_an_unknown_target(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--target", "clay", "--per-cell", "1",
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "target domain(s) ['clay'] not in the dataset" in proc.stderr
+
+
+def test_cli_finetune_in_bf16_keeps_fp32_weights(tmp_path):
+    out = tmp_path / "bf16"
+    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--method", "clipood", "--steps", "3",
+                           "--batch-size", "8", "--per-cell", "3", "--precision", "bf16", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from safetensors.torch import load_file
+    import torch
+    weights = load_file(out / "model_bma.safetensors")
+    assert all(v.dtype == torch.float32 for k, v in weights.items() if k.startswith("visual.") and v.is_floating_point())
