@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from clipood_kit import BetaMovingAverage, mms_loss
+from clipood_kit import BetaMovingAverage, class_margins, mms_loss
 from clipood_kit.models import load_clip
 
 
@@ -36,8 +36,10 @@ def main():
     total = args.blocks * args.steps_per_block * 2 + 10
     bma = BetaMovingAverage(encoder, total, 0.5, 0.5)
 
+    margins = class_margins(text, 0.3)      # what the trainer's method computes once
+
     def step(margin, average):
-        loss = mms_loss(encoder(images), text, labels, margin, 14.0)
+        loss = mms_loss(encoder(images), text, labels, margin, 14.0, margins if margin else None)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -81,3 +81,10 @@ def test_invalid_inputs_raise_clear_errors():
         mms_loss(img, torch.randn(2, 5), labels, 0.3, 10.0)
     with pytest.raises(ValueError, match="class ids in 0..1"):
         mms_loss(img, txt, torch.tensor([0, 1, 2, 0]), 0.3, 10.0)
+
+
+def test_precomputed_margins_give_the_same_loss():
+    g = torch.Generator().manual_seed(7)
+    img, txt, labels = torch.randn(6, 4, generator=g), torch.randn(3, 4, generator=g), torch.randint(3, (6,), generator=g)
+    assert torch.equal(mms_loss(img, txt, labels, 0.3, 12.0),
+                       mms_loss(img, txt, labels, 0.3, 12.0, margins=class_margins(txt, 0.3)))

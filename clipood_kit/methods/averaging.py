@@ -55,6 +55,14 @@ def _parameters(module: torch.nn.Module) -> Iterable[Tuple[str, torch.nn.Paramet
     return ((n, p) for n, p in module.named_parameters())
 
 
+def _lerp_into(average: Dict[str, torch.Tensor], module: torch.nn.Module, weight: float) -> None:
+    """average <- average + weight * (theta - average) for every parameter, in fp32, fused over tensors."""
+    names, thetas = zip(*((n, p.detach()) for n, p in _parameters(module)))
+    avgs = [average[n] for n in names]
+    thetas = [t if t.dtype == torch.float32 else t.float() for t in thetas]
+    torch._foreach_lerp_(avgs, thetas, weight)
+
+
 class BetaMovingAverage:
     """Running Beta-weighted mean of a module's parameters over `total_steps` optimiser steps (fp32).
 
@@ -71,16 +79,17 @@ class BetaMovingAverage:
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> float:
-        """Fold in the module's state after the next step; returns that step's weight w_t."""
+        """Fold in the module's state after the next step; returns that step's weight w_t.
+
+        (avg + r * theta) / (1 + r) is computed as lerp(avg, theta, r / (1 + r)), one fused call for all tensors.
+        """
         if self.step >= self.total_steps:
             raise ValueError(f"update after the last step: the average was built for total_steps={self.total_steps} "
                              f"and has taken all of them; build it with the true number of steps")
         self.step += 1
         w = self.weights[self.step]
         r = w / self.weight_sum
-        for n, p in _parameters(module):
-            avg = self.average[n]
-            avg.add_(p.detach().float(), alpha=r).div_(1.0 + r)
+        _lerp_into(self.average, module, r / (1.0 + r))
         self.weight_sum += w
         return w
 
@@ -121,8 +130,7 @@ class ExponentialMovingAverage:
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> float:
         self.step += 1
-        for n, p in _parameters(module):
-            self.average[n].mul_(self.decay).add_(p.detach().float(), alpha=1.0 - self.decay)
+        _lerp_into(self.average, module, 1.0 - self.decay)
         return 1.0 - self.decay
 
     @property

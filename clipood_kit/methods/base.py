@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .averaging import BetaMovingAverage, ExponentialMovingAverage
-from .losses import mms_loss
+from .losses import class_margins, mms_loss
 
 State = Dict[str, torch.Tensor]
 
@@ -46,13 +46,14 @@ class Method:
     # -- training -------------------------------------------------------------------------------------
     def setup(self, encoder: torch.nn.Module, text_features: torch.Tensor, logit_scale: float, total_steps: int):
         self.text_features, self.logit_scale = text_features, logit_scale
+        self.margins = class_margins(text_features, self.margin_lambda) if self.margin_lambda else None
         if self.averager_kind == "bma":
             self.averager = BetaMovingAverage(encoder, total_steps, self.cfg.bma_alpha, self.cfg.bma_beta)
         elif self.averager_kind == "ema":
             self.averager = ExponentialMovingAverage(encoder, self.cfg.ema_decay)
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return mms_loss(features, self.text_features, labels, self.margin_lambda, self.logit_scale)
+        return mms_loss(features, self.text_features, labels, self.margin_lambda, self.logit_scale, self.margins)
 
     def after_step(self, encoder: torch.nn.Module) -> Dict[str, float]:
         if self.averager is None:

@@ -33,8 +33,10 @@ def class_margins(text_features: torch.Tensor, margin_lambda: float) -> torch.Te
 
 
 def margin_logits(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
-                  margin_lambda: float, logit_scale: float | torch.Tensor) -> torch.Tensor:
-    """The MMS logits z (N x C) defined in the module docstring."""
+                  margin_lambda: float, logit_scale: float | torch.Tensor,
+                  margins: torch.Tensor | None = None) -> torch.Tensor:
+    """The MMS logits z (N x C) defined in the module docstring. `margins` may pass a precomputed
+    `class_margins(text_features, margin_lambda)` (the text features are frozen during fine-tuning)."""
     if image_features.ndim != 2 or labels.ndim != 1 or image_features.shape[0] != labels.shape[0]:
         raise ValueError(f"image_features must be N x D and labels N: got {tuple(image_features.shape)} and "
                          f"{tuple(labels.shape)}")
@@ -46,13 +48,17 @@ def margin_logits(image_features: torch.Tensor, text_features: torch.Tensor, lab
     f = F.normalize(image_features.to(dtype), dim=-1)
     t = F.normalize(text_features.to(dtype), dim=-1)
     cosine = f @ t.T
+    _check_lambda(margin_lambda)
     if margin_lambda == 0:
-        _check_lambda(margin_lambda)
         return logit_scale * cosine
-    return logit_scale * (cosine + class_margins(t, margin_lambda)[labels])
+    if margins is None:
+        margins = class_margins(t, margin_lambda)
+    return logit_scale * (cosine + margins[labels])
 
 
 def mms_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
-             margin_lambda: float, logit_scale: float | torch.Tensor) -> torch.Tensor:
+             margin_lambda: float, logit_scale: float | torch.Tensor,
+             margins: torch.Tensor | None = None) -> torch.Tensor:
     """Mean MMS loss over the batch; raw features in (normalised here), `text_features` one row per class."""
-    return F.cross_entropy(margin_logits(image_features, text_features, labels, margin_lambda, logit_scale), labels)
+    logits = margin_logits(image_features, text_features, labels, margin_lambda, logit_scale, margins)
+    return F.cross_entropy(logits, labels)
