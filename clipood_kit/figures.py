@@ -16,6 +16,19 @@ from plotly.subplots import make_subplots
 from .methods import beta_weights, class_margins, zero_shot_share
 
 
+def image_grid(images: torch.Tensor, rows: int, row_names: Sequence[str], col_names: Sequence[str],
+               title: str = "") -> go.Figure:
+    """A rows x cols montage of uint8 C x H x W images (row-major), labelled by row and column names."""
+    n, c, h, w = images.shape
+    cols = n // rows
+    grid = images[: rows * cols].view(rows, cols, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
+    fig = go.Figure(go.Image(z=grid.numpy()))
+    fig.update_xaxes(tickvals=[w * (i + 0.5) for i in range(cols)], ticktext=list(col_names), tickangle=-45)
+    fig.update_yaxes(tickvals=[h * (i + 0.5) for i in range(rows)], ticktext=list(row_names))
+    fig.update_layout(title=title, height=80 + rows * 70, margin=dict(l=80, r=10, t=40, b=80))
+    return fig
+
+
 def accuracy_bars(summary: Dict[str, Dict[str, Dict[str, float]]], cells: Sequence[str],
                   title: str = "Accuracy (%) per method") -> go.Figure:
     """Grouped bars: x = cells ('unseen domains / new', ...), one bar per method, error bar = std over seeds.
@@ -107,8 +120,8 @@ def report_html(title: str, sections: List[tuple]) -> str:
     return "\n".join(parts)
 
 
-def table_html(rows: Dict[str, Dict[str, str]], columns: Sequence[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *columns])
+def table_html(rows: Dict[str, Dict[str, str]], columns: Sequence[str], first: str = "method") -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in [first, *columns])
     body = "".join("<tr><td>" + html.escape(r) + "</td>" + "".join(f"<td>{html.escape(v.get(c, ''))}</td>" for c in columns)
                    + "</tr>" for r, v in rows.items())
     return f"<table><tr>{head}</tr>{body}</table>"

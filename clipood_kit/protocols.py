@@ -162,13 +162,15 @@ def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: t
     return out
 
 
-def evaluate_state(setup: Setup, encoder_state: Dict[str, torch.Tensor], progress: bool = False) -> dict:
-    """Score an image-encoder state on the evaluation images of the setup."""
+def evaluate_state(setup: Setup, encoder_state: Dict[str, torch.Tensor], progress: bool = False,
+                   indices: Optional[torch.Tensor] = None) -> dict:
+    """Score an image-encoder state on the evaluation images of the setup (or the given subset of them)."""
     model = setup.loaded.model
     original = {k: v.clone() for k, v in model.visual.state_dict().items()}
     model.visual.load_state_dict(encoder_state)
+    subset = setup.eval_idx if indices is None else indices
     try:
-        enc = evaluation.encode_images(model, TransformedSubset(setup.dataset, setup.eval_idx, setup.loaded.preprocess),
+        enc = evaluation.encode_images(model, TransformedSubset(setup.dataset, subset, setup.loaded.preprocess),
                                        setup.cfg.eval_batch_size, setup.cfg.device, progress=progress)
     finally:
         model.visual.load_state_dict(original)
@@ -235,3 +237,26 @@ def write_run(setup: Setup, result: dict, run_dir: Path) -> None:
 
 def zero_shot_cells(setup: Setup) -> dict:
     return evaluate_state(setup, setup.zero_shot_state)
+
+
+def trajectory(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, every: int = 10,
+               eval_images: int = 800, progress: bool = False) -> dict:
+    """Accuracy over training of the last-step model and of the running average (BMA/EMA), every `every`
+    steps, on a fixed seeded subset of `eval_images` evaluation images. Step 0 is the zero-shot model."""
+    gen = torch.Generator().manual_seed(train_cfg.seed)
+    subset = setup.eval_idx[torch.randperm(len(setup.eval_idx), generator=gen)[:eval_images]].sort().values
+    zero = evaluate_state(setup, setup.zero_shot_state, indices=subset)
+    rows = [{"step": 0, "last": zero, "average": zero}]
+
+    def on_step(row, encoder, method):
+        if row["step"] % every and row["step"] != train_cfg.steps:
+            return
+        state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+        entry = {"step": row["step"], "last": evaluate_state(setup, state, indices=subset)}
+        if method.averager is not None:
+            state.update({n: t.to(state[n].dtype) for n, t in method.averager.average.items()})
+            entry["average"] = evaluate_state(setup, state, indices=subset)
+        rows.append(entry)
+
+    result = run_method(setup, method_cfg, train_cfg, progress=progress, on_step=on_step)
+    return {"rows": rows, "result": result}

@@ -178,7 +178,8 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
     """Fine-tune `encoder` (an image tower) on `train_set` with `method`.
 
     `domain_pools` hold the train_set indices of each source domain; `label_map` maps dataset labels to rows
-    of `text_features` (the training classes). `on_step` receives each history row (live plots).
+    of `text_features` (the training classes). `on_step(row, encoder, method)` is called on the main process
+    after every step with the history row, the (unwrapped) encoder and the method (live plots, trajectories).
     """
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.precision)
     cfg.validate(accelerator.num_processes)
@@ -230,7 +231,7 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
         row.update(method.after_step(unwrapped))
         history.append(row)
         if on_step is not None and accelerator.is_main_process:
-            on_step(row)
+            on_step(row, unwrapped, method)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.3f}")
         stopping = stop_after is not None and step >= stop_after and step < cfg.steps

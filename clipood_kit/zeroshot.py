@@ -56,3 +56,16 @@ def format_table(accuracy: Dict[str, float], title: str = "accuracy (%)") -> str
     width = max(len(k) for k in accuracy) + 2
     lines = [f"{'domain':<{width}}{title}"] + [f"{k:<{width}}{v:6.1f}" for k, v in accuracy.items()]
     return "\n".join(lines)
+
+
+def template_effect(loaded, dataset, template_sets: Dict[str, List[str]], batch_size: int = 256,
+                    device: str = "cpu") -> Dict[str, Dict[str, float]]:
+    """Zero-shot accuracy per domain for several prompt-template sets; the images are encoded once."""
+    enc = evaluation.encode_images(loaded.model, TransformedSubset(dataset, range(len(dataset)), loaded.preprocess),
+                                   batch_size, device)
+    out = {}
+    for name, templates in template_sets.items():
+        clf = evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes, templates, device).cpu()
+        out[name] = evaluation.accuracy_by_domain(evaluation.classify(enc["features"], clf), enc["labels"],
+                                                  enc["domains"], dataset.domains)
+    return out

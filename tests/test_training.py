@@ -80,7 +80,7 @@ from clipood_kit.training import TrainConfig
 exp = ExperimentConfig(per_cell=4, method=MethodConfig(name="clipood"),
                        train=TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=1, checkpoint_every=2))
 kill_at = int(sys.argv[2])
-def on_step(row):
+def on_step(row, encoder, method):
     if row["step"] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
 run_method(prepare(exp), exp.method, exp.train, run_dir=sys.argv[1], resume=True, progress=False, on_step=on_step)

@@ -1,0 +1,56 @@
+"""Pure callback logic of the notebooks' widgets: each takes the control values and returns the data a
+figure shows. The notebooks only wire sliders to these functions (and these are unit-tested)."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .methods import beta_weights, class_margins, margin_logits, zero_shot_share
+
+
+def margin_view(text_features: torch.Tensor, classnames: Sequence[str], margin_lambda: float,
+                image_feature: torch.Tensor | None = None, label: int | None = None,
+                logit_scale: float = 100.0) -> Dict:
+    """What the margin notebook shows for one lambda.
+
+    - `cosine`, `margins`: C x C cosine of the class text features and lambda * (1 - cos), zero diagonal;
+    - `nearest`, `farthest`: for each class, the other class with the smallest / largest margin;
+    - with an image feature and its label: the target's softmax probability without margins (plain CE) and
+      with them (MMS), `softmax(z)_y` for the logits of `clipood_kit.methods.margin_logits`.
+    """
+    t = F.normalize(text_features.float(), dim=-1)
+    cosine = (t @ t.T).numpy()
+    margins = class_margins(t, margin_lambda).numpy()
+    masked = margins + np.diag(np.full(len(classnames), np.inf))
+    nearest = [classnames[j] for j in masked.argmin(1)]
+    masked = margins - np.diag(np.full(len(classnames), np.inf))
+    farthest = [classnames[j] for j in masked.argmax(1)]
+    out = {"cosine": cosine, "margins": margins, "nearest": nearest, "farthest": farthest}
+    if image_feature is not None and label is not None:
+        f, y = image_feature.float()[None], torch.tensor([label])
+        plain = margin_logits(f, t, y, 0.0, logit_scale).softmax(1)[0]
+        with_margin = margin_logits(f, t, y, margin_lambda, logit_scale).softmax(1)[0]
+        out.update(target_prob_plain=float(plain[label]), target_prob_margin=float(with_margin[label]),
+                   probs_plain=plain.numpy(), probs_margin=with_margin.numpy())
+    return out
+
+
+def beta_view(total_steps: int, alpha: float, beta: float, last_fraction: float = 0.1) -> Dict:
+    """What the BMA notebook shows for one (alpha, beta): normalised weights w_t / sum w, the running share of
+    the zero-shot model, and in the final average the share of the zero-shot model and of the last
+    `last_fraction` of the steps."""
+    w = np.array(beta_weights(total_steps, alpha, beta))
+    normalised = w / w.sum()
+    k = max(1, int(round(last_fraction * total_steps)))
+    return {"steps": np.arange(total_steps + 1), "weights": normalised,
+            "zero_shot_share": np.array(zero_shot_share(list(w))),
+            "final_zero_shot_share": float(normalised[0]), "final_last_share": float(normalised[-k:].sum()),
+            "last_steps": k}
+
+
+def nearest_farthest_table(view: Dict, classnames: Sequence[str]) -> List[Dict[str, str]]:
+    return [{"class": c, "smallest margin to": n, "largest margin to": f}
+            for c, n, f in zip(classnames, view["nearest"], view["farthest"])]

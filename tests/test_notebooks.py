@@ -1,0 +1,39 @@
+"""Every notebook runs top to bottom in its fast setting (papermill injects the parameters)."""
+import json
+from pathlib import Path
+
+import papermill
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+FAST = {
+    "01_world_and_zero_shot.ipynb": {"PER_CELL": 3},
+    "02_margins.ipynb": {"PER_CELL": 1},
+    "03_beta_moving_average.ipynb": {"PER_CELL": 4, "STEPS": 12, "EVERY": 4},
+    "04_fine_tuning.ipynb": {"PER_CELL": 4, "STEPS": 10},
+    "05_features_umap.ipynb": {"PER_CELL": 4, "STEPS": 10, "POINTS": 150},
+}
+
+
+def test_every_notebook_has_a_fast_setting_and_no_outputs():
+    names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    assert names == sorted(FAST)
+    for name in names:
+        nb = json.loads((NOTEBOOKS / name).read_text())
+        assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), name
+        assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), name
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_notebook_runs_without_errors(name, tmp_path):
+    out = tmp_path / name
+    papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=FAST[name], kernel_name="python3",
+                               cwd=str(NOTEBOOKS), progress_bar=False, execution_timeout=300)
+    nb = json.loads(out.read_text())
+    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
+    figures = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+               if any(k.startswith("application/vnd.plotly") or k.startswith("application/vnd.jupyter.widget")
+                      for k in o.get("data", {}))]
+    assert figures, "the notebook showed no figure"

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipood_kit.methods import beta_weights
+from clipood_kit.widgets import beta_view, margin_view, nearest_farthest_table
+
+
+def _text():
+    return torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.2]])
+
+
+def test_margin_view_follows_the_formula_as_lambda_moves():
+    names = ["a", "b", "c", "d"]
+    t = F.normalize(_text(), dim=-1)
+    cos = (t @ t.T).numpy()
+    for lam in (0.0, 0.3, 0.8):
+        v = margin_view(_text(), names, lam)
+        expected = lam * (1 - cos)
+        np.fill_diagonal(expected, 0)
+        assert np.allclose(v["margins"], expected, atol=1e-6)
+    v = margin_view(_text(), names, 0.3)
+    assert v["nearest"][0] == "b" and v["farthest"][0] == "d"
+    assert nearest_farthest_table(v, names)[2] == {"class": "c", "smallest margin to": v["nearest"][2],
+                                                   "largest margin to": v["farthest"][2]}
+
+
+def test_margins_lower_the_target_probability_of_an_image():
+    names = ["a", "b", "c", "d"]
+    f = torch.tensor([0.8, 0.5, 0.1])
+    p0 = margin_view(_text(), names, 0.0, f, 0, 10.0)
+    p1 = margin_view(_text(), names, 0.5, f, 0, 10.0)
+    assert p0["target_prob_plain"] == pytest.approx(p0["target_prob_margin"])
+    assert p1["target_prob_margin"] < p1["target_prob_plain"]
+    assert p1["probs_margin"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_beta_view_matches_the_bma_weights():
+    v = beta_view(50, 0.5, 0.5, last_fraction=0.1)
+    w = np.array(beta_weights(50, 0.5, 0.5))
+    assert np.allclose(v["weights"], w / w.sum())
+    assert v["final_zero_shot_share"] == pytest.approx(w[0] / w.sum())
+    assert v["final_last_share"] == pytest.approx(w[-5:].sum() / w.sum()) and v["last_steps"] == 5
+    flat = beta_view(50, 1.0, 1.0)
+    assert np.allclose(flat["weights"], 1 / 51)
+    assert beta_view(50, 0.5, 3.0)["final_zero_shot_share"] > v["final_zero_shot_share"]
