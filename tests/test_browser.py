@@ -52,9 +52,9 @@ def lab(tmp_path_factory):
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(folder / ".jupyter-config"), JUPYTER_RUNTIME_DIR=str(folder / ".rt"))
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--ServerApp.open_browser=False",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--ServerApp.open_browser=False", "--allow-root",
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=folder, env=env, stdout=open(folder / "jupyterlab.log", "w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 90
         while True:
@@ -63,7 +63,7 @@ def lab(tmp_path_factory):
                 break
             except OSError:
                 if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("JupyterLab did not start")
+                    raise RuntimeError("JupyterLab did not start: " + (folder / "jupyterlab.log").read_text()[-2000:])
                 time.sleep(0.5)
         from playwright.sync_api import sync_playwright
         with sync_playwright() as p:
@@ -97,27 +97,30 @@ def test_notebook_in_jupyterlab(lab, name):
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(f"{base}/lab/tree/{name}?token={token}")
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+        # a workspace of its own, so no other notebook is restored beside this one
+        page.goto(f"{base}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={token}")
+        panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+        panel.locator(".jp-Cell").first.wait_for(timeout=60_000)
+        page.locator(".jp-StatusBar-TextItem", has_text="Idle").first.wait_for(timeout=90_000)   # kernel ready
+        page.wait_for_timeout(2000)
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-        deadline = time.time() + 420
+        deadline = time.time() + 240
         while True:
-            prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+            prompts = panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
             done = prompts and all(p.strip() not in ("[*]:", "[ ]:", "") for p in prompts)
             if done:
                 break
             assert time.time() < deadline, f"{name}: cells still running: {prompts}"
             page.wait_for_timeout(1000)
         page.wait_for_timeout(1500)
-        outputs = " ".join(page.locator(".jp-OutputArea-output").all_inner_texts())
+        outputs = " ".join(panel.locator(".jp-OutputArea-output").all_inner_texts())
         assert "Traceback" not in outputs and "Error:" not in outputs, outputs[-2000:]
-        assert page.locator(".js-plotly-plot").count() > 0, f"{name}: no plotly figure rendered"
+        assert panel.locator(".js-plotly-plot").count() > 0, f"{name}: no plotly figure rendered"
         if name in SLIDER_FIGURE:
             before = _figure_state(page, SLIDER_FIGURE[name])
             assert before is not None, f"{name}: the interactive figure did not render"
-            handle = page.locator(".widget-slider .noUi-handle").first
+            handle = panel.locator(".widget-slider .noUi-handle").first
             handle.scroll_into_view_if_needed()
             handle.focus()
             for _ in range(3):
