@@ -5,7 +5,7 @@ Classifier (CLIP, Radford et al. 2021, prompt ensembling): for class c and templ
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
-
-import torch
 
 from . import evaluation
 from .data import WORLD, TransformedSubset, open_dataset

@@ -9,7 +9,6 @@ gradient is zero (the key bias of attention pooling: softmax ignores it) float32
 differs between one process and two, becomes lr-sized steps. In float64 that noise is far below Adam's eps,
 and the comparison tests the data sharding and gradient averaging themselves.
 """
-import os
 import sys
 
 import torch

@@ -10,7 +10,7 @@ def test_demo_writes_results_and_a_report_with_every_figure(tmp_path):
     exp = demo_experiment()
     exp = replace(exp, per_cell=4, train=replace(exp.train, steps=6, batch_size=8))
     cfg = DemoConfig(seeds=(0, 1), methods=("ce", "clipood", "wise-ft"), experiment=exp, umap_points=120)
-    results = run_demo(cfg, tmp_path, progress=False)
+    run_demo(cfg, tmp_path, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["summary"]) == {"zero-shot", "ce", "clipood", "clipood (last step)", "wise-ft"}
     for row in saved["summary"].values():

@@ -9,7 +9,7 @@ from clipood_kit.data import world
 
 def test_pretraining_is_seeded_and_writes_weights_and_card(tmp_path):
     cfg = PretrainConfig(steps=3, batch_size=16, eval_per_cell=1, warmup_steps=1)
-    a = pretrain(cfg, out=tmp_path / "a.safetensors", progress=False)
+    pretrain(cfg, out=tmp_path / "a.safetensors", progress=False)
     pretrain(cfg, out=tmp_path / "b.safetensors", progress=False)
     wa, wb = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -7,7 +7,7 @@ The trainer calls, in order: `setup(encoder, text_features, logit_scale, total_s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
