@@ -1,0 +1,101 @@
+"""Out-of-distribution detection scores on CLIP cosines, and their metrics.
+
+Scores (higher = more in-distribution), from s_i = cos(f, t_i), the raw cosines to the ID class text features
+(MCM: Ming et al., NeurIPS 2022; shared/METHODS.md):
+
+- MCM        max_i softmax(s / T)_i, T = 1
+- MSP        the same at T = 1 / tau (the classifier's own confidence)
+- max-logit  max_i s_i
+- energy     T * logsumexp(s / T)
+- entropy    -H(softmax(s / T))
+
+Metrics, with ID as the positive class: FPR at 95 % TPR, AUROC, AUPR (average precision).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict
+
+import torch
+
+
+def mcm(cosines: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    return torch.softmax(cosines / temperature, dim=1).max(1).values
+
+
+def msp(cosines: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    return mcm(cosines, 1.0 / logit_scale)
+
+
+def max_logit(cosines: torch.Tensor) -> torch.Tensor:
+    return cosines.max(1).values
+
+
+def energy(cosines: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    return temperature * torch.logsumexp(cosines / temperature, dim=1)
+
+
+def neg_entropy(cosines: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    log_p = torch.log_softmax(cosines / temperature, dim=1)
+    return (log_p.exp() * log_p).sum(1)
+
+
+def all_scores(cosines: torch.Tensor, logit_scale: float) -> Dict[str, torch.Tensor]:
+    """Every score of the module docstring for a batch of cosines (N x C)."""
+    return {"MCM": mcm(cosines), "MSP": msp(cosines, logit_scale), "max-logit": max_logit(cosines),
+            "energy": energy(cosines), "entropy": neg_entropy(cosines)}
+
+
+def _check(id_scores: torch.Tensor, ood_scores: torch.Tensor):
+    if id_scores.numel() == 0 or ood_scores.numel() == 0:
+        raise ValueError("OOD metrics need at least one in-distribution and one OOD score")
+    return id_scores.double().flatten(), ood_scores.double().flatten()
+
+
+def fpr_at_tpr(id_scores: torch.Tensor, ood_scores: torch.Tensor, tpr: float = 0.95) -> float:
+    """Fraction of OOD samples scored >= the highest threshold that keeps at least `tpr` of ID samples."""
+    id_s, ood_s = _check(id_scores, ood_scores)
+    ordered = id_s.sort(descending=True).values
+    threshold = ordered[math.ceil(tpr * len(ordered)) - 1]
+    return (ood_s >= threshold).double().mean().item()
+
+
+def auroc(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
+    """P(score of an ID sample > score of an OOD sample), ties counted as 1/2 (Mann-Whitney U)."""
+    id_s, ood_s = _check(id_scores, ood_scores)
+    values = torch.cat([id_s, ood_s])
+    order = values.argsort()
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(1, len(values) + 1, dtype=values.dtype)
+    for v in values.unique():                      # average ranks of ties
+        tied = values == v
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    n_id, n_ood = len(id_s), len(ood_s)
+    return ((ranks[:n_id].sum() - n_id * (n_id + 1) / 2) / (n_id * n_ood)).item()
+
+
+def aupr(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
+    """Average precision with ID positive: sum over thresholds of (recall step) x precision."""
+    id_s, ood_s = _check(id_scores, ood_scores)
+    values = torch.cat([id_s, ood_s])
+    positive = torch.cat([torch.ones_like(id_s), torch.zeros_like(ood_s)])
+    ap, previous_recall = 0.0, 0.0
+    for threshold in values.unique(sorted=True).flip(0):
+        selected = values >= threshold
+        tp = positive[selected].sum().item()
+        recall = tp / len(id_s)
+        ap += (recall - previous_recall) * tp / selected.sum().item()
+        previous_recall = recall
+    return ap
+
+
+METRICS: Dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
+    "FPR95": fpr_at_tpr, "AUROC": auroc, "AUPR": aupr}
+
+
+def evaluate(id_cosines: torch.Tensor, ood_cosines: torch.Tensor, logit_scale: float) -> Dict[str, Dict[str, float]]:
+    """Every score x every metric (metrics in %), for ID and OOD cosines to the same ID class features."""
+    id_scores, ood_scores = all_scores(id_cosines, logit_scale), all_scores(ood_cosines, logit_scale)
+    return {name: {m: 100.0 * fn(id_scores[name], ood_scores[name]) for m, fn in METRICS.items()}
+            for name in id_scores}
