@@ -36,6 +36,17 @@ def text_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[str]
 
 
 @torch.no_grad()
+def context_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str],
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """M x D context classifier of CAR-FT: w_m = norm(mean_c norm(g(template_m(c)))), one row per template."""
+    rows = []
+    for template in templates:
+        feats = F.normalize(model.encode_text(tokenizer([template.format(c) for c in classnames]).to(device)).float(), dim=-1)
+        rows.append(F.normalize(feats.mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
 def encode_images(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256, device: torch.device | str = "cpu",
                   num_workers: int = 0, progress: bool = False, desc: str = "encode") -> Dict[str, torch.Tensor]:
     """L2-normalised image features with labels and domains: {'features', 'labels', 'domains'}."""

@@ -201,13 +201,18 @@ def run_method(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, r
     encoder.load_state_dict(setup.zero_shot_state)
     method = build_method(method_cfg)
     d = setup.dataset
+    context = None
+    if method.needs_context:
+        context = evaluation.context_classifier(setup.loaded.model, setup.loaded.tokenizer,
+                                                [d.classes[i] for i in setup.train_class_ids], setup.templates,
+                                                setup.cfg.device).cpu()
     label_map = torch.full((len(d.classes),), -1, dtype=torch.long)
     label_map[torch.tensor(setup.train_class_ids)] = torch.arange(len(setup.train_class_ids))
     out: FineTuneOutput = fine_tune(
         encoder, TransformedSubset(d, setup.train_idx), setup.domain_pools,
         setup.text_features[setup.train_class_ids], setup.logit_scale, label_map, setup.loaded.train_transform(),
         method, train_cfg, run_dir=run_dir, resume=resume, stop_after=stop_after, progress=progress,
-        on_step=on_step, accelerator=accelerator)
+        on_step=on_step, accelerator=accelerator, context_features=context)
     result = {"method": method_cfg.name, "primary": method.primary, "completed": out.completed,
               "method_config": asdict(method_cfg), "train_config": asdict(train_cfg), "history": out.history}
     if not out.completed:

@@ -174,7 +174,8 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
               text_features: torch.Tensor, logit_scale: float, label_map: torch.Tensor, transform: Callable,
               method: Method, cfg: TrainConfig, run_dir: Optional[Path] = None, resume: bool = False,
               stop_after: Optional[int] = None, accelerator: Optional[Accelerator] = None,
-              progress: bool = True, on_step: Optional[Callable[[dict], None]] = None) -> FineTuneOutput:
+              progress: bool = True, on_step: Optional[Callable] = None,
+              context_features: Optional[torch.Tensor] = None) -> FineTuneOutput:
     """Fine-tune `encoder` (an image tower) on `train_set` with `method`.
 
     `domain_pools` hold the train_set indices of each source domain; `label_map` maps dataset labels to rows
@@ -191,7 +192,7 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
     dtype = next(encoder.parameters()).dtype          # fp32 (or fp64 for exact numerical checks)
     text_features = text_features.to(device, dtype=torch.promote_types(dtype, torch.float32))
     label_map = label_map.to(device)
-    method.setup(encoder, text_features, logit_scale, cfg.steps)
+    method.setup(encoder, text_features, logit_scale, cfg.steps, context_features=context_features)
 
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

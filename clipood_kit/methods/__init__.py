@@ -2,6 +2,7 @@
 from .averaging import (BetaMovingAverage, ExponentialMovingAverage, beta_pdf, beta_weights, interpolate,
                         zero_shot_share)
 from .base import Method, MethodConfig
+from .carft import CARFT, CARFTCLIPood, CARFTMMS
 from .clipood import BMA, MMS, CLIPood
 from .ema import EMA
 from .losses import class_margins, margin_logits, mms_loss
@@ -14,6 +15,9 @@ METHODS = {
     "clipood": CLIPood,
     "ema": EMA,
     "wise-ft": WiSEFT,
+    "car-ft": CARFT,
+    "car-ft-mms": CARFTMMS,
+    "car-ft-clipood": CARFTCLIPood,
 }
 
 

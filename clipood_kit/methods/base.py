@@ -29,12 +29,14 @@ class MethodConfig:
     ema_decay: float = 0.99
     wise_mixes: Tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     wise_mix: float = 0.5             # the WiSE-FT model reported as the method's result
+    carft_beta: float = 1.0           # CAR-FT weight of the context KL
 
 
 class Method:
     """Plain fine-tuning: cross-entropy on logit_scale * cos(f, t_c); the last model is the result."""
 
     name = "ce"
+    needs_context = False             # True: setup() takes context_features (prompt-template classifier)
     margin_lambda_used = False
     averager_kind: Optional[str] = None
 
@@ -44,7 +46,8 @@ class Method:
         self.averager = None
 
     # -- training -------------------------------------------------------------------------------------
-    def setup(self, encoder: torch.nn.Module, text_features: torch.Tensor, logit_scale: float, total_steps: int):
+    def setup(self, encoder: torch.nn.Module, text_features: torch.Tensor, logit_scale: float, total_steps: int,
+              context_features: Optional[torch.Tensor] = None):
         self.text_features, self.logit_scale = text_features, logit_scale
         self.margins = class_margins(text_features, self.margin_lambda) if self.margin_lambda else None
         if self.averager_kind == "bma":
