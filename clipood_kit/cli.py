@@ -107,17 +107,28 @@ def cmd_finetune(args) -> int:
 
 def cmd_demo(args) -> int:
     from dataclasses import replace
-    from .demo import CELLS, DemoConfig, run_demo
+    from .demo import DemoConfig
     cfg = DemoConfig(seeds=tuple(args.seeds))
     if args.steps is not None:
         cfg.experiment = replace(cfg.experiment, train=replace(cfg.experiment.train, steps=args.steps))
-    results = run_demo(cfg, args.out)
+    return _run_and_print(cfg, args.out)
+
+
+def _run_and_print(cfg, out) -> int:
+    from .demo import run_demo
+    results = run_demo(cfg, out)
     width = max(len(k) for k in results["summary"]) + 2
-    print(f"{'method':<{width}}" + "".join(f"{c.replace(' domains', ''):>16}" for c in CELLS))
+    columns = list(cfg.columns)
+    print(f"{'method':<{width}}" + "".join(f"{c.replace(' domains', '').replace(' (MCM)', ''):>16}" for c in columns))
     for method, row in results["summary"].items():
-        print(f"{method:<{width}}" + "".join(f"{row[c]['mean']:>10.1f} ±{row[c]['std']:4.1f}" for c in CELLS))
-    print(f"wrote {args.out}/results.json and {args.out}/report.html in {results['seconds']:.0f} s")
+        print(f"{method:<{width}}" + "".join(f"{row[c]['mean']:>10.1f} ±{row[c]['std']:4.1f}" for c in columns))
+    print(f"wrote {out}/results.json and {out}/report.html in {results['seconds']:.0f} s")
     return 0
+
+
+def cmd_compare(args) -> int:
+    from .demo import compare_config
+    return _run_and_print(compare_config(args.seeds, fast=args.fast), args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps (fast runs)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("compare", help="every method x (domains, classes, OOD with MCM), mean and std over seeds")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fast", action="store_true", help="tiny data and 8 steps (tests)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export-world", help="write the world as a DomainBed-style image folder")
     p.add_argument("root", type=Path)

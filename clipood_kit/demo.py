@@ -24,6 +24,21 @@ from .training import TrainConfig
 DEMO_METHODS = ("ce", "mms", "bma", "clipood", "wise-ft", "ema")
 CELLS = ("train domains / base", "train domains / new", "unseen domains / base", "unseen domains / new",
          "unseen domains / H")
+OOD_SHIFT = "semantic"        # the comparison's OOD columns: new classes against the training distribution
+
+
+COMPARE_METHODS = ("ce", "wise-ft", "ema", "bma", "mms", "clipood", "car-ft", "car-ft-clipood")
+COMPARE_COLUMNS = ("train domains / base", "unseen domains / base", "train domains / new", "train domains / H",
+                   "unseen domains / new", "unseen domains / H", "OOD AUROC (MCM)", "OOD FPR95 (MCM)")
+
+
+def flat_row(cells: dict) -> Dict[str, float]:
+    """One table row from scored cells: the open-world accuracies plus MCM's OOD AUROC and FPR95."""
+    row = headline("open-world", cells)
+    if "ood" in cells and OOD_SHIFT in cells["ood"]:
+        mcm = cells["ood"][OOD_SHIFT]["MCM"]
+        row["OOD AUROC (MCM)"], row["OOD FPR95 (MCM)"] = mcm["AUROC"], mcm["FPR95"]
+    return row
 
 
 def demo_experiment() -> ExperimentConfig:
@@ -46,6 +61,17 @@ class DemoConfig:
     methods: Sequence[str] = DEMO_METHODS
     experiment: ExperimentConfig = field(default_factory=demo_experiment)
     umap_points: int = 600
+    columns: Sequence[str] = CELLS
+    title: str = "clipood-kit demo: CLIPood on the embedded world"
+
+
+def compare_config(seeds: Sequence[int] = (0, 1, 2), fast: bool = False) -> DemoConfig:
+    """`clipood-kit compare`: every method on the same backbone, data, budget and metrics."""
+    exp = demo_experiment()
+    if fast:
+        exp = replace(exp, per_cell=6, train=replace(exp.train, steps=8, batch_size=8))
+    return DemoConfig(seeds=tuple(seeds), methods=COMPARE_METHODS, experiment=exp, umap_points=0 if fast else 600,
+                      columns=COMPARE_COLUMNS, title="clipood-kit comparison: robust fine-tuning methods on one bench")
 
 
 def _mean_std(values: List[float]) -> Dict[str, float]:
@@ -91,12 +117,12 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
     for seed in tqdm(cfg.seeds, desc="seeds", disable=not progress or len(cfg.seeds) == 1):
         exp = replace(cfg.experiment, split_seed=seed, train=replace(cfg.experiment.train, seed=seed))
         setup = prepare(exp)
-        rows = {"zero-shot": headline("open-world", zero_shot_cells(setup))}
+        rows = {"zero-shot": flat_row(zero_shot_cells(setup))}
         for name in tqdm(cfg.methods, desc=f"methods (seed {seed})", disable=not progress):
             result = run_method(setup, replace(exp.method, name=name), exp.train, progress=progress)
-            rows[name] = result["headline"]
+            rows[name] = flat_row(result["models"][result["primary"]])
             if result["primary"] in ("bma", "ema"):
-                rows[f"{name} (last step)"] = headline("open-world", result["models"]["last"])
+                rows[f"{name} (last step)"] = flat_row(result["models"]["last"])
             runs.setdefault(name, []).append({k: v for k, v in result.items() if k != "states"})
             if seed == cfg.seeds[0]:
                 if name == "ce":
@@ -110,7 +136,8 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
                 umap_data = umap_projection(setup, {"zero-shot": setup.zero_shot_state, "CE (last)": ce_last,
                                                     "CLIPood (BMA)": clipood_bma}, cfg.umap_points, seed)
     summary = summarise(per_seed)
-    results = {"config": {"seeds": list(cfg.seeds), "methods": list(cfg.methods),
+    results = {"config": {"seeds": list(cfg.seeds), "methods": list(cfg.methods), "columns": list(cfg.columns),
+                          "title": cfg.title,
                           "experiment": asdict(cfg.experiment)},
                "setup": setup0.describe(), "summary": summary, "per_seed": per_seed,
                "runs": runs, "seconds": round(time.perf_counter() - start, 1)}
@@ -122,15 +149,18 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
 def build_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
     summary = results["summary"]
     exp = results["config"]["experiment"]
-    rows = {m: {c: f"{v[c]['mean']:.1f} ± {v[c]['std']:.1f}" for c in CELLS} for m, v in summary.items()}
+    columns = results["config"]["columns"]
+    rows = {m: {c: f"{v[c]['mean']:.1f} ± {v[c]['std']:.1f}" for c in columns if c in v} for m, v in summary.items()}
     d = setup.describe()
     intro = (f"<p>{len(results['config']['seeds'])} seed(s), model <code>{d['model_id']}</code>, "
              f"{len(d['base_classes'])} base and {len(d['new_classes'])} new classes; trained on base classes of "
              f"{', '.join(d['source_domains'])}; unseen styles: {', '.join(d['target_domains'])}. Base images are "
              f"classified among base names, new images among new names; H is their harmonic mean. Mean ± std over "
-             f"seeds. Run time {results['seconds']:.0f} s.</p>")
-    sections = [("Accuracy per method", intro + figures.table_html(rows, CELLS),
-                 figures.accuracy_bars(summary, CELLS[:4]))]
+             f"seeds. OOD: MCM scores of new-class images in the training styles against held-out base-class images "
+             f"there (ID positive). Run time {results['seconds']:.0f} s.</p>")
+    accuracy_columns = [c for c in columns if not c.startswith("OOD")][:4]
+    sections = [("Accuracy per method", intro + figures.table_html(rows, columns),
+                 figures.accuracy_bars(summary, accuracy_columns))]
     first_runs = {m: r[0] for m, r in results["runs"].items()}
     sections.append(("Training loss", "", figures.history_figure({m: r["history"] for m, r in first_runs.items()})))
     m = exp["method"]
@@ -150,4 +180,4 @@ def build_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
                                                       setup.dataset.classes, setup.dataset.domains,
                                                       umap_data["anchors"] if colour_by == "class" else None,
                                                       colour_by)))
-    return figures.report_html("clipood-kit demo: CLIPood on the embedded world", sections)
+    return figures.report_html(results["config"]["title"], sections)

@@ -61,33 +61,30 @@ def fpr_at_tpr(id_scores: torch.Tensor, ood_scores: torch.Tensor, tpr: float = 0
 
 
 def auroc(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
-    """P(score of an ID sample > score of an OOD sample), ties counted as 1/2 (Mann-Whitney U)."""
+    """P(score of an ID sample > score of an OOD sample), ties counted as 1/2 (Mann-Whitney U, average ranks)."""
     id_s, ood_s = _check(id_scores, ood_scores)
-    values = torch.cat([id_s, ood_s])
-    order = values.argsort()
-    ranks = torch.empty_like(values)
-    ranks[order] = torch.arange(1, len(values) + 1, dtype=values.dtype)
-    for v in values.unique():                      # average ranks of ties
-        tied = values == v
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
+    ordered = torch.cat([id_s, ood_s]).sort().values
+    below = torch.searchsorted(ordered, id_s, right=False)
+    upto = torch.searchsorted(ordered, id_s, right=True)
+    ranks = (below + 1 + upto).double() / 2          # average 1-based rank of each ID score among all
     n_id, n_ood = len(id_s), len(ood_s)
-    return ((ranks[:n_id].sum() - n_id * (n_id + 1) / 2) / (n_id * n_ood)).item()
+    return ((ranks.sum() - n_id * (n_id + 1) / 2) / (n_id * n_ood)).item()
 
 
 def aupr(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
-    """Average precision with ID positive: sum over thresholds of (recall step) x precision."""
+    """Average precision with ID positive: sum over distinct thresholds of (recall step) x precision."""
     id_s, ood_s = _check(id_scores, ood_scores)
     values = torch.cat([id_s, ood_s])
     positive = torch.cat([torch.ones_like(id_s), torch.zeros_like(ood_s)])
-    ap, previous_recall = 0.0, 0.0
-    for threshold in values.unique(sorted=True).flip(0):
-        selected = values >= threshold
-        tp = positive[selected].sum().item()
-        recall = tp / len(id_s)
-        ap += (recall - previous_recall) * tp / selected.sum().item()
-        previous_recall = recall
-    return ap
+    order = values.argsort(descending=True)
+    values, positive = values[order], positive[order]
+    _, counts = torch.unique_consecutive(values, return_counts=True)
+    ends = counts.cumsum(0) - 1                       # last index of each group of equal scores
+    tp = positive.cumsum(0)[ends]
+    precision = tp / (ends + 1)
+    recall = tp / len(id_s)
+    steps = torch.diff(recall, prepend=recall.new_zeros(1))
+    return (steps * precision).sum().item()
 
 
 METRICS: Dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from . import evaluation
+from . import evaluation, ood
 from .data import WORLD, TransformedSubset, open_dataset, splits
 from .io import save_weights, write_json
 from .methods import MethodConfig, build_method
@@ -159,6 +159,35 @@ def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: t
         if "base" in cells and "new" in cells:
             cells["H"] = harmonic_mean(cells["base"], cells["new"])
         out[gname] = cells
+    detection = ood_detection(setup, features, labels, domains)
+    if detection:
+        out["ood"] = detection
+    return out
+
+
+OOD_SHIFTS = {"semantic": ("source", "new"), "covariate": ("target", "base"), "both": ("target", "new")}
+
+
+def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor) -> dict:
+    """OOD detection against the training distribution (held-out images of the source domains, base classes):
+    semantic shift = new classes in the source domains, covariate shift = base classes in unseen domains, both =
+    new classes in unseen domains. Cosines to the base class text features; every score x metric (%)."""
+    def members(where: str, classes: str) -> torch.Tensor:
+        dom_ids = setup.source_ids if where == "source" else setup.target_ids
+        cls_ids = setup.base_ids if classes == "base" else setup.new_ids
+        if not dom_ids or not cls_ids:
+            return torch.zeros(len(labels), dtype=torch.bool)
+        return torch.isin(domains, torch.tensor(dom_ids)) & torch.isin(labels, torch.tensor(cls_ids))
+
+    in_dist = members("source", "base")
+    if not in_dist.any():
+        return {}
+    cos = features @ setup.text_features[setup.base_ids].T
+    out = {}
+    for shift, (where, classes) in OOD_SHIFTS.items():
+        m = members(where, classes)
+        if m.any():
+            out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.logit_scale)
     return out
 
 

@@ -57,3 +57,16 @@ def test_cli_finetune_in_bf16_keeps_fp32_weights(tmp_path):
     import torch
     weights = load_file(out / "model_bma.safetensors")
     assert all(v.dtype == torch.float32 for k, v in weights.items() if k.startswith("visual.") and v.is_floating_point())
+
+
+def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
+    out = tmp_path / "cmp"
+    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "compare", "--fast", "--seeds", "0",
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    from clipood_kit.demo import COMPARE_COLUMNS, COMPARE_METHODS
+    assert set(COMPARE_METHODS) | {"zero-shot"} <= set(results["summary"])
+    for row in results["summary"].values():
+        assert set(COMPARE_COLUMNS) <= set(row)
+    assert "OOD AUROC (MCM)" in (out / "report.html").read_text()

@@ -50,3 +50,15 @@ def test_scores_follow_their_formulas():
     # softmax scores ignore a constant shift of all cosines: the shifted copy is indistinguishable
     assert table["MCM"]["AUROC"] == pytest.approx(50.0) and table["entropy"]["AUROC"] == pytest.approx(50.0)
     assert torch.allclose(ood.energy(s - 0.5), ood.energy(s) - 0.5, atol=1e-6)
+
+
+def test_protocol_scores_ood_detection_for_every_shift():
+    from clipood_kit.protocols import ExperimentConfig, prepare, zero_shot_cells
+    setup = prepare(ExperimentConfig(per_cell=4))
+    cells = zero_shot_cells(setup)
+    assert set(cells["ood"]) == {"semantic", "covariate", "both"}
+    for shift in cells["ood"].values():
+        assert set(shift) == {"MCM", "MSP", "max-logit", "energy", "entropy"}
+        assert all(0 <= v <= 100 for row in shift.values() for v in row.values())
+    # new classes in unseen styles are the easiest to tell from the training distribution
+    assert cells["ood"]["both"]["MCM"]["AUROC"] > 50
