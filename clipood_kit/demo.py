@@ -14,11 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import figures
-from .data import TransformedSubset
-from .evaluation import encode_images
 from .io import write_json, write_text
 from .methods import MethodConfig
-from .protocols import ExperimentConfig, Setup, headline, prepare, run_method, zero_shot_cells
+from .protocols import (ExperimentConfig, Setup, encode_with_state, headline, prepare, run_method,
+                        zero_shot_cells)
 from .training import TrainConfig
 
 DEMO_METHODS = ("ce", "mms", "bma", "clipood", "wise-ft", "ema")
@@ -91,16 +90,7 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
     import umap
     gen = torch.Generator().manual_seed(seed)
     pick = setup.eval_idx[torch.randperm(len(setup.eval_idx), generator=gen)[:points]].sort().values
-    subset = TransformedSubset(setup.dataset, pick, setup.loaded.preprocess)
-    model = setup.loaded.model
-    original = {k: v.clone() for k, v in model.visual.state_dict().items()}
-    feats = {}
-    try:
-        for name, state in states.items():
-            model.visual.load_state_dict(state)
-            feats[name] = encode_images(model, subset)["features"].numpy()
-    finally:
-        model.visual.load_state_dict(original)
+    feats = {name: encode_with_state(setup, state, pick)["features"].numpy() for name, state in states.items()}
     names = list(states)
     reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed, n_jobs=1)
     coords = {names[0]: reducer.fit_transform(feats[names[0]])}

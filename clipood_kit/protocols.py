@@ -191,18 +191,25 @@ def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, do
     return out
 
 
-def evaluate_state(setup: Setup, encoder_state: Dict[str, torch.Tensor], progress: bool = False,
-                   indices: Optional[torch.Tensor] = None) -> dict:
-    """Score an image-encoder state on the evaluation images of the setup (or the given subset of them)."""
+def encode_with_state(setup: Setup, encoder_state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor] = None,
+                      progress: bool = False) -> Dict[str, torch.Tensor]:
+    """Image features of the evaluation images (or the given dataset indices) under an image-encoder state;
+    the setup's model gets its own encoder weights back afterwards."""
     model = setup.loaded.model
     original = {k: v.clone() for k, v in model.visual.state_dict().items()}
     model.visual.load_state_dict(encoder_state)
     subset = setup.eval_idx if indices is None else indices
     try:
-        enc = evaluation.encode_images(model, TransformedSubset(setup.dataset, subset, setup.loaded.preprocess),
-                                       setup.cfg.eval_batch_size, setup.cfg.device, progress=progress)
+        return evaluation.encode_images(model, TransformedSubset(setup.dataset, subset, setup.loaded.preprocess),
+                                        setup.cfg.eval_batch_size, setup.cfg.device, progress=progress)
     finally:
         model.visual.load_state_dict(original)
+
+
+def evaluate_state(setup: Setup, encoder_state: Dict[str, torch.Tensor], progress: bool = False,
+                   indices: Optional[torch.Tensor] = None) -> dict:
+    """Score an image-encoder state on the evaluation images of the setup (or the given subset of them)."""
+    enc = encode_with_state(setup, encoder_state, indices, progress)
     return score(setup, enc["features"], enc["labels"], enc["domains"])
 
 
