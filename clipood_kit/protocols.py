@@ -228,6 +228,39 @@ def headline(protocol: str, cells: dict) -> Dict[str, float]:
     return out
 
 
+def method_inputs(setup: Setup, method) -> Dict[str, torch.Tensor]:
+    """The extra inputs a method names in `method.inputs`, built from the setup:
+
+    - `context_features` (CAR-FT): the M x D context classifier of the experiment's templates over the
+      training classes;
+    - `unknown_text_features` (OGEN): text features of the held-out (new) classes, the names OGEN synthesises
+      features for;
+    - `class_feature_mean`, `class_feature_std` (OGEN): per training class, the mean and standard deviation of
+      the zero-shot encoder's normalised features of the training images (evaluation transform), as the
+      official code precomputes them.
+    """
+    d, out = setup.dataset, {}
+    train_names = [d.classes[i] for i in setup.train_class_ids]
+    if "context_features" in method.inputs:
+        out["context_features"] = evaluation.context_classifier(setup.loaded.model, setup.loaded.tokenizer, train_names,
+                                                                setup.templates, setup.cfg.device).cpu()
+    if "unknown_text_features" in method.inputs:
+        unknown = [i for i in range(len(d.classes)) if i not in setup.train_class_ids]
+        if not unknown:
+            raise ValueError(f"method {method.name!r} needs held-out class names, but protocol "
+                             f"{setup.cfg.protocol!r} trains on every class; use base-to-new, in-the-wild or open-world")
+        out["unknown_text_features"] = setup.text_features[unknown]
+    if "class_feature_mean" in method.inputs or "class_feature_std" in method.inputs:
+        enc = encode_with_state(setup, setup.zero_shot_state, indices=setup.train_idx)
+        rows = [enc["features"][enc["labels"] == c] for c in setup.train_class_ids]
+        empty = [d.classes[c] for c, r in zip(setup.train_class_ids, rows) if len(r) == 0]
+        if empty:
+            raise ValueError(f"training class(es) {empty} have no training images; class statistics need at least one")
+        out["class_feature_mean"] = torch.stack([r.mean(0) for r in rows])
+        out["class_feature_std"] = torch.stack([r.std(0, unbiased=False) for r in rows])
+    return out
+
+
 def run_method(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, run_dir: Optional[Path] = None,
                resume: bool = False, progress: bool = True, on_step: Optional[Callable] = None,
                stop_after: Optional[int] = None, accelerator=None) -> dict:
@@ -237,18 +270,13 @@ def run_method(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, r
     encoder.load_state_dict(setup.zero_shot_state)
     method = build_method(method_cfg)
     d = setup.dataset
-    context = None
-    if method.needs_context:
-        context = evaluation.context_classifier(setup.loaded.model, setup.loaded.tokenizer,
-                                                [d.classes[i] for i in setup.train_class_ids], setup.templates,
-                                                setup.cfg.device).cpu()
     label_map = torch.full((len(d.classes),), -1, dtype=torch.long)
     label_map[torch.tensor(setup.train_class_ids)] = torch.arange(len(setup.train_class_ids))
     out: FineTuneOutput = fine_tune(
         encoder, TransformedSubset(d, setup.train_idx), setup.domain_pools,
         setup.text_features[setup.train_class_ids], setup.logit_scale, label_map, setup.loaded.train_transform(),
         method, train_cfg, run_dir=run_dir, resume=resume, stop_after=stop_after, progress=progress,
-        on_step=on_step, accelerator=accelerator, context_features=context)
+        on_step=on_step, accelerator=accelerator, method_inputs=method_inputs(setup, method))
     result = {"method": method_cfg.name, "primary": method.primary, "completed": out.completed,
               "method_config": asdict(method_cfg), "train_config": asdict(train_cfg), "history": out.history}
     if not out.completed:

@@ -175,12 +175,13 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
               method: Method, cfg: TrainConfig, run_dir: Optional[Path] = None, resume: bool = False,
               stop_after: Optional[int] = None, accelerator: Optional[Accelerator] = None,
               progress: bool = True, on_step: Optional[Callable] = None,
-              context_features: Optional[torch.Tensor] = None) -> FineTuneOutput:
+              method_inputs: Optional[Dict[str, torch.Tensor]] = None) -> FineTuneOutput:
     """Fine-tune `encoder` (an image tower) on `train_set` with `method`.
 
     `domain_pools` hold the train_set indices of each source domain; `label_map` maps dataset labels to rows
     of `text_features` (the training classes). `on_step(row, encoder, method)` is called on the main process
     after every step with the history row, the (unwrapped) encoder and the method (live plots, trajectories).
+    `method_inputs` holds the extra inputs named in `method.inputs` (`protocols.method_inputs` builds them).
     """
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.precision)
     cfg.validate(accelerator.num_processes)
@@ -192,10 +193,19 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
     dtype = next(encoder.parameters()).dtype          # fp32 (or fp64 for exact numerical checks)
     text_features = text_features.to(device, dtype=torch.promote_types(dtype, torch.float32))
     label_map = label_map.to(device)
-    method.setup(encoder, text_features, logit_scale, cfg.steps, context_features=context_features)
+    method_inputs = dict(method_inputs or {})
+    missing = [name for name in method.inputs if name not in method_inputs]
+    if missing:
+        raise ValueError(f"method {method.name!r} needs the input(s) {missing}; build them with "
+                         f"clipood_kit.protocols.method_inputs(setup, method) and pass method_inputs=")
+    method.setup(encoder, text_features, logit_scale, cfg.steps,
+                 **{name: method_inputs[name].to(device) for name in method.inputs})
 
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": [p for p in encoder.parameters() if p.requires_grad], "lr_scale": 1.0}]
+    extra = [p for m in method.trainable_modules() for p in m.to(device).parameters()]
+    if extra:
+        groups.append({"params": extra, "lr_scale": method.lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     encoder.train()
     freeze_batchnorm(encoder)
     model, optimizer = accelerator.prepare(encoder, optimizer)
@@ -219,12 +229,16 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
     for images, labels, _ in loader:
         lr = cosine_lr(step, cfg.steps, cfg.lr)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         images, labels = images.to(device, dtype=dtype), label_map[labels.to(device)]
         with accelerator.autocast():
             features = model(images)
         loss = method.loss(features.to(text_features.dtype), labels, images)
         accelerator.backward(loss)
+        if extra and accelerator.num_processes > 1:   # the method's own modules are not wrapped for DDP
+            for p in extra:
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, "mean")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

@@ -120,6 +120,18 @@ def test_two_processes_equal_one_process(tmp_path):
     assert moved > 0      # the run did train: BMA differs from the last step
 
 
+def test_a_method_s_own_modules_are_averaged_over_processes(tmp_path):
+    """OGEN's generator sits outside DDP; the trainer averages its gradients, so every process keeps the same one."""
+    out = tmp_path / "ogen.safetensors"
+    proc = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), "2", str(out), "ogen"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [load_file(f"{out}.rank{r}") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for k, v in ranks[0].items():
+        assert torch.equal(v, ranks[1][k]), k
+
+
 def test_bad_train_config_is_refused(small):
     exp, setup = small
     with pytest.raises(ValueError, match="batch_size"):

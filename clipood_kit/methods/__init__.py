@@ -1,11 +1,12 @@
 """Fine-tuning methods, one registry: a new method is one module and one line in METHODS."""
-from .averaging import (BetaMovingAverage, ExponentialMovingAverage, beta_pdf, beta_weights, interpolate,
-                        zero_shot_share)
+from .averaging import (BetaMovingAverage, ExponentialMovingAverage, LocalMeanTeacher, beta_pdf, beta_weights,
+                        interpolate, zero_shot_share)
 from .base import Method, MethodConfig
 from .carft import CARFT, CARFTCLIPood, CARFTMMS
 from .clipood import BMA, MMS, CLIPood
 from .ema import EMA
 from .losses import class_margins, margin_logits, mms_loss
+from .ogen import OGEN, FeatureGenerator
 from .wise_ft import WiSEFT
 
 METHODS = {
@@ -18,6 +19,7 @@ METHODS = {
     "car-ft": CARFT,
     "car-ft-mms": CARFTMMS,
     "car-ft-clipood": CARFTCLIPood,
+    "ogen": OGEN,
 }
 
 
@@ -27,5 +29,5 @@ def build_method(cfg: MethodConfig) -> Method:
     return METHODS[cfg.name](cfg)
 
 
-__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "BetaMovingAverage", "ExponentialMovingAverage",
+__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "BetaMovingAverage", "ExponentialMovingAverage", "LocalMeanTeacher",
            "beta_pdf", "beta_weights", "zero_shot_share", "interpolate", "class_margins", "margin_logits", "mms_loss"]

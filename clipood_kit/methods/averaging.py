@@ -159,3 +159,93 @@ def interpolate(zero_shot: Dict[str, torch.Tensor], fine_tuned: Dict[str, torch.
     return {k: (torch.lerp(zero_shot[k].float(), fine_tuned[k].float(), mix).to(fine_tuned[k].dtype)
                 if fine_tuned[k].is_floating_point() else fine_tuned[k].clone())
             for k in fine_tuned}
+
+
+class LocalMeanTeacher:
+    """Mean teacher over a growing window of recent states: the teacher of OGEN's adaptive self-distillation.
+
+    OGEN (Zang et al., ICLR 2024, Sec. 3.3) distils from a mean teacher over a local window of recent model
+    states whose size grows during training; its released code lacks this part, so the rule is ours:
+
+    - snapshots of the parameters (fp32) are taken at t = 0 and every `stride = ceil(T / max_snapshots)` steps
+      (and at the last step);
+    - after step t the window is [t - ceil(fraction * t), t]: it covers the latest `fraction` of the training
+      so far, so it grows linearly with t (early states, far from the current one, drop out);
+    - the teacher is the uniform mean of the snapshots inside the window (the newest snapshot alone when the
+      window holds none yet).
+
+    At most about fraction * max_snapshots + 1 snapshots are held at any time.
+    """
+
+    def __init__(self, module: torch.nn.Module, total_steps: int, fraction: float = 0.25, max_snapshots: int = 40):
+        _check_total_steps(total_steps)
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction (the window's share of the steps so far) must be in (0, 1], got {fraction}")
+        if not isinstance(max_snapshots, int) or max_snapshots < 1:
+            raise ValueError(f"max_snapshots must be an integer >= 1, got {max_snapshots!r}")
+        self.total_steps, self.fraction, self.max_snapshots = total_steps, fraction, max_snapshots
+        self.stride = math.ceil(total_steps / max_snapshots)
+        self.step = 0
+        self.snapshots: Dict[int, Dict[str, torch.Tensor]] = {0: self._copy(module)}
+        self.mean = {n: t.clone() for n, t in self.snapshots[0].items()}
+
+    @staticmethod
+    def _copy(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+        return {n: p.detach().float().clone() for n, p in _parameters(module)}
+
+    def window_start(self, step: int) -> int:
+        return step - math.ceil(self.fraction * step)
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> bool:
+        """Account for the next optimiser step; True when the teacher changed."""
+        if self.step >= self.total_steps:
+            raise ValueError(f"update after the last step: the teacher was built for total_steps={self.total_steps}")
+        self.step += 1
+        changed = False
+        if self.step % self.stride == 0 or self.step == self.total_steps:
+            self.snapshots[self.step] = self._copy(module)
+            changed = True
+        start, newest = self.window_start(self.step), max(self.snapshots)
+        for s in [s for s in self.snapshots if s < start and s != newest]:
+            del self.snapshots[s]
+            changed = True
+        if changed:
+            self._recompute()
+        return changed
+
+    def _recompute(self) -> None:
+        states = list(self.snapshots.values())
+        names = list(states[0])
+        mean = [states[0][n].clone() for n in names]
+        for state in states[1:]:
+            torch._foreach_add_(mean, [state[n] for n in names])
+        torch._foreach_div_(mean, float(len(states)))
+        self.mean = dict(zip(names, mean))
+
+    @property
+    def window(self) -> List[int]:
+        """Steps of the snapshots the teacher averages."""
+        return sorted(self.snapshots)
+
+    @torch.no_grad()
+    def copy_to(self, module: torch.nn.Module) -> torch.nn.Module:
+        for n, p in _parameters(module):
+            p.copy_(self.mean[n].to(p.dtype))
+        return module
+
+    def state_dict(self) -> dict:
+        state = {f"snapshot_{s:06d}": {n: t.clone() for n, t in snap.items()} for s, snap in self.snapshots.items()}
+        state.update(step=self.step, total_steps=self.total_steps, fraction=self.fraction,
+                     max_snapshots=self.max_snapshots)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = (state["total_steps"], state["fraction"], state["max_snapshots"])
+        if saved != (self.total_steps, self.fraction, self.max_snapshots):
+            raise ValueError(f"teacher state was saved for (total_steps, fraction, max_snapshots)={saved}; this run has "
+                             f"{(self.total_steps, self.fraction, self.max_snapshots)}")
+        self.step = int(state["step"])
+        self.snapshots = {int(k.split("_")[1]): {n: t.float().clone() for n, t in v.items()}
+                          for k, v in state.items() if k.startswith("snapshot_")}
+        self._recompute()

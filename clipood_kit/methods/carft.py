@@ -19,9 +19,9 @@ from .base import Method
 
 class CARFT(Method):
     name = "car-ft"
-    needs_context = True
+    inputs = ("context_features",)
 
-    def setup(self, encoder, text_features, logit_scale, total_steps, context_features=None):
+    def setup(self, encoder, text_features, logit_scale, total_steps, context_features=None, **inputs):
         super().setup(encoder, text_features, logit_scale, total_steps)
         if context_features is None or len(context_features) < 2:
             raise ValueError("car-ft needs context features of at least 2 prompt templates "

@@ -1,0 +1,144 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipood_kit.methods import FeatureGenerator, LocalMeanTeacher, MethodConfig, build_method
+from clipood_kit.protocols import ExperimentConfig, harmonic_mean, method_inputs, prepare, run_method
+from clipood_kit.training import TrainConfig, fine_tune
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return prepare(ExperimentConfig(per_cell=4))
+
+
+def test_generator_is_norm_of_mlp_of_query_plus_attention():
+    torch.manual_seed(0)
+    gen = FeatureGenerator(16, heads=4).eval()
+    q, k, v = torch.randn(3, 2, 16), torch.randn(3, 5, 16), torch.randn(3, 5, 16)
+    # independent computation from the weights: per-head scaled dot-product attention, then the output projection
+    w, b = gen.attention.in_proj_weight, gen.attention.in_proj_bias
+    qp, kp, vp = (x @ w[i * 16:(i + 1) * 16].T + b[i * 16:(i + 1) * 16] for i, x in enumerate((q, k, v)))
+    heads = []
+    for h in range(4):
+        s = slice(4 * h, 4 * (h + 1))
+        attn = torch.softmax(qp[..., s] @ kp[..., s].transpose(1, 2) / math.sqrt(4), dim=-1)
+        heads.append(attn @ vp[..., s])
+    attended = torch.cat(heads, -1) @ gen.attention.out_proj.weight.T + gen.attention.out_proj.bias
+    mlp = torch.relu(q @ gen.mlp[0].weight.T + gen.mlp[0].bias) @ gen.mlp[2].weight.T + gen.mlp[2].bias
+    expected = (mlp + attended) / (mlp + attended).norm(dim=-1, keepdim=True)
+    assert torch.allclose(gen(q, k, v), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="divisible by ogen_heads"):
+        FeatureGenerator(10, heads=4)
+
+
+def test_local_mean_teacher_is_the_mean_of_a_growing_window_of_the_trajectory():
+    torch.manual_seed(1)
+    module = torch.nn.Linear(3, 2)
+    total, fraction = 20, 0.3
+    teacher = LocalMeanTeacher(module, total, fraction=fraction, max_snapshots=10)    # stride 2
+    trajectory = {0: {n: p.detach().clone() for n, p in module.named_parameters()}}
+    sizes = []
+    for t in range(1, total + 1):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(torch.randn_like(p))
+        trajectory[t] = {n: p.detach().clone() for n, p in module.named_parameters()}
+        teacher.update(module)
+        taken = [s for s in trajectory if s == 0 or s % 2 == 0 or s == total]
+        inside = [s for s in taken if s >= t - math.ceil(fraction * t)] or [max(taken)]
+        assert teacher.window == inside, t
+        for n in trajectory[0]:
+            expected = torch.stack([trajectory[s][n] for s in inside]).mean(0)
+            assert torch.allclose(teacher.mean[n], expected, atol=1e-6), (t, n)
+        sizes.append(t - teacher.window_start(t))
+    assert sizes == sorted(sizes) and sizes[-1] == math.ceil(fraction * total)
+    state = teacher.state_dict()
+    again = LocalMeanTeacher(module, total, fraction=fraction, max_snapshots=10)
+    again.load_state_dict(state)
+    assert again.window == teacher.window and all(torch.equal(again.mean[n], teacher.mean[n]) for n in teacher.mean)
+    with pytest.raises(ValueError, match="fraction"):
+        LocalMeanTeacher(module, 5, fraction=0.0)
+
+
+def test_neighbours_and_unknown_names_are_the_nearest_by_cosine(setup):
+    method = build_method(MethodConfig(name="ogen"))
+    inputs = method_inputs(setup, method)
+    text = setup.text_features[setup.train_class_ids]
+    method.setup(setup.loaded.model.visual, text, setup.logit_scale, 10, **inputs)
+    mean = inputs["class_feature_mean"] / inputs["class_feature_mean"].norm(dim=1, keepdim=True)
+    for c in range(len(text)):
+        sims = [(float(mean[c] @ mean[j]), j) for j in range(len(text)) if j != c]
+        assert set(method.neighbours[c].tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
+        sims = [(float(text[c] @ u), j) for j, u in enumerate(inputs["unknown_text_features"])]
+        assert set(method.unknown_neighbours[c].tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
+    assert torch.equal(inputs["unknown_text_features"], setup.text_features[setup.new_ids])
+    enc_std = inputs["class_feature_std"]
+    assert enc_std.shape == text.shape and (enc_std >= 0).all() and enc_std.max() > 0
+
+
+def test_warm_up_trains_only_the_generator_then_distillation_starts_at_zero(setup):
+    train = TrainConfig(steps=6, batch_size=8, lr=1e-4, seed=4)
+    snapshots = {}
+
+    def on_step(row, encoder, method):
+        snapshots[row["step"]] = ({k: v.clone() for k, v in encoder.state_dict().items()},
+                                  {k: v.clone() for k, v in method.generator.state_dict().items()})
+
+    r = run_method(setup, MethodConfig(name="ogen", ogen_warmup=0.5), train, progress=False, on_step=on_step)
+    h = r["history"]
+    assert [row["warm_up"] for row in h] == [1, 1, 1, 0, 0, 0]
+    for step in (1, 2, 3):                            # the encoder is still the zero-shot one
+        assert all(torch.equal(v, setup.zero_shot_state[k]) for k, v in snapshots[step][0].items())
+    assert not all(torch.equal(snapshots[1][1][k], v) for k, v in snapshots[3][1].items())   # the generator learns
+    assert "distillation" not in h[2] and abs(h[3]["distillation"]) < 1e-6   # teacher == student at the first step
+    assert any(not torch.equal(v, setup.zero_shot_state[k]) for k, v in snapshots[4][0].items())
+    assert h[5]["distillation"] > 0
+    assert set(r["models"]) == {"last", "teacher"} and r["primary"] == "last"
+
+
+def test_the_generator_learns_to_synthesise_held_out_class_features():
+    """Leave-one-out: a feature generated for class y from its neighbours alone is classified as y more and more."""
+    setup = prepare(ExperimentConfig(per_cell=10))
+    r = run_method(setup, MethodConfig(name="ogen", ogen_warmup=0.9), TrainConfig(steps=30, batch_size=16, lr=1e-4),
+                   progress=False)
+    acc = [row["generated_accuracy"] for row in r["history"]]
+    reg = [row["regression"] for row in r["history"]]
+    assert sum(acc[-5:]) / 5 > sum(acc[:5]) / 5 + 0.3, acc
+    assert sum(reg[-5:]) < 0.6 * sum(reg[:5]), reg
+
+
+def test_stopped_and_resumed_ogen_run_is_bit_identical(setup, tmp_path):
+    cfg, train = MethodConfig(name="ogen", ogen_warmup=0.25, ogen_snapshots=4), TrainConfig(steps=8, batch_size=8,
+                                                                                               lr=1e-4, seed=5)
+    full = run_method(setup, cfg, train, progress=False)
+    run_method(setup, cfg, train, run_dir=tmp_path, stop_after=3, progress=False)
+    rest = run_method(setup, cfg, train, run_dir=tmp_path, resume=True, progress=False)
+    for name in ("last", "teacher"):
+        for k, v in full["states"][name].items():
+            assert torch.equal(v, rest["states"][name][k]), (name, k)
+    assert full["history"] == rest["history"]
+
+
+def test_base_to_new_with_harmonic_mean():
+    setup = prepare(ExperimentConfig(per_cell=4, protocol="base-to-new"))
+    r = run_method(setup, MethodConfig(name="ogen"), TrainConfig(steps=5, batch_size=10, lr=1e-4), progress=False)
+    head = r["headline"]
+    assert set(head) == {"base", "new", "H"} and head["H"] == pytest.approx(harmonic_mean(head["base"], head["new"]))
+
+
+def test_missing_inputs_are_named(setup):
+    domain_shift = prepare(ExperimentConfig(per_cell=2, protocol="domain-shift"))
+    with pytest.raises(ValueError, match="needs held-out class names"):
+        method_inputs(domain_shift, build_method(MethodConfig(name="ogen")))
+    method = build_method(MethodConfig(name="ogen"))
+    with pytest.raises(ValueError, match=r"needs the input\(s\) \['unknown_text_features'"):
+        fine_tune(setup.loaded.model.visual, None, [], setup.text_features, 10.0, torch.arange(24), None, method,
+                  TrainConfig(steps=2, batch_size=2), progress=False)
+    with pytest.raises(ValueError, match="at least 4 training classes"):
+        text = F.normalize(torch.randn(3, 128), dim=1)
+        build_method(MethodConfig(name="ogen")).setup(setup.loaded.model.visual, text, 10.0, 5,
+                                                      unknown_text_features=text, class_feature_mean=text,
+                                                      class_feature_std=text)
