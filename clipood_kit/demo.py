@@ -26,7 +26,9 @@ CELLS = ("train domains / base", "train domains / new", "unseen domains / base",
 OOD_SHIFT = "semantic"        # the comparison's OOD columns: new classes against the training distribution
 
 
-COMPARE_METHODS = ("ce", "wise-ft", "ema", "bma", "mms", "clipood", "car-ft", "car-ft-clipood")
+COMPARE_METHODS = ("ce", "wise-ft", "ema", "bma", "mms", "clipood", "car-ft", "car-ft-clipood", "ogen")
+# a second row for some methods: primary model -> (the other evaluated model, its row label)
+SECONDARY_MODELS = {"bma": ("last", "last step"), "ema": ("last", "last step"), "last": ("teacher", "teacher")}
 COMPARE_COLUMNS = ("train domains / base", "unseen domains / base", "train domains / new", "train domains / H",
                    "unseen domains / new", "unseen domains / H", "OOD AUROC (MCM)", "OOD FPR95 (MCM)")
 
@@ -38,6 +40,11 @@ def flat_row(cells: dict) -> Dict[str, float]:
         mcm = cells["ood"][OOD_SHIFT]["MCM"]
         row["OOD AUROC (MCM)"], row["OOD FPR95 (MCM)"] = mcm["AUROC"], mcm["FPR95"]
     return row
+
+
+def ood_row(cells: dict) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{shift: {score: {metric: value}}} of scored cells (every OOD score, not only MCM)."""
+    return cells.get("ood", {})
 
 
 def demo_experiment() -> ExperimentConfig:
@@ -103,16 +110,19 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
 def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
     start = time.perf_counter()
     out = Path(out)
-    per_seed, runs, umap_data, setup0 = [], {}, None, None
+    per_seed, per_seed_ood, runs, umap_data, setup0 = [], [], {}, None, None
     for seed in tqdm(cfg.seeds, desc="seeds", disable=not progress or len(cfg.seeds) == 1):
         exp = replace(cfg.experiment, split_seed=seed, train=replace(cfg.experiment.train, seed=seed))
         setup = prepare(exp)
-        rows = {"zero-shot": flat_row(zero_shot_cells(setup))}
+        zero = zero_shot_cells(setup)
+        rows, ood_rows = {"zero-shot": flat_row(zero)}, {"zero-shot": ood_row(zero)}
         for name in tqdm(cfg.methods, desc=f"methods (seed {seed})", disable=not progress):
             result = run_method(setup, replace(exp.method, name=name), exp.train, progress=progress)
             rows[name] = flat_row(result["models"][result["primary"]])
-            if result["primary"] in ("bma", "ema"):
-                rows[f"{name} (last step)"] = flat_row(result["models"]["last"])
+            ood_rows[name] = ood_row(result["models"][result["primary"]])
+            model, label = SECONDARY_MODELS.get(result["primary"], (None, None))
+            if model in result["models"]:
+                rows[f"{name} ({label})"] = flat_row(result["models"][model])
             runs.setdefault(name, []).append({k: v for k, v in result.items() if k != "states"})
             if seed == cfg.seeds[0]:
                 if name == "ce":
@@ -120,16 +130,19 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
                 if name == "clipood":
                     clipood_bma = result["states"]["bma"]
         per_seed.append(rows)
+        per_seed_ood.append(ood_rows)
         if seed == cfg.seeds[0]:
             setup0 = setup
             if cfg.umap_points and "ce" in cfg.methods and "clipood" in cfg.methods:
                 umap_data = umap_projection(setup, {"zero-shot": setup.zero_shot_state, "CE (last)": ce_last,
                                                     "CLIPood (BMA)": clipood_bma}, cfg.umap_points, seed)
     summary = summarise(per_seed)
+    ood_summary = {method: {shift: summarise([s[method][shift] for s in per_seed_ood]) for shift in shifts}
+                   for method, shifts in per_seed_ood[0].items()}
     results = {"config": {"seeds": list(cfg.seeds), "methods": list(cfg.methods), "columns": list(cfg.columns),
                           "title": cfg.title,
                           "experiment": asdict(cfg.experiment)},
-               "setup": setup0.describe(), "summary": summary, "per_seed": per_seed,
+               "setup": setup0.describe(), "summary": summary, "ood_summary": ood_summary, "per_seed": per_seed,
                "runs": runs, "seconds": round(time.perf_counter() - start, 1)}
     write_json(out / "results.json", results)
     write_text(out / "report.html", build_report(results, setup0, umap_data))
@@ -151,6 +164,17 @@ def build_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
     accuracy_columns = [c for c in columns if not c.startswith("OOD")][:4]
     sections = [("Accuracy per method", intro + figures.table_html(rows, columns),
                  figures.accuracy_bars(summary, accuracy_columns))]
+    ood = results.get("ood_summary", {})
+    if ood and any(OOD_SHIFT in shifts for shifts in ood.values()):
+        auroc = {m: {score: v[OOD_SHIFT][score]["AUROC"]["mean"] for score in v[OOD_SHIFT]}
+                 for m, v in ood.items() if OOD_SHIFT in v}
+        fpr = {m: {score: f"{v[OOD_SHIFT][score]['FPR95']['mean']:.1f}" for score in v[OOD_SHIFT]}
+               for m, v in ood.items() if OOD_SHIFT in v}
+        scores = list(next(iter(auroc.values())))
+        sections.append(("Which OOD score after which method",
+                         "<p>AUROC (%) of every score on the semantic shift (new classes in the training styles "
+                         "against held-out base-class images there), mean over seeds; below, FPR at 95 % TPR.</p>"
+                         + figures.table_html(fpr, scores), figures.score_heatmap(auroc, "AUROC (%)")))
     first_runs = {m: r[0] for m, r in results["runs"].items()}
     sections.append(("Training loss", "", figures.history_figure({m: r["history"] for m, r in first_runs.items()})))
     m = exp["method"]

@@ -125,3 +125,15 @@ def table_html(rows: Dict[str, Dict[str, str]], columns: Sequence[str], first: s
     body = "".join("<tr><td>" + html.escape(r) + "</td>" + "".join(f"<td>{html.escape(v.get(c, ''))}</td>" for c in columns)
                    + "</tr>" for r, v in rows.items())
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def score_heatmap(values: Dict[str, Dict[str, float]], metric: str) -> go.Figure:
+    """Methods (rows) x OOD scores (columns) heatmap of one metric, the value printed in each cell."""
+    methods = list(values)
+    scores = list(values[methods[0]])
+    z = [[values[m][s] for s in scores] for m in methods]
+    fig = go.Figure(go.Heatmap(z=z, x=scores, y=methods, colorscale="Viridis", colorbar={"title": metric},
+                               text=[[f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}"))
+    fig.update_layout(title=f"OOD detection: {metric} per method and score", yaxis={"autorange": "reversed"},
+                      height=120 + 32 * len(methods), margin={"l": 160})
+    return fig

@@ -67,6 +67,15 @@ def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
     results = json.loads((out / "results.json").read_text())
     from clipood_kit.demo import COMPARE_COLUMNS, COMPARE_METHODS
     assert set(COMPARE_METHODS) | {"zero-shot"} <= set(results["summary"])
+    assert {"ogen", "ogen (teacher)", "clipood (last step)"} <= set(results["summary"])
     for row in results["summary"].values():
         assert set(COMPARE_COLUMNS) <= set(row)
-    assert "OOD AUROC (MCM)" in (out / "report.html").read_text()
+    # every OOD score after every method, and MCM's column is the same number as the score table's MCM entry
+    ood = results["ood_summary"]
+    assert set(ood) == set(COMPARE_METHODS) | {"zero-shot"}
+    for method, shifts in ood.items():
+        assert set(shifts) == {"semantic", "covariate", "both"}
+        assert set(shifts["semantic"]) == {"MCM", "MSP", "max-logit", "energy", "entropy"}
+        assert shifts["semantic"]["MCM"]["AUROC"]["mean"] == results["summary"][method]["OOD AUROC (MCM)"]["mean"]
+    html = (out / "report.html").read_text()
+    assert "OOD AUROC (MCM)" in html and "Which OOD score after which method" in html
