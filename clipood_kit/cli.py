@@ -128,7 +128,7 @@ def _run_and_print(cfg, out) -> int:
 
 def cmd_compare(args) -> int:
     from .demo import compare_config
-    return _run_and_print(compare_config(args.seeds, fast=args.fast), args.out)
+    return _run_and_print(compare_config(args.seeds, fast=args.fast, ablation=args.ablation), args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fast", action="store_true", help="tiny data and 8 steps (tests)")
+    p.add_argument("--ablation", default=None, metavar="METHOD",
+                   help="instead of all methods: CE, METHOD and its ablated variants (ogen)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export-world", help="write the world as a DomainBed-style image folder")

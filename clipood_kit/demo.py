@@ -69,13 +69,41 @@ class DemoConfig:
     umap_points: int = 600
     columns: Sequence[str] = CELLS
     title: str = "clipood-kit demo: CLIPood on the embedded world"
+    variants: Dict[str, Dict] = field(default_factory=dict)   # extra rows: label -> MethodConfig fields (with name)
+
+    def runs(self) -> Dict[str, Dict]:
+        """Every row to train: label -> MethodConfig fields to set (the methods by name, then the variants)."""
+        out = {m: {"name": m} for m in self.methods}
+        for label, fields in self.variants.items():
+            if "name" not in fields:
+                raise ValueError(f"variant {label!r} must name its method, e.g. {{'name': 'ogen', ...}}")
+            out[label] = dict(fields)
+        return out
 
 
-def compare_config(seeds: Sequence[int] = (0, 1, 2), fast: bool = False) -> DemoConfig:
-    """`clipood-kit compare`: every method on the same backbone, data, budget and metrics."""
+# ablations (`clipood-kit compare --ablation NAME`): which part of a method does the work
+ABLATIONS = {
+    "ogen": {
+        "ogen, no synthetic CE": {"name": "ogen", "ogen_synthetic": 0.0},
+        "ogen, no distillation": {"name": "ogen", "ogen_distill": 0.0},
+        "ogen, neither": {"name": "ogen", "ogen_synthetic": 0.0, "ogen_distill": 0.0},
+        "ogen, no warm-up": {"name": "ogen", "ogen_warmup": 0.0},
+    },
+}
+
+
+def compare_config(seeds: Sequence[int] = (0, 1, 2), fast: bool = False, ablation: Optional[str] = None) -> DemoConfig:
+    """`clipood-kit compare`: every method on the same backbone, data, budget and metrics; with `ablation`, CE,
+    the method and its ablated variants instead."""
     exp = demo_experiment()
     if fast:
         exp = replace(exp, per_cell=6, train=replace(exp.train, steps=8, batch_size=8))
+    if ablation is not None:
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; choose one of {sorted(ABLATIONS)}")
+        return DemoConfig(seeds=tuple(seeds), methods=("ce", ablation), experiment=exp, umap_points=0,
+                          columns=COMPARE_COLUMNS, variants=ABLATIONS[ablation],
+                          title=f"clipood-kit ablation: {ablation}")
     return DemoConfig(seeds=tuple(seeds), methods=COMPARE_METHODS, experiment=exp, umap_points=0 if fast else 600,
                       columns=COMPARE_COLUMNS, title="clipood-kit comparison: robust fine-tuning methods on one bench")
 
@@ -116,8 +144,8 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
         setup = prepare(exp)
         zero = zero_shot_cells(setup)
         rows, ood_rows = {"zero-shot": flat_row(zero)}, {"zero-shot": ood_row(zero)}
-        for name in tqdm(cfg.methods, desc=f"methods (seed {seed})", disable=not progress):
-            result = run_method(setup, replace(exp.method, name=name), exp.train, progress=progress)
+        for name, fields in tqdm(cfg.runs().items(), desc=f"methods (seed {seed})", disable=not progress):
+            result = run_method(setup, replace(exp.method, **fields), exp.train, progress=progress)
             rows[name] = flat_row(result["models"][result["primary"]])
             ood_rows[name] = ood_row(result["models"][result["primary"]])
             model, label = SECONDARY_MODELS.get(result["primary"], (None, None))
@@ -139,7 +167,8 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
     summary = summarise(per_seed)
     ood_summary = {method: {shift: summarise([s[method][shift] for s in per_seed_ood]) for shift in shifts}
                    for method, shifts in per_seed_ood[0].items()}
-    results = {"config": {"seeds": list(cfg.seeds), "methods": list(cfg.methods), "columns": list(cfg.columns),
+    results = {"config": {"seeds": list(cfg.seeds), "methods": list(cfg.methods), "variants": cfg.variants,
+                          "columns": list(cfg.columns),
                           "title": cfg.title,
                           "experiment": asdict(cfg.experiment)},
                "setup": setup0.describe(), "summary": summary, "ood_summary": ood_summary, "per_seed": per_seed,

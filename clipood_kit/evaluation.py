@@ -5,12 +5,14 @@ Classifier (CLIP, Radford et al. 2021, prompt ensembling): for class c and templ
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from . import ood
 
 DEFAULT_TEMPLATES = [
     "a photo of a {}.", "a sketch of a {}.", "a painting of a {}.", "a cartoon of a {}.",
@@ -46,21 +48,72 @@ def context_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[s
     return torch.stack(rows)
 
 
+def has_local_features(visual: torch.nn.Module) -> bool:
+    """True for open_clip ViT towers whose last block is a standard residual attention block with class-token
+    pooling: the towers `local_image_features` handles. ResNet towers (the tiny CLIP's) have no patch tokens."""
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+    return (isinstance(visual, VisionTransformer) and visual.attn_pool is None and visual.pool_type == "tok"
+            and not visual.final_ln_after_pool and visual.transformer.batch_first
+            and type(visual.transformer.resblocks[-1]) is ResidualAttentionBlock)
+
+
+def local_image_features(visual: torch.nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(global N x D, local N x P x D) unnormalised features of an open_clip ViT tower in one pass.
+
+    Local features (GL-MCM, Miyai et al. 2023, after MaskCLIP): the last block with its attention replaced by the
+    value path, y = x + out_proj(W_v ln_1(x)); y = y + mlp(ln_2(y)) (query and key dropped, so each patch keeps
+    its own content), then ln_post and the projection on every patch token. The global feature is the tower's
+    usual output (class token through the unmodified last block).
+    """
+    if not has_local_features(visual):
+        raise ValueError(f"GL-MCM needs the patch tokens of an open_clip ViT image tower; {type(visual).__name__} "
+                         f"has none (the tiny CLIP's tower is a ModifiedResNet): use MCM")
+    x = visual._embeds(images)
+    blocks = visual.transformer.resblocks
+    for block in blocks[:-1]:
+        x = block(x)
+    last = blocks[-1]
+    width = x.shape[-1]
+    values = F.linear(last.ln_1(x), last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:])
+    local = x + last.ls_1(last.attn.out_proj(values))
+    local = local + last.ls_2(last.mlp(last.ln_2(local)))
+    pooled = visual.ln_post(last(x)[:, 0])
+    local = visual.ln_post(local[:, 1:])
+    if visual.proj is not None:
+        pooled, local = pooled @ visual.proj, local @ visual.proj
+    return pooled, local
+
+
 @torch.no_grad()
 def encode_images(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256, device: torch.device | str = "cpu",
-                  num_workers: int = 0, progress: bool = False, desc: str = "encode") -> Dict[str, torch.Tensor]:
-    """L2-normalised image features with labels and domains: {'features', 'labels', 'domains'}."""
+                  num_workers: int = 0, progress: bool = False, desc: str = "encode",
+                  local_classifier: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """L2-normalised image features with labels and domains: {'features', 'labels', 'domains'}.
+
+    With `local_classifier` (C x D class text features; ViT towers only), also 'local_mcm': per image the local
+    part of GL-MCM, max over patches p and classes i of softmax_i(cos(local_p, t_i)) (see `ood.gl_mcm`).
+    """
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     dtype = next(model.parameters()).dtype
-    feats, labels, domains = [], [], []
+    feats, labels, domains, local_mcm = [], [], [], []
     for images, y, d in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        feats.append(F.normalize(model.encode_image(images.to(device, dtype=dtype)).float(), dim=-1).cpu())
+        images = images.to(device, dtype=dtype)
+        if local_classifier is None:
+            feats.append(F.normalize(model.encode_image(images).float(), dim=-1).cpu())
+        else:
+            pooled, local = local_image_features(model.visual, images)
+            feats.append(F.normalize(pooled.float(), dim=-1).cpu())
+            cos = F.normalize(local.float(), dim=-1) @ local_classifier.to(local.device, torch.float32).T
+            local_mcm.append(ood.local_mcm(cos).cpu())
         labels.append(y)
         domains.append(d)
     model.train(was_training)
-    return {"features": torch.cat(feats), "labels": torch.cat(labels), "domains": torch.cat(domains)}
+    out = {"features": torch.cat(feats), "labels": torch.cat(labels), "domains": torch.cat(domains)}
+    if local_mcm:
+        out["local_mcm"] = torch.cat(local_mcm)
+    return out
 
 
 def accuracy_by_domain(predictions: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,

@@ -137,3 +137,22 @@ def score_heatmap(values: Dict[str, Dict[str, float]], metric: str) -> go.Figure
     fig.update_layout(title=f"OOD detection: {metric} per method and score", yaxis={"autorange": "reversed"},
                       height=120 + 32 * len(methods), margin={"l": 160})
     return fig
+
+
+def ood_figure(id_scores: np.ndarray, ood_scores: np.ndarray, fpr: np.ndarray, tpr: np.ndarray, title: str,
+               ood_name: str = "OOD") -> go.Figure:
+    """Left: histograms of one score for ID and OOD images; right: the ROC curve (ID positive)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("score histogram", "ROC curve"))
+    fig.add_histogram(x=np.asarray(id_scores), name="ID", opacity=0.6, histnorm="probability density",
+                      nbinsx=40, row=1, col=1)
+    fig.add_histogram(x=np.asarray(ood_scores), name=ood_name, opacity=0.6, histnorm="probability density",
+                      nbinsx=40, row=1, col=1)
+    fig.add_scatter(x=np.asarray(fpr), y=np.asarray(tpr), mode="lines", name="ROC", row=1, col=2)
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance",
+                    row=1, col=2)
+    fig.add_hline(y=0.95, line={"dash": "dash", "color": "firebrick"}, row=1, col=2)
+    fig.update_layout(barmode="overlay", title=title, height=420)
+    fig.update_xaxes(title_text="score (higher = more in-distribution)", row=1, col=1)
+    fig.update_xaxes(title_text="false positive rate (OOD accepted)", range=[0, 1], row=1, col=2)
+    fig.update_yaxes(title_text="true positive rate (ID kept)", range=[0, 1.02], row=1, col=2)
+    return fig

@@ -8,13 +8,16 @@ Scores (higher = more in-distribution), from s_i = cos(f, t_i), the raw cosines 
 - max-logit  max_i s_i
 - energy     T * logsumexp(s / T)
 - entropy    -H(softmax(s / T))
+- GL-MCM     MCM + lambda * max_{p, i} softmax(s^local_p / T)_i over the patches p of a ViT tower (Miyai et al.,
+             2023; lambda 1), only where the image tower gives local features (`evaluation.has_local_features`);
+             the tiny CLIP's ModifiedResNet has no patch tokens, so its tables have no GL-MCM row.
 
 Metrics, with ID as the positive class: FPR at 95 % TPR, AUROC, AUPR (average precision).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import torch
 
@@ -40,10 +43,28 @@ def neg_entropy(cosines: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     return (log_p.exp() * log_p).sum(1)
 
 
-def all_scores(cosines: torch.Tensor, logit_scale: float) -> Dict[str, torch.Tensor]:
-    """Every score of the module docstring for a batch of cosines (N x C)."""
-    return {"MCM": mcm(cosines), "MSP": msp(cosines, logit_scale), "max-logit": max_logit(cosines),
-            "energy": energy(cosines), "entropy": neg_entropy(cosines)}
+def gl_mcm(cosines: torch.Tensor, local_cosines: torch.Tensor, lam: float = 1.0,
+           temperature: float = 1.0) -> torch.Tensor:
+    """GL-MCM from global cosines (N x C) and local cosines (N x P x C)."""
+    return mcm(cosines, temperature) + lam * local_mcm(local_cosines, temperature)
+
+
+def local_mcm(local_cosines: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """max over patches and classes of softmax(s_local / T), N x P x C -> N."""
+    return torch.softmax(local_cosines / temperature, dim=-1).amax(dim=(1, 2))
+
+
+GL_MCM_LAMBDA = 1.0
+
+
+def all_scores(cosines: torch.Tensor, logit_scale: float, local: torch.Tensor = None) -> Dict[str, torch.Tensor]:
+    """Every score of the module docstring for a batch of cosines (N x C); GL-MCM when `local` holds the
+    images' local MCM part (N, from `local_mcm` or `evaluation.encode_images(local_classifier=...)`)."""
+    out = {"MCM": mcm(cosines), "MSP": msp(cosines, logit_scale), "max-logit": max_logit(cosines),
+           "energy": energy(cosines), "entropy": neg_entropy(cosines)}
+    if local is not None:
+        out["GL-MCM"] = out["MCM"] + GL_MCM_LAMBDA * local
+    return out
 
 
 def _check(id_scores: torch.Tensor, ood_scores: torch.Tensor):
@@ -87,12 +108,29 @@ def aupr(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
     return (steps * precision).sum().item()
 
 
+def roc_curve(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(FPR, TPR) with ID positive at every distinct threshold, highest first, starting at (0, 0)."""
+    id_s, ood_s = _check(id_scores, ood_scores)
+    values = torch.cat([id_s, ood_s])
+    positive = torch.cat([torch.ones_like(id_s), torch.zeros_like(ood_s)])
+    order = values.argsort(descending=True)
+    values, positive = values[order], positive[order]
+    _, counts = torch.unique_consecutive(values, return_counts=True)
+    ends = counts.cumsum(0) - 1
+    tp = positive.cumsum(0)[ends]
+    fp = (ends + 1) - tp
+    zero = values.new_zeros(1)
+    return torch.cat([zero, fp / len(ood_s)]), torch.cat([zero, tp / len(id_s)])
+
+
 METRICS: Dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
     "FPR95": fpr_at_tpr, "AUROC": auroc, "AUPR": aupr}
 
 
-def evaluate(id_cosines: torch.Tensor, ood_cosines: torch.Tensor, logit_scale: float) -> Dict[str, Dict[str, float]]:
-    """Every score x every metric (metrics in %), for ID and OOD cosines to the same ID class features."""
-    id_scores, ood_scores = all_scores(id_cosines, logit_scale), all_scores(ood_cosines, logit_scale)
+def evaluate(id_cosines: torch.Tensor, ood_cosines: torch.Tensor, logit_scale: float, id_local: torch.Tensor = None,
+             ood_local: torch.Tensor = None) -> Dict[str, Dict[str, float]]:
+    """Every score x every metric (metrics in %), for ID and OOD cosines to the same ID class features
+    (GL-MCM too when both local MCM parts are given)."""
+    id_scores, ood_scores = all_scores(id_cosines, logit_scale, id_local), all_scores(ood_cosines, logit_scale, ood_local)
     return {name: {m: 100.0 * fn(id_scores[name], ood_scores[name]) for m, fn in METRICS.items()}
             for name in id_scores}

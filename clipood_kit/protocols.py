@@ -137,8 +137,10 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Setup:
                  base_ids, text, templates, zero_shot)
 
 
-def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor) -> dict:
-    """Accuracy (%) of every cell: {domain group or domain: {base, new, all, H}}."""
+def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
+          local_mcm: Optional[torch.Tensor] = None) -> dict:
+    """Accuracy (%) of every cell: {domain group or domain: {base, new, all, H}}, and 'ood' (see ood_detection);
+    `local_mcm` (ViT towers, from encode_with_state) adds GL-MCM to the OOD scores."""
     d = setup.dataset
     groups = {"train domains": setup.source_ids, "unseen domains": setup.target_ids}
     groups.update({name: [i] for i, name in enumerate(d.domains)})
@@ -159,7 +161,7 @@ def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: t
         if "base" in cells and "new" in cells:
             cells["H"] = harmonic_mean(cells["base"], cells["new"])
         out[gname] = cells
-    detection = ood_detection(setup, features, labels, domains)
+    detection = ood_detection(setup, features, labels, domains, local_mcm)
     if detection:
         out["ood"] = detection
     return out
@@ -168,7 +170,8 @@ def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: t
 OOD_SHIFTS = {"semantic": ("source", "new"), "covariate": ("target", "base"), "both": ("target", "new")}
 
 
-def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor) -> dict:
+def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
+                  local_mcm: Optional[torch.Tensor] = None) -> dict:
     """OOD detection against the training distribution (held-out images of the source domains, base classes):
     semantic shift = new classes in the source domains, covariate shift = base classes in unseen domains, both =
     new classes in unseen domains. Cosines to the base class text features; every score x metric (%)."""
@@ -187,21 +190,42 @@ def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, do
     for shift, (where, classes) in OOD_SHIFTS.items():
         m = members(where, classes)
         if m.any():
-            out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.logit_scale)
+            local = (None, None) if local_mcm is None else (local_mcm[in_dist], local_mcm[m])
+            out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.logit_scale, *local)
+    return out
+
+
+def ood_score_sets(setup: Setup, encoder_state: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Per-image OOD scores under an encoder state: {'ID' or a shift of OOD_SHIFTS: {score: values}}, the same
+    sets and scores as `ood_detection` (the OOD notebook's histograms and ROC curves)."""
+    enc = encode_with_state(setup, encoder_state)
+    features, labels, domains, local = enc["features"], enc["labels"], enc["domains"], enc.get("local_mcm")
+    scores = ood.all_scores(features @ setup.text_features[setup.base_ids].T, setup.logit_scale, local)
+    out = {}
+    for name, (where, classes) in {"ID": ("source", "base"), **OOD_SHIFTS}.items():
+        dom_ids = setup.source_ids if where == "source" else setup.target_ids
+        cls_ids = setup.base_ids if classes == "base" else setup.new_ids
+        if dom_ids and cls_ids:
+            m = torch.isin(domains, torch.tensor(dom_ids)) & torch.isin(labels, torch.tensor(cls_ids))
+            if m.any():
+                out[name] = {score: values[m] for score, values in scores.items()}
     return out
 
 
 def encode_with_state(setup: Setup, encoder_state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor] = None,
                       progress: bool = False) -> Dict[str, torch.Tensor]:
     """Image features of the evaluation images (or the given dataset indices) under an image-encoder state;
-    the setup's model gets its own encoder weights back afterwards."""
+    the setup's model gets its own encoder weights back afterwards. ViT towers also give 'local_mcm' (GL-MCM's
+    local part against the base classes)."""
     model = setup.loaded.model
     original = {k: v.clone() for k, v in model.visual.state_dict().items()}
     model.visual.load_state_dict(encoder_state)
     subset = setup.eval_idx if indices is None else indices
     try:
+        local = setup.text_features[setup.base_ids] if evaluation.has_local_features(model.visual) else None
         return evaluation.encode_images(model, TransformedSubset(setup.dataset, subset, setup.loaded.preprocess),
-                                        setup.cfg.eval_batch_size, setup.cfg.device, progress=progress)
+                                        setup.cfg.eval_batch_size, setup.cfg.device, progress=progress,
+                                        local_classifier=local)
     finally:
         model.visual.load_state_dict(original)
 
@@ -210,7 +234,7 @@ def evaluate_state(setup: Setup, encoder_state: Dict[str, torch.Tensor], progres
                    indices: Optional[torch.Tensor] = None) -> dict:
     """Score an image-encoder state on the evaluation images of the setup (or the given subset of them)."""
     enc = encode_with_state(setup, encoder_state, indices, progress)
-    return score(setup, enc["features"], enc["labels"], enc["domains"])
+    return score(setup, enc["features"], enc["labels"], enc["domains"], enc.get("local_mcm"))
 
 
 def headline(protocol: str, cells: dict) -> Dict[str, float]:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import ood
 from .methods import beta_weights, class_margins, margin_logits, zero_shot_share
 
 
@@ -54,3 +55,25 @@ def beta_view(total_steps: int, alpha: float, beta: float, last_fraction: float 
 def nearest_farthest_table(view: Dict, classnames: Sequence[str]) -> List[Dict[str, str]]:
     return [{"class": c, "smallest margin to": n, "largest margin to": f}
             for c, n, f in zip(classnames, view["nearest"], view["farthest"])]
+
+
+def ood_view(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], method: str, score: str, shift: str) -> Dict:
+    """What the OOD notebook shows for one (method, score, shift): the ID and OOD scores, the ROC curve, and
+    AUROC / FPR95 / AUPR (%). `score_sets[method]` comes from `protocols.ood_score_sets`."""
+    sets = score_sets[method]
+    if shift not in sets:
+        raise ValueError(f"shift {shift!r} has no images in this experiment; it has {sorted(set(sets) - {'ID'})}")
+    id_s, ood_s = sets["ID"][score], sets[shift][score]
+    fpr, tpr = ood.roc_curve(id_s, ood_s)
+    metrics = {name: 100.0 * fn(id_s, ood_s) for name, fn in ood.METRICS.items()}
+    return {"id": id_s.numpy(), "ood": ood_s.numpy(), "fpr": fpr.numpy(), "tpr": tpr.numpy(), **metrics,
+            "title": f"OOD: {method}, {score}, {shift} shift: AUROC {metrics['AUROC']:.1f}, "
+                     f"FPR95 {metrics['FPR95']:.1f}"}
+
+
+def score_table(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], shift: str,
+                metric: str = "AUROC") -> Dict[str, Dict[str, float]]:
+    """{method: {score: metric (%)}} for one shift: which score works after which method."""
+    fn = ood.METRICS[metric]
+    return {m: {s: 100.0 * fn(sets["ID"][s], sets[shift][s]) for s in sets["ID"]}
+            for m, sets in score_sets.items() if shift in sets}

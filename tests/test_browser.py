@@ -1,6 +1,7 @@
 """The notebooks in a real browser: JupyterLab (headless, localhost, temporary token) driven by Playwright in
 Debian's Chromium. Each notebook runs all its cells (fast parameters); no error output; plotly figures render;
-in notebooks 2 and 3 a slider moves and the figure changes. Screenshots go to test-artifacts/."""
+in notebooks 2 and 3 a slider moves and the figure changes; in notebook 6 a dropdown picks another score and the
+figure changes. Screenshots go to test-artifacts/."""
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SLIDER_FIGURE = {"02_margins.ipynb": "margins, lambda", "03_beta_moving_average.ipynb": "BMA weights"}
+DROPDOWN_FIGURE = {"06_ood_detection.ipynb": ("OOD: ", "energy")}    # figure title start, option to pick
 
 
 def _free_port() -> int:
@@ -48,12 +50,16 @@ def lab(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lab")
     for name in FAST:
         _fast_copy(name, folder)
+    # render every cell (no windowing), so each cell's prompt can be read after Run All
+    settings = folder / ".lab-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(folder / ".jupyter-config"), JUPYTER_RUNTIME_DIR=str(folder / ".rt"))
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--ServerApp.open_browser=False", "--allow-root",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+         f"--LabApp.user_settings_dir={folder / '.lab-settings'}", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         cwd=folder, env=env, stdout=open(folder / "jupyterlab.log", "w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 90
@@ -134,6 +140,20 @@ def test_notebook_in_jupyterlab(lab, name):
                 return false; }""", arg=[SLIDER_FIGURE[name], before], timeout=30_000)
             after = _figure_state(page, SLIDER_FIGURE[name])
             assert after != before
+        if name in DROPDOWN_FIGURE:
+            start, option = DROPDOWN_FIGURE[name]
+            before = _figure_state(page, start)
+            assert before is not None, f"{name}: the interactive figure did not render"
+            select = panel.locator(".widget-dropdown select").nth(1)
+            select.scroll_into_view_if_needed()
+            select.select_option(option)
+            page.wait_for_function("""([start, option]) => {
+                for (const el of document.querySelectorAll('.js-plotly-plot')) {
+                    const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
+                    if (typeof t === 'string' && t.startsWith(start)) return t.includes(option);
+                }
+                return false; }""", arg=[start, option], timeout=30_000)
+            assert _figure_state(page, start) != before
         page.screenshot(path=str(ARTIFACTS / f"{Path(name).stem}.png"), full_page=True)
     finally:
         page.close()

@@ -79,3 +79,17 @@ def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
         assert shifts["semantic"]["MCM"]["AUROC"]["mean"] == results["summary"][method]["OOD AUROC (MCM)"]["mean"]
     html = (out / "report.html").read_text()
     assert "OOD AUROC (MCM)" in html and "Which OOD score after which method" in html
+
+
+def test_compare_ablation_runs_each_variant_with_its_settings(tmp_path):
+    from clipood_kit.demo import ABLATIONS, compare_config, run_demo
+    cfg = compare_config((0,), fast=True, ablation="ogen")
+    results = run_demo(cfg, tmp_path, progress=False)
+    assert set(results["summary"]) == {"zero-shot", "ce", "ogen", "ogen (teacher)"} | set(ABLATIONS["ogen"]) | {
+        f"{v} (teacher)" for v in ABLATIONS["ogen"]}
+    ran = {r[0]["method_config"]["ogen_synthetic"] for label, r in results["runs"].items() if label.startswith("ogen")}
+    assert ran == {0.0, 1.0}
+    assert results["runs"]["ogen, no distillation"][0]["method_config"]["ogen_distill"] == 0.0
+    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "compare", "--ablation", "nope", "--fast",
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown ablation 'nope'" in proc.stderr

@@ -12,6 +12,7 @@ FAST = {
     "03_beta_moving_average.ipynb": {"PER_CELL": 4, "STEPS": 12, "EVERY": 4},
     "04_fine_tuning.ipynb": {"PER_CELL": 4, "STEPS": 10},
     "05_features_umap.ipynb": {"PER_CELL": 4, "STEPS": 10, "POINTS": 150},
+    "06_ood_detection.ipynb": {"PER_CELL": 4, "STEPS": 10, "METHODS": ["ce", "ogen"]},
 }
 
 

@@ -62,3 +62,47 @@ def test_protocol_scores_ood_detection_for_every_shift():
         assert all(0 <= v <= 100 for row in shift.values() for v in row.values())
     # new classes in unseen styles are the easiest to tell from the training distribution
     assert cells["ood"]["both"]["MCM"]["AUROC"] > 50
+
+
+def test_gl_mcm_adds_the_best_local_softmax_to_mcm():
+    g = torch.Generator().manual_seed(4)
+    s, local = torch.rand(6, 5, generator=g), torch.rand(6, 9, 5, generator=g) * 2 - 1
+    e = np.exp(local.double().numpy())
+    local_part = (e / e.sum(-1, keepdims=True)).max(axis=(1, 2))
+    assert np.allclose(ood.local_mcm(local).numpy(), local_part, atol=1e-6)
+    assert np.allclose(ood.gl_mcm(s, local).numpy(), ood.mcm(s).numpy() + local_part, atol=1e-6)
+    scores = ood.all_scores(s, 50.0, ood.local_mcm(local))
+    assert torch.allclose(scores["GL-MCM"], ood.gl_mcm(s, local))
+
+
+def test_local_features_of_a_vit_tower_and_gl_mcm_in_the_protocol(world_tree):
+    from clipood_kit import evaluation
+    from clipood_kit.protocols import ExperimentConfig, prepare, zero_shot_cells
+    setup = prepare(ExperimentConfig(model="ViT-S-32", pretrained=None, data=str(world_tree), eval_batch_size=64))
+    visual = setup.loaded.model.visual.eval()
+    images = torch.stack([setup.loaded.preprocess(setup.dataset[i][0]) for i in range(3)])
+    with torch.no_grad():
+        pooled, local = evaluation.local_image_features(visual, images)
+        assert torch.allclose(pooled, visual(images), atol=1e-5)      # the hand-run trunk is the tower's own
+        assert local.shape == (3, (224 // 32) ** 2, pooled.shape[1])
+    cells = zero_shot_cells(setup)
+    assert set(cells["ood"]["semantic"]) == {"MCM", "MSP", "max-logit", "energy", "entropy", "GL-MCM"}
+    assert 0 <= cells["ood"]["semantic"]["GL-MCM"]["AUROC"] <= 100
+
+
+def test_gl_mcm_on_a_resnet_tower_says_why_not(tiny):
+    from clipood_kit import evaluation
+    model = tiny[0] if isinstance(tiny, tuple) else tiny.model
+    assert not evaluation.has_local_features(model.visual)
+    with pytest.raises(ValueError, match="GL-MCM needs the patch tokens .* ModifiedResNet"):
+        evaluation.local_image_features(model.visual, torch.zeros(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_roc_curve_matches_scikit_learn_and_integrates_to_the_auroc(ties):
+    id_s, ood_s = _scores(5, ties)
+    y = np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))]
+    fpr_ref, tpr_ref, _ = roc_curve(y, np.r_[id_s.numpy(), ood_s.numpy()], drop_intermediate=False)
+    fpr, tpr = ood.roc_curve(id_s, ood_s)
+    assert np.allclose(fpr.numpy(), fpr_ref) and np.allclose(tpr.numpy(), tpr_ref)
+    assert np.trapezoid(tpr.numpy(), fpr.numpy()) == pytest.approx(ood.auroc(id_s, ood_s), abs=1e-12)

@@ -45,3 +45,18 @@ def test_beta_view_matches_the_bma_weights():
     flat = beta_view(50, 1.0, 1.0)
     assert np.allclose(flat["weights"], 1 / 51)
     assert beta_view(50, 0.5, 3.0)["final_zero_shot_share"] > v["final_zero_shot_share"]
+
+
+def test_ood_view_gives_the_chosen_sets_scores_and_metrics():
+    from clipood_kit import ood
+    from clipood_kit.widgets import ood_view
+    g = torch.Generator().manual_seed(0)
+    id_cos, ood_cos = torch.rand(40, 6, generator=g) + 0.2, torch.rand(30, 6, generator=g)
+    sets = {"ce": {"ID": ood.all_scores(id_cos, 20.0), "semantic": ood.all_scores(ood_cos, 20.0)}}
+    for score in ("MCM", "energy"):
+        view = ood_view(sets, "ce", score, "semantic")
+        assert np.array_equal(view["id"], sets["ce"]["ID"][score].numpy())
+        assert view["AUROC"] == pytest.approx(100 * ood.auroc(sets["ce"]["ID"][score], sets["ce"]["semantic"][score]))
+        assert view["fpr"][0] == 0 and view["tpr"][-1] == 1 and score in view["title"]
+    with pytest.raises(ValueError, match="shift 'covariate' has no images"):
+        ood_view(sets, "ce", "MCM", "covariate")

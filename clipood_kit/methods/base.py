@@ -39,6 +39,7 @@ class MethodConfig:
     ogen_window: float = 0.25         # OGEN self-distillation: the teacher averages the latest 25% of the steps
     ogen_snapshots: int = 40          # OGEN self-distillation: snapshot every ceil(steps / 40) steps
     ogen_distill: float = 1.0         # OGEN self-distillation: weight of KL(teacher || student)
+    ogen_synthetic: float = 1.0       # OGEN: multiplier of the synthetic-feature CE terms (0: ablation without them)
     ogen_lr_scale: float = 10.0       # OGEN: generator learning rate / encoder learning rate
 
 

@@ -14,7 +14,8 @@ the official code) and v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, a sampled featur
 
 Loss (the official code's weights): D * (MSE(f'_y, f) + MSE(f'_N, v_N)) during the first `ogen_warmup` share of
 the steps (the generator's warm-up); afterwards that plus 0.25 CE(f) + 0.25 CE(f'_y) + 0.25/k CE(f'_N) +
-0.5/k CE(f'_U) + `ogen_distill` * KL(p_teacher || p_student), all at CLIP's logit scale.
+0.5/k CE(f'_U) + `ogen_distill` * KL(p_teacher || p_student), all at CLIP's logit scale. `ogen_synthetic`
+multiplies the three CE terms on synthetic features (1 = the method; 0 = the ablation without them).
 
 How this bench adapts the method (say so when you compare it):
 - OGEN learns prompts with a frozen image encoder; here, as for every method on the bench, the image encoder
@@ -150,7 +151,8 @@ class OGEN(Method):
         ce_y = F.cross_entropy(s * g["gen_y"] @ t.T, labels)
         ce_nb = F.cross_entropy(s * g["gen_nb"].flatten(0, 1) @ t.T, g["neighbours"].flatten())
         ce_unknown = F.cross_entropy(s * g["gen_unknown"].flatten(0, 1) @ self.unknown.T, g["unknown"].flatten())
-        loss = regression + 0.25 * ce_real + 0.25 * ce_y + 0.25 / k * ce_nb + 0.5 / k * ce_unknown
+        synthetic = 0.25 * ce_y + 0.25 / k * ce_nb + 0.5 / k * ce_unknown
+        loss = regression + 0.25 * ce_real + self.cfg.ogen_synthetic * synthetic
         if self.cfg.ogen_distill:
             kl = self.distillation(features, images)
             loss = loss + self.cfg.ogen_distill * kl
