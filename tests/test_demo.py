@@ -19,8 +19,9 @@ def test_demo_writes_results_and_a_report_with_every_figure(tmp_path):
     # zero-shot does not depend on the training seed; the split seed changes its held-out images only
     assert saved["config"]["experiment"]["train"]["steps"] == 6
     html = (tmp_path / "report.html").read_text()
-    assert html.count('class="plotly-graph-div"') == 6
+    assert html.count('class="plotly-graph-div"') == 7
     for heading in ("Accuracy per method", "Beta moving average weights", "Class-adaptive margins",
+                    "Which OOD score after which method",
                     "Image features before and after fine-tuning (by class)", "Training loss"):
         assert heading in html
     # plotly.js inlined once: the page is self-contained
