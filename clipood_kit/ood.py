@@ -92,35 +92,31 @@ def auroc(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
     return ((ranks.sum() - n_id * (n_id + 1) / 2) / (n_id * n_ood)).item()
 
 
-def aupr(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
-    """Average precision with ID positive: sum over distinct thresholds of (recall step) x precision."""
-    id_s, ood_s = _check(id_scores, ood_scores)
+def _threshold_counts(id_s: torch.Tensor, ood_s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """At each distinct score, highest first, as the threshold: (ID samples accepted, all samples accepted)."""
     values = torch.cat([id_s, ood_s])
     positive = torch.cat([torch.ones_like(id_s), torch.zeros_like(ood_s)])
     order = values.argsort(descending=True)
-    values, positive = values[order], positive[order]
-    _, counts = torch.unique_consecutive(values, return_counts=True)
+    _, counts = torch.unique_consecutive(values[order], return_counts=True)
     ends = counts.cumsum(0) - 1                       # last index of each group of equal scores
-    tp = positive.cumsum(0)[ends]
-    precision = tp / (ends + 1)
+    return positive[order].cumsum(0)[ends], (ends + 1).double()
+
+
+def aupr(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
+    """Average precision with ID positive: sum over distinct thresholds of (recall step) x precision."""
+    id_s, ood_s = _check(id_scores, ood_scores)
+    tp, accepted = _threshold_counts(id_s, ood_s)
     recall = tp / len(id_s)
     steps = torch.diff(recall, prepend=recall.new_zeros(1))
-    return (steps * precision).sum().item()
+    return (steps * tp / accepted).sum().item()
 
 
 def roc_curve(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(FPR, TPR) with ID positive at every distinct threshold, highest first, starting at (0, 0)."""
     id_s, ood_s = _check(id_scores, ood_scores)
-    values = torch.cat([id_s, ood_s])
-    positive = torch.cat([torch.ones_like(id_s), torch.zeros_like(ood_s)])
-    order = values.argsort(descending=True)
-    values, positive = values[order], positive[order]
-    _, counts = torch.unique_consecutive(values, return_counts=True)
-    ends = counts.cumsum(0) - 1
-    tp = positive.cumsum(0)[ends]
-    fp = (ends + 1) - tp
-    zero = values.new_zeros(1)
-    return torch.cat([zero, fp / len(ood_s)]), torch.cat([zero, tp / len(id_s)])
+    tp, accepted = _threshold_counts(id_s, ood_s)
+    zero = tp.new_zeros(1)
+    return torch.cat([zero, (accepted - tp) / len(ood_s)]), torch.cat([zero, tp / len(id_s)])
 
 
 METRICS: Dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {

@@ -29,5 +29,5 @@ def build_method(cfg: MethodConfig) -> Method:
     return METHODS[cfg.name](cfg)
 
 
-__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "BetaMovingAverage", "ExponentialMovingAverage", "LocalMeanTeacher",
+__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "OGEN", "FeatureGenerator", "BetaMovingAverage", "ExponentialMovingAverage", "LocalMeanTeacher",
            "beta_pdf", "beta_weights", "zero_shot_share", "interpolate", "class_margins", "margin_logits", "mms_loss"]
