@@ -201,8 +201,9 @@ def build_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
                for m, v in ood.items() if OOD_SHIFT in v}
         scores = list(next(iter(auroc.values())))
         sections.append(("Which OOD score after which method",
-                         "<p>AUROC (%) of every score on the semantic shift (new classes in the training styles "
-                         "against held-out base-class images there), mean over seeds; below, FPR at 95 % TPR.</p>"
+                         "<p>Every score on the semantic shift (new classes in the training styles against "
+                         "held-out base-class images there), mean over seeds. Table: FPR at 95 % TPR (%, lower is "
+                         "better); heatmap: AUROC (%).</p>"
                          + figures.table_html(fpr, scores), figures.score_heatmap(auroc, "AUROC (%)")))
     first_runs = {m: r[0] for m, r in results["runs"].items()}
     sections.append(("Training loss", "", figures.history_figure({m: r["history"] for m, r in first_runs.items()})))
