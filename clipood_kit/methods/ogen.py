@@ -25,6 +25,9 @@ How this bench adapts the method (say so when you compare it):
 - The unknown class names are the experiment's held-out class names (the new classes), as in the official
   code (`classnames_new`): OGEN sees their names, never their images, during training; no other method does.
 - u is drawn per sample and neighbour (the official code draws one vector per step).
+- One forward pass per step. After the warm-up the official code runs the model a second time and regresses the
+  first pass's generated features onto the second pass's (re-sampled) targets; the two passes see the same
+  images, so this changes only the sampled u.
 - Adaptive self-distillation: the teacher is `averaging.LocalMeanTeacher`, the uniform mean of snapshots over
   the latest `ogen_window` share of the steps so far (a window that grows with training, the paper's adaptive
   local mean teacher), distilled with KL(p_teacher || p_student) over the training classes after the warm-up.
