@@ -23,7 +23,7 @@ import torch
 from . import evaluation, ood
 from .data import WORLD, TransformedSubset, open_dataset, splits
 from .io import save_weights, write_json
-from .methods import MethodConfig, build_method
+from .methods import MethodConfig, build_method, with_average
 from .models.loader import TINY_NAME, load_clip
 from .training import FineTuneOutput, TrainConfig, fine_tune
 from .zeroshot import default_templates
@@ -170,37 +170,10 @@ def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: t
 OOD_SHIFTS = {"semantic": ("source", "new"), "covariate": ("target", "base"), "both": ("target", "new")}
 
 
-def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
-                  local_mcm: Optional[torch.Tensor] = None) -> dict:
-    """OOD detection against the training distribution (held-out images of the source domains, base classes):
-    semantic shift = new classes in the source domains, covariate shift = base classes in unseen domains, both =
-    new classes in unseen domains. Cosines to the base class text features; every score x metric (%)."""
-    def members(where: str, classes: str) -> torch.Tensor:
-        dom_ids = setup.source_ids if where == "source" else setup.target_ids
-        cls_ids = setup.base_ids if classes == "base" else setup.new_ids
-        if not dom_ids or not cls_ids:
-            return torch.zeros(len(labels), dtype=torch.bool)
-        return torch.isin(domains, torch.tensor(dom_ids)) & torch.isin(labels, torch.tensor(cls_ids))
-
-    in_dist = members("source", "base")
-    if not in_dist.any():
-        return {}
-    cos = features @ setup.text_features[setup.base_ids].T
-    out = {}
-    for shift, (where, classes) in OOD_SHIFTS.items():
-        m = members(where, classes)
-        if m.any():
-            local = (None, None) if local_mcm is None else (local_mcm[in_dist], local_mcm[m])
-            out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.logit_scale, *local)
-    return out
-
-
-def ood_score_sets(setup: Setup, encoder_state: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
-    """Per-image OOD scores under an encoder state: {'ID' or a shift of OOD_SHIFTS: {score: values}}, the same
-    sets and scores as `ood_detection` (the OOD notebook's histograms and ROC curves)."""
-    enc = encode_with_state(setup, encoder_state)
-    features, labels, domains, local = enc["features"], enc["labels"], enc["domains"], enc.get("local_mcm")
-    scores = ood.all_scores(features @ setup.text_features[setup.base_ids].T, setup.logit_scale, local)
+def ood_sets(setup: Setup, labels: torch.Tensor, domains: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Masks of the OOD-detection image sets that have images: 'ID' (the training distribution: held-out images
+    of the source domains, base classes) and each shift of OOD_SHIFTS (semantic = new classes in the source
+    domains, covariate = base classes in unseen domains, both = new classes in unseen domains)."""
     out = {}
     for name, (where, classes) in {"ID": ("source", "base"), **OOD_SHIFTS}.items():
         dom_ids = setup.source_ids if where == "source" else setup.target_ids
@@ -208,8 +181,34 @@ def ood_score_sets(setup: Setup, encoder_state: Dict[str, torch.Tensor]) -> Dict
         if dom_ids and cls_ids:
             m = torch.isin(domains, torch.tensor(dom_ids)) & torch.isin(labels, torch.tensor(cls_ids))
             if m.any():
-                out[name] = {score: values[m] for score, values in scores.items()}
+                out[name] = m
     return out
+
+
+def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
+                  local_mcm: Optional[torch.Tensor] = None) -> dict:
+    """OOD detection of every shift against the training distribution (the sets of `ood_sets`), from cosines to
+    the base class text features: every score x metric (%)."""
+    sets = ood_sets(setup, labels, domains)
+    in_dist = sets.pop("ID", None)
+    if in_dist is None:
+        return {}
+    cos = features @ setup.text_features[setup.base_ids].T
+    out = {}
+    for shift, m in sets.items():
+        local = (None, None) if local_mcm is None else (local_mcm[in_dist], local_mcm[m])
+        out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.logit_scale, *local)
+    return out
+
+
+def ood_score_sets(setup: Setup, encoder_state: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Per-image OOD scores under an encoder state: {'ID' or a shift of OOD_SHIFTS: {score: values}}, the same
+    sets and scores as `ood_detection` (the OOD notebook's histograms and ROC curves)."""
+    enc = encode_with_state(setup, encoder_state)
+    cos = enc["features"] @ setup.text_features[setup.base_ids].T
+    scores = ood.all_scores(cos, setup.logit_scale, enc.get("local_mcm"))
+    return {name: {score: values[m] for score, values in scores.items()}
+            for name, m in ood_sets(setup, enc["labels"], enc["domains"]).items()}
 
 
 def encode_with_state(setup: Setup, encoder_state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor] = None,
@@ -347,8 +346,7 @@ def trajectory(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, e
         state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
         entry = {"step": row["step"], "last": evaluate_state(setup, state, indices=subset)}
         if method.averager is not None:
-            state.update({n: t.to(state[n].dtype) for n, t in method.averager.average.items()})
-            entry["average"] = evaluate_state(setup, state, indices=subset)
+            entry["average"] = evaluate_state(setup, with_average(state, method.averager.average), indices=subset)
         rows.append(entry)
 
     result = run_method(setup, method_cfg, train_cfg, progress=progress, on_step=on_step)

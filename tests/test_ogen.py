@@ -52,13 +52,13 @@ def test_local_mean_teacher_is_the_mean_of_a_growing_window_of_the_trajectory():
         assert teacher.window == inside, t
         for n in trajectory[0]:
             expected = torch.stack([trajectory[s][n] for s in inside]).mean(0)
-            assert torch.allclose(teacher.mean[n], expected, atol=1e-6), (t, n)
+            assert torch.allclose(teacher.average[n], expected, atol=1e-6), (t, n)
         sizes.append(t - teacher.window_start(t))
     assert sizes == sorted(sizes) and sizes[-1] == math.ceil(fraction * total)
     state = teacher.state_dict()
     again = LocalMeanTeacher(module, total, fraction=fraction, max_snapshots=10)
     again.load_state_dict(state)
-    assert again.window == teacher.window and all(torch.equal(again.mean[n], teacher.mean[n]) for n in teacher.mean)
+    assert again.window == teacher.window and all(torch.equal(again.average[n], teacher.average[n]) for n in teacher.average)
     with pytest.raises(ValueError, match="fraction"):
         LocalMeanTeacher(module, 5, fraction=0.0)
 

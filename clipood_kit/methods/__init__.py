@@ -1,11 +1,11 @@
 """Fine-tuning methods, one registry: a new method is one module and one line in METHODS."""
 from .averaging import (BetaMovingAverage, ExponentialMovingAverage, LocalMeanTeacher, beta_pdf, beta_weights,
-                        interpolate, zero_shot_share)
+                        interpolate, with_average, zero_shot_share)
 from .base import Method, MethodConfig
 from .carft import CARFT, CARFTCLIPood, CARFTMMS
 from .clipood import BMA, MMS, CLIPood
 from .ema import EMA
-from .losses import class_margins, margin_logits, mms_loss
+from .losses import class_margins, margin_logits, mms_loss, reference_kl
 from .ogen import OGEN, FeatureGenerator
 from .wise_ft import WiSEFT
 
@@ -30,4 +30,4 @@ def build_method(cfg: MethodConfig) -> Method:
 
 
 __all__ = ["METHODS", "Method", "MethodConfig", "build_method", "OGEN", "FeatureGenerator", "BetaMovingAverage", "ExponentialMovingAverage", "LocalMeanTeacher",
-           "beta_pdf", "beta_weights", "zero_shot_share", "interpolate", "class_margins", "margin_logits", "mms_loss"]
+           "beta_pdf", "beta_weights", "zero_shot_share", "interpolate", "with_average", "class_margins", "margin_logits", "mms_loss", "reference_kl"]

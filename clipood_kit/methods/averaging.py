@@ -147,6 +147,14 @@ class ExponentialMovingAverage:
         self.step, self.decay = int(state["step"]), float(state["decay"])
 
 
+def with_average(state: Dict[str, torch.Tensor], average: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A copy of a module state with its parameters replaced by an average's (in the state's dtypes); buffers
+    and anything the average lacks are kept."""
+    out = dict(state)
+    out.update({n: t.to(state[n].dtype) for n, t in average.items()})
+    return out
+
+
 def interpolate(zero_shot: Dict[str, torch.Tensor], fine_tuned: Dict[str, torch.Tensor], mix: float) -> Dict[str, torch.Tensor]:
     """WiSE-FT (Wortsman et al., CVPR 2022, Eq. 1): theta(a) = (1 - a) * theta_zeroshot + a * theta_finetuned.
 
@@ -171,7 +179,7 @@ class LocalMeanTeacher:
       (and at the last step);
     - after step t the window is [t - ceil(fraction * t), t]: it covers the latest `fraction` of the training
       so far, so it grows linearly with t (early states, far from the current one, drop out);
-    - the teacher is the uniform mean of the snapshots inside the window (the newest snapshot alone when the
+    - the teacher (`average`) is the uniform mean of the snapshots inside the window (the newest snapshot alone when the
       window holds none yet).
 
     At most about fraction * max_snapshots + 1 snapshots are held at any time.
@@ -187,7 +195,7 @@ class LocalMeanTeacher:
         self.stride = math.ceil(total_steps / max_snapshots)
         self.step = 0
         self.snapshots: Dict[int, Dict[str, torch.Tensor]] = {0: self._copy(module)}
-        self.mean = {n: t.clone() for n, t in self.snapshots[0].items()}
+        self.average = {n: t.clone() for n, t in self.snapshots[0].items()}
 
     @staticmethod
     def _copy(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -221,18 +229,14 @@ class LocalMeanTeacher:
         for state in states[1:]:
             torch._foreach_add_(mean, [state[n] for n in names])
         torch._foreach_div_(mean, float(len(states)))
-        self.mean = dict(zip(names, mean))
+        self.average = dict(zip(names, mean))
 
     @property
     def window(self) -> List[int]:
         """Steps of the snapshots the teacher averages."""
         return sorted(self.snapshots)
 
-    @torch.no_grad()
-    def copy_to(self, module: torch.nn.Module) -> torch.nn.Module:
-        for n, p in _parameters(module):
-            p.copy_(self.mean[n].to(p.dtype))
-        return module
+    copy_to = BetaMovingAverage.copy_to
 
     def state_dict(self) -> dict:
         state = {f"snapshot_{s:06d}": {n: t.clone() for n, t in snap.items()} for s, snap in self.snapshots.items()}

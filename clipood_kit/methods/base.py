@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .averaging import BetaMovingAverage, ExponentialMovingAverage
+from .averaging import BetaMovingAverage, ExponentialMovingAverage, with_average
 from .losses import class_margins, mms_loss
 
 State = Dict[str, torch.Tensor]
@@ -97,7 +97,5 @@ class Method:
     def final_states(self, zero_shot: State, last: State) -> Dict[str, State]:
         states = {"last": last}
         if self.averager is not None:
-            averaged = dict(last)
-            averaged.update({n: t.to(last[n].dtype) for n, t in self.averager.average.items()})
-            states[self.averager_kind] = averaged
+            states[self.averager_kind] = with_average(last, self.averager.average)
         return states

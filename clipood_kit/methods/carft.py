@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Method
+from .losses import reference_kl
 
 
 class CARFT(Method):
@@ -33,12 +34,9 @@ class CARFT(Method):
     def context_kl(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Mean over the batch of KL(p(x; theta_0) || p(x; theta)) over the context templates."""
         self.frozen.to(images.device)
-        context = self.context.to(device=features.device, dtype=features.dtype)
         with torch.no_grad():
-            f0 = F.normalize(self.frozen(images).to(features.dtype), dim=-1)
-        log_p0 = torch.log_softmax(self.logit_scale * f0 @ context.T, dim=1)
-        log_p = torch.log_softmax(self.logit_scale * F.normalize(features, dim=-1) @ context.T, dim=1)
-        return (log_p0.exp() * (log_p0 - log_p)).sum(1).mean()
+            f0 = self.frozen(images)
+        return reference_kl(f0, features, self.context.to(features.device), self.logit_scale)
 
     def loss(self, features, labels, images):
         loss = super().loss(features, labels, images)

@@ -62,3 +62,14 @@ def mms_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels: 
     """Mean MMS loss over the batch; raw features in (normalised here), `text_features` one row per class."""
     logits = margin_logits(image_features, text_features, labels, margin_lambda, logit_scale, margins)
     return F.cross_entropy(logits, labels)
+
+
+def reference_kl(reference_features: torch.Tensor, features: torch.Tensor, classifier: torch.Tensor,
+                 logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of KL(p_ref || p), p = softmax(logit_scale * cos(f, w_m)) over the rows w_m of
+    `classifier`: the regulariser of CAR-FT (reference = the frozen pre-trained encoder, classifier = the
+    context templates) and the self-distillation of OGEN (reference = the mean teacher, classifier = the classes)."""
+    w = F.normalize(classifier.to(features.dtype), dim=-1)
+    log_p_ref = torch.log_softmax(logit_scale * F.normalize(reference_features.to(features.dtype), dim=-1) @ w.T, dim=1)
+    log_p = torch.log_softmax(logit_scale * F.normalize(features, dim=-1) @ w.T, dim=1)
+    return (log_p_ref.exp() * (log_p_ref - log_p)).sum(1).mean()

@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .averaging import LocalMeanTeacher
+from .averaging import LocalMeanTeacher, with_average
 from .base import Method, State
+from .losses import reference_kl
 
 
 class FeatureGenerator(nn.Module):
@@ -100,11 +101,15 @@ class OGEN(Method):
         self.teacher_average = LocalMeanTeacher(encoder, total_steps, cfg.ogen_window, cfg.ogen_snapshots)
         self.teacher = copy.deepcopy(encoder).eval().requires_grad_(False)
         self.seed = int(torch.randint(2**31 - 1, (1,)))
-        self.step = 0
         self.parts: Dict[str, float] = {}
 
     def trainable_modules(self) -> List[nn.Module]:
         return [self.generator]
+
+    @property
+    def step(self) -> int:
+        """Optimiser steps taken so far (the teacher counts them)."""
+        return self.teacher_average.step
 
     @property
     def warming_up(self) -> bool:
@@ -135,10 +140,8 @@ class OGEN(Method):
         """KL(p_teacher || p_student) over the training classes at the logit scale, mean over the batch."""
         self.teacher.to(images.device)
         with torch.no_grad():
-            teacher = F.normalize(self.teacher(images).to(features.dtype), dim=-1)
-        log_pt = torch.log_softmax(self.logit_scale * teacher @ self.text_features.T, dim=1)
-        log_ps = torch.log_softmax(self.logit_scale * F.normalize(features, dim=-1) @ self.text_features.T, dim=1)
-        return (log_pt.exp() * (log_pt - log_ps)).sum(1).mean()
+            teacher = self.teacher(images)
+        return reference_kl(teacher, features, self.text_features, self.logit_scale)
 
     def loss(self, features, labels, images):
         f = F.normalize(features, dim=-1)
@@ -164,7 +167,6 @@ class OGEN(Method):
         return loss
 
     def after_step(self, encoder):
-        self.step += 1
         if self.teacher_average.update(encoder):
             self.teacher_average.copy_to(self.teacher)
         return {**self.parts, "warm_up": float(self.step <= self.warmup_steps)}
@@ -179,9 +181,7 @@ class OGEN(Method):
         self.generator.load_state_dict(state["generator"])
         self.teacher_average.load_state_dict({k: v for k, v in state.items() if k not in ("generator", "seed")})
         self.teacher_average.copy_to(self.teacher)
-        self.seed, self.step = int(state["seed"]), self.teacher_average.step
+        self.seed = int(state["seed"])
 
     def final_states(self, zero_shot: State, last: State) -> Dict[str, State]:
-        teacher = dict(last)
-        teacher.update({n: t.to(last[n].dtype) for n, t in self.teacher_average.mean.items()})
-        return {"last": last, "teacher": teacher}
+        return {"last": last, "teacher": with_average(last, self.teacher_average.average)}
