@@ -26,13 +26,24 @@ def _pretrained(value: str) -> Optional[str]:
 
 def cmd_pretrain(args) -> int:
     from .pretrain import PretrainConfig, pretrain
-    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed))
-                 if v is not None}
+    overrides = {k: v for k, v in (("steps", args.steps), ("groups", args.groups), ("group_size", args.group_size),
+                                         ("seed", args.seed)) if v is not None}
     cfg = PretrainConfig(**overrides)
     card = pretrain(cfg, out=args.out)
     from .zeroshot import format_table
     print(format_table(card["zeroshot_eval"]["accuracy"], "zero-shot accuracy (%)"))
     print(f"trained in {card['train_seconds']:.0f} s; weights: {card['weights_file']} ({card['file_bytes'] / 1e6:.2f} MB)")
+    return 0
+
+
+def cmd_clip_card(args) -> int:
+    from .card import format_card, run_card
+    from .io import write_json
+    card = run_card(args.model, _pretrained(args.pretrained), args.data, args.per_cell, args.seed, args.template,
+                    args.device)
+    print(format_card(card))
+    if args.json:
+        write_json(args.json, card)
     return 0
 
 
@@ -137,10 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain the embedded tiny CLIP on the world (writes data/)")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--groups", type=int, default=None, help="groups per batch (each one style and colour)")
+    p.add_argument("--group-size", type=int, default=None, help="images per group")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="weights file (default: data/tiny-clip-world.safetensors)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("clip-card", help="the CLIP-likeness card of a model on a dataset (context awareness, "
+                                         "class text structure, temperature, modality gap)")
+    _add_model_args(p)
+    p.add_argument("--data", default=WORLD, help="'world' or the root of a DomainBed-style folder tree")
+    p.add_argument("--per-cell", type=int, default=20, help="world: images per (style, class)")
+    p.add_argument("--seed", type=int, default=1, help="world: seed of the images")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeat for an ensemble)")
+    p.add_argument("--json", type=Path, help="write the card here as JSON")
+    p.set_defaults(func=cmd_clip_card)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy per domain")
     _add_model_args(p)
@@ -181,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: zero-shot, CE, ablations and CLIPood on the world + report")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps (fast runs)")
     p.set_defaults(func=cmd_demo)
 

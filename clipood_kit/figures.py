@@ -58,14 +58,46 @@ def beta_weights_figure(total_steps: int, alpha: float, beta: float) -> go.Figur
     return fig
 
 
-def margin_heatmap(text_features: torch.Tensor, classnames: Sequence[str], margin_lambda: float) -> go.Figure:
-    """The MMS margin matrix lambda * (1 - cos(t_i, t_j)) of the class text features."""
-    m = class_margins(text_features, margin_lambda).numpy()
-    fig = go.Figure(go.Heatmap(z=m, x=list(classnames), y=list(classnames), colorscale="Viridis",
-                               colorbar=dict(title="margin")))
-    fig.update_layout(title=f"Class-adaptive margins, lambda = {margin_lambda:g} (row: true class y, column: class j)",
-                      yaxis=dict(autorange="reversed"))
+def family_order(classnames: Sequence[str], families: Optional[Dict[str, Sequence[str]]]) -> tuple:
+    """(order, boundaries): class indices grouped by family (families in their given order, members sorted) and
+    the positions between families; without a taxonomy, the classes as they are and no boundaries."""
+    if not families:
+        return list(range(len(classnames))), []
+    order, boundaries = [], []
+    for members in families.values():
+        idx = sorted(classnames.index(c) for c in members if c in classnames)
+        if idx:
+            order += idx
+            boundaries.append(len(order))
+    rest = [i for i in range(len(classnames)) if i not in order]
+    return order + rest, boundaries[:-1] if not rest else boundaries
+
+
+def class_heatmap(matrix: np.ndarray, classnames: Sequence[str], title: str, colorbar: str,
+                  families: Optional[Dict[str, Sequence[str]]] = None, **heatmap) -> go.Figure:
+    """A C x C class matrix (row: class i, column: class j), ordered by family with lines between families, so
+    block structure (similar classes within a family) is visible."""
+    order, bounds = family_order(list(classnames), families)
+    names = [classnames[i] for i in order]
+    fig = go.Figure(go.Heatmap(z=np.asarray(matrix)[np.ix_(order, order)], x=names, y=names,
+                               colorbar=dict(title=colorbar), **heatmap))
+    edge = len(names) - 0.5
+    for b in bounds:
+        fig.add_shape(type="line", x0=b - 0.5, x1=b - 0.5, y0=-0.5, y1=edge, line=dict(color="white", width=2))
+        fig.add_shape(type="line", y0=b - 0.5, y1=b - 0.5, x0=-0.5, x1=edge, line=dict(color="white", width=2))
+    fig.update_layout(title=title, yaxis=dict(autorange="reversed"), height=650, width=720)
     return fig
+
+
+def margin_heatmap(text_features: torch.Tensor, classnames: Sequence[str], margin_lambda: float,
+                   families: Optional[Dict[str, Sequence[str]]] = None) -> go.Figure:
+    """The MMS margin matrix lambda * (1 - cos(t_i, t_j)) of the class text features, ordered by family; the colour
+    range follows the off-diagonal values."""
+    m = class_margins(text_features, margin_lambda).numpy()
+    off = m[~np.eye(len(m), dtype=bool)]
+    return class_heatmap(m, classnames, f"Class-adaptive margins, lambda = {margin_lambda:g} "
+                         "(row: true class y, column: class j)", "margin", families, colorscale="Viridis",
+                         zmin=float(off.min()), zmax=float(max(off.max(), off.min() + 1e-6)))
 
 
 def history_figure(histories: Dict[str, List[dict]]) -> go.Figure:
@@ -155,4 +187,16 @@ def ood_figure(id_scores: np.ndarray, ood_scores: np.ndarray, fpr: np.ndarray, t
     fig.update_xaxes(title_text="score (higher = more in-distribution)", row=1, col=1)
     fig.update_xaxes(title_text="false positive rate (OOD accepted)", range=[0, 1], row=1, col=2)
     fig.update_yaxes(title_text="true positive rate (ID kept)", range=[0, 1.02], row=1, col=2)
+    return fig
+
+
+def card_figure(card: Dict) -> go.Figure:
+    """Zero-shot accuracy per domain of the two things a CLIP reads from an image: its class (template ensemble)
+    and its domain (CAR-FT's context classifier), from a `clipood_kit.card` card."""
+    fig = go.Figure()
+    for key, name in (("class_accuracy", "class (which shape?)"), ("domain_accuracy", "domain (which style?)")):
+        acc = card[key]
+        fig.add_bar(name=name, x=list(acc), y=list(acc.values()), text=[f"{v:.0f}" for v in acc.values()])
+    fig.update_layout(barmode="group", title="Zero-shot accuracy (%) per domain: class and domain (context)",
+                      yaxis=dict(title="accuracy (%)", range=[0, 100]), legend_title="predicting the")
     return fig

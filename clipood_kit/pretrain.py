@@ -1,13 +1,25 @@
 """Pretraining of the embedded tiny CLIP on the world, with open_clip's contrastive loss.
 
-Every step renders a fresh batch (the world is infinite), so the model never sees an image twice. Each batch
-uses only a few colours and styles: with many, the contrastive task is solved by colour and style alone; with
-few, the model must tell shapes apart. Captions drop attributes at random ("a sketch of a star", "a small red star",
-"a star"), so short zero-shot prompts are in distribution.
+Every step renders a fresh batch (the world is infinite), so the model never sees an image twice.
+
+- **Grouped batches**: a batch is `groups` groups of `group_size` images; the images of a group share one style
+  and one colour, and the groups have distinct (style, colour) pairs. Inside a group the hard negatives differ
+  only in shape (and size), so the class must be read; across groups the style and colour words must be read,
+  so the text tower learns its contexts ("a sketch of ..." vs "a photo of ...", CAR-FT's premise).
+- **Captions at several granularities**, as on the web: the class ("a sketch of a small red hexagon") or its
+  family ("a neon sign of a polygon"), with attributes dropped at random, and with the near misses of web
+  captions (a class caption sometimes names a sibling in the family: "a pentagon" under a hexagon). Family
+  captions and near misses tie the members of a family together, which gives the class text features their
+  semantic structure; at CLIP's temperature, clean class captions alone push the most similar classes apart.
+- **Temperature**: CLIP learns its logit scale and ends at its clamp, 100. On this small world the learned scale
+  settles near 17 (the contrastive optimum under caption ambiguity), so the scale is not learned here: it
+  stays at CLIP's initial 1/0.07 while the features form, then follows a log-linear ramp to `scale_end` over the
+  `scale_ramp` shares of training and is held there, so the shipped model works at CLIP's temperature.
 """
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -19,47 +31,97 @@ import torch
 from open_clip.loss import ClipLoss
 from tqdm.auto import tqdm
 
-from . import evaluation
+from .card import clip_card, format_card
 from .data import world
-from .data.datasets import TransformedSubset, WorldDataset
+from .data.datasets import WorldDataset
 from .io import save_weights, write_json, write_text
-from .models.loader import TINY_NAME, load_clip, tiny_weights_path
+from .models.loader import TINY_NAME, file_digest, load_clip, tiny_weights_path
 from .optim import cosine_lr
 
-# Which attributes a caption keeps, with their probabilities (the class name is always kept).
+# Caption forms with their probabilities. {what} is the class name, or (FAMILY_SHARE of the time) its family.
 CAPTION_FORMS = (
-    ("a {style} of a {size} {colour} {cls}", 0.30),
-    ("a {style} of a {colour} {cls}", 0.15),
-    ("a {style} of a {size} {cls}", 0.10),
-    ("a {style} of a {cls}", 0.20),
-    ("a {size} {colour} {cls}", 0.10),
-    ("a {colour} {cls}", 0.05),
-    ("a {cls}", 0.10),
+    ("a {style} of a {size} {colour} {what}", 0.30),
+    ("a {style} of a {colour} {what}", 0.15),
+    ("a {style} of a {size} {what}", 0.10),
+    ("a {style} of a {what}", 0.20),
+    ("a {size} {colour} {what}", 0.10),
+    ("a {colour} {what}", 0.05),
+    ("a {what}", 0.10),
 )
+FAMILY_SHARE = 0.5
+SIBLING_SHARE = 0.25
 
 
 @dataclass
 class PretrainConfig:
-    steps: int = 2000
-    batch_size: int = 256
+    steps: int = 4000
+    groups: int = 4                 # a batch is groups x group_size images
+    group_size: int = 64            # images of a group share one style and one colour
     lr: float = 2e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 60
-    colours_per_batch: int = 2
-    styles_per_batch: int = 1
+    warmup_steps: int = 100
+    scale_start: float = 1 / 0.07   # CLIP's initial logit scale
+    scale_end: float = 100.0        # CLIP's clamp, where OpenAI's CLIP ends
+    scale_ramp: tuple = (0.7, 0.95)  # log(scale) goes linearly from start to end between these shares of the steps
+    family_share: float = FAMILY_SHARE    # captions that name the family instead of the class
+    sibling_share: float = SIBLING_SHARE  # class captions that name another member of the family (near misses)
     seed: int = 0
     eval_per_cell: int = 20
     eval_seed: int = 10_000
 
+    @property
+    def batch_size(self) -> int:
+        return self.groups * self.group_size
 
-def captions(batch: world.WorldBatch, gen: torch.Generator) -> List[str]:
-    """One caption per image, its form drawn from CAPTION_FORMS."""
+
+def logit_scale_at(step: int, cfg: PretrainConfig) -> float:
+    """exp of log(scale) held at log(scale_start), then linear to log(scale_end) between the shares scale_ramp of
+    the steps, then held."""
+    first, last = (r * cfg.steps for r in cfg.scale_ramp)
+    p = min(1.0, max(0.0, (step - first) / max(1.0, last - first)))
+    return math.exp((1 - p) * math.log(cfg.scale_start) + p * math.log(cfg.scale_end))
+
+
+def grouped_batch(cfg: PretrainConfig, wc: world.WorldConfig, gen: torch.Generator) -> world.WorldBatch:
+    """`groups` groups of `group_size` images; each group one (style, colour) pair, distinct across groups;
+    classes and sizes uniform at random."""
+    pairs = len(wc.styles) * len(wc.colours)
+    if cfg.groups > pairs:
+        raise ValueError(f"groups={cfg.groups} exceeds the {pairs} distinct (style, colour) pairs of the world")
+    pair = torch.randperm(pairs, generator=gen)[:cfg.groups].repeat_interleave(cfg.group_size)
+    n = len(pair)
+    labels = torch.randint(len(wc.classes), (n,), generator=gen)
+    sizes = torch.randint(len(wc.sizes), (n,), generator=gen)
+    styles, colours = pair // len(wc.colours), pair % len(wc.colours)
+    images = world.render(labels, styles, colours, sizes, wc, gen)
+    return world.WorldBatch(images, labels, styles, colours, sizes, wc)
+
+
+def captions(batch: world.WorldBatch, gen: torch.Generator, family_share: float = FAMILY_SHARE,
+             sibling_share: float = SIBLING_SHARE) -> List[str]:
+    """One caption per image: a form drawn from CAPTION_FORMS naming its family (probability `family_share`),
+    else its class, except that a share `sibling_share` of class captions names another member of the same
+    family, the near-miss errors of web captions ("a pentagon" under a hexagon)."""
     c = batch.config
     probs = torch.tensor([p for _, p in CAPTION_FORMS])
     forms = torch.multinomial(probs, len(batch), replacement=True, generator=gen).tolist()
-    return [CAPTION_FORMS[f][0].format(style=world.STYLES[c.styles[batch.domains[i]]], size=c.sizes[batch.sizes[i]],
-                                       colour=c.colours[batch.colours[i]], cls=c.classes[batch.labels[i]])
-            for i, f in enumerate(forms)]
+    family = (torch.rand(len(batch), generator=gen) < family_share).tolist()
+    sibling = (torch.rand(len(batch), generator=gen) < sibling_share).tolist()
+    pick = torch.rand(len(batch), generator=gen).tolist()
+    out = []
+    for i, f in enumerate(forms):
+        cls = c.classes[batch.labels[i]]
+        if family[i]:
+            what = world.FAMILY_OF[cls]
+        elif sibling[i]:
+            others = [m for m in world.FAMILIES[world.FAMILY_OF[cls]] if m != cls and m in c.classes]
+            what = others[int(pick[i] * len(others))] if others else cls
+        else:
+            what = cls
+        out.append(CAPTION_FORMS[f][0].format(style=world.STYLES[c.styles[batch.domains[i]]],
+                                              size=c.sizes[batch.sizes[i]], colour=c.colours[batch.colours[i]],
+                                              what=what))
+    return out
 
 
 def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True) -> Dict:
@@ -70,8 +132,9 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
     model, tokenizer, preprocess = loaded
     model.train()
     loss_fn = ClipLoss()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
+    model.logit_scale.requires_grad_(False)          # set by the schedule (logit_scale_at), not learned
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     wc = world.WorldConfig()
@@ -82,19 +145,16 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps)
-        colours = torch.randperm(len(wc.colours), generator=gen)[:cfg.colours_per_batch].tolist()
-        styles = torch.randperm(len(wc.styles), generator=gen)[:cfg.styles_per_batch].tolist()
-        batch = world.sample(cfg.batch_size, seed=int(torch.randint(2**31 - 1, (1,), generator=gen)), config=wc,
-                             colours=colours, domains=styles)
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(logit_scale_at(step, cfg)))
+        batch = grouped_batch(cfg, wc, gen)
         images = preprocess(batch.images)
-        texts = tokenizer(captions(batch, gen))
+        texts = tokenizer(captions(batch, gen, cfg.family_share, cfg.sibling_share))
         image_features, text_features, logit_scale = model(images, texts)
         loss = loss_fn(image_features, text_features, logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, 4.6052)  # scale at most 100, as in CLIP
         if step % 20 == 0 or step == cfg.steps - 1:
             history.append({"step": step, "loss": loss.item(), "logit_scale": logit_scale.item()})
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{logit_scale.item():.1f}")
@@ -102,11 +162,11 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
 
     model.eval()
     eval_data = WorldDataset(cfg.eval_per_cell, cfg.eval_seed, wc)
-    table = evaluation.zeroshot_accuracy(model, tokenizer, TransformedSubset(eval_data, range(len(eval_data)), preprocess),
-                                         wc.classes, wc.styles,
-                                         world.prompt_templates(wc))
     state = model.state_dict()
     save_weights(out, state, metadata={"architecture": TINY_NAME, "seed": str(cfg.seed)})
+    clip_like = clip_card(loaded, eval_data, world.prompt_templates(wc), is_world=True)
+    clip_like["model_id"] = f"{TINY_NAME}/file:{out.name}@{file_digest(out)}"
+    table = clip_like["class_accuracy"]
     card = {
         "architecture": TINY_NAME,
         "architecture_config": json.loads((Path(__file__).parent / "model_configs" / f"{TINY_NAME}.json").read_text()),
@@ -114,7 +174,8 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
         "weights_file": out.name,
         "file_bytes": out.stat().st_size,
         "data": "the embedded world (clipood_kit.data.world), fresh batches each step, "
-                f"{len(wc.classes)} classes x {len(wc.styles)} styles, {cfg.colours_per_batch} colours and {cfg.styles_per_batch} styles per batch",
+                f"{len(wc.classes)} classes x {len(wc.styles)} styles, batches of {cfg.groups} groups x {cfg.group_size} images sharing style and colour, "
+                f"{cfg.family_share:.0%} of captions name the family, {cfg.sibling_share:.0%} of the others a sibling class",
         "command": f"clipood-kit pretrain --steps {cfg.steps} --seed {cfg.seed}",
         "config": asdict(cfg),
         "train_seconds": round(seconds, 1),
@@ -123,6 +184,7 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
         "open_clip": open_clip.__version__,
         "final_logit_scale": model.logit_scale.exp().item(),
         "zeroshot_eval": {"data": eval_data.name, "templates": world.prompt_templates(wc), "accuracy": table},
+        "clip_card": clip_like,
         "history": history,
     }
     write_json(out.with_suffix(".card.json"), card)
@@ -142,7 +204,7 @@ offline. It knows only the world's words (`clipood_kit/model_configs/{card['arch
 - Architecture: `clipood_kit/model_configs/{card['architecture']}.json`, {card['parameters']:,} parameters
 - Weights: `data/{card['weights_file']}` ({card['file_bytes'] / 1e6:.2f} MB, safetensors, fp32)
 - Data: {card['data']}
-- Command: `{card['command']}` (seed {card['config']['seed']}, {card['config']['steps']} steps, batch {card['config']['batch_size']})
+- Command: `{card['command']}` (seed {card['config']['seed']}, {card['config']['steps']} steps, batch {card['config']['groups']} x {card['config']['group_size']})
 - Time: {card['train_seconds']:.0f} s on {card['machine']} (torch {card['torch']}, open_clip {card['open_clip']})
 - Final logit scale: {card['final_logit_scale']:.1f}
 
@@ -152,4 +214,10 @@ Evaluated on {card['zeroshot_eval']['data']} with the template ensemble {card['z
 | style | accuracy |
 |---|---|
 {rows}
+
+## CLIP-likeness card (`clipood-kit clip-card`), same images
+
+```
+{format_card(card['clip_card'])}
+```
 """

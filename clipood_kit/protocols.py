@@ -119,7 +119,7 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Setup:
     if cfg.protocol == "domain-shift":
         base_ids, new_ids = list(range(len(dataset.classes))), []
     else:
-        base_ids, new_ids = splits.base_new_classes(len(dataset.classes))
+        base_ids, new_ids = dataset.base_new_split()
     in_source = torch.isin(dataset.domain_ids, torch.tensor(source_ids)).nonzero().squeeze(1)
     kept, held = splits.holdout_split(dataset.domain_ids, cfg.holdout_fraction, cfg.split_seed, indices=in_source)
     train_idx = splits.select_classes(dataset.labels, base_ids, kept)

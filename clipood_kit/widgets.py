@@ -18,17 +18,19 @@ def margin_view(text_features: torch.Tensor, classnames: Sequence[str], margin_l
     """What the margin notebook shows for one lambda.
 
     - `cosine`, `margins`: C x C cosine of the class text features and lambda * (1 - cos), zero diagonal;
-    - `nearest`, `farthest`: for each class, the other class with the smallest / largest margin;
+    - `nearest`, `farthest`: for each class, the other class with the largest / smallest text cosine (the
+      smallest / largest margin when lambda > 0);
     - with an image feature and its label: the target's softmax probability without margins (plain CE) and
       with them (MMS), `softmax(z)_y` for the logits of `clipood_kit.methods.margin_logits`.
     """
     t = F.normalize(text_features.float(), dim=-1)
     cosine = (t @ t.T).numpy()
     margins = class_margins(t, margin_lambda).numpy()
-    masked = margins + np.diag(np.full(len(classnames), np.inf))
-    nearest = [classnames[j] for j in masked.argmin(1)]
-    masked = margins - np.diag(np.full(len(classnames), np.inf))
-    farthest = [classnames[j] for j in masked.argmax(1)]
+    # nearest / farthest by cosine: the same classes as by margin for any lambda > 0, and defined at lambda = 0
+    masked = cosine - np.diag(np.full(len(classnames), np.inf))
+    nearest = [classnames[j] for j in masked.argmax(1)]
+    masked = cosine + np.diag(np.full(len(classnames), np.inf))
+    farthest = [classnames[j] for j in masked.argmin(1)]
     out = {"cosine": cosine, "margins": margins, "nearest": nearest, "farthest": farthest}
     if image_feature is not None and label is not None:
         f, y = image_feature.float()[None], torch.tensor([label])

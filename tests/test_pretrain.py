@@ -1,14 +1,15 @@
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipood_kit.pretrain import PretrainConfig, captions, pretrain
+from clipood_kit.pretrain import PretrainConfig, captions, grouped_batch, logit_scale_at, pretrain
 from clipood_kit.data import world
 
 
 def test_pretraining_is_seeded_and_writes_weights_and_card(tmp_path):
-    cfg = PretrainConfig(steps=3, batch_size=16, eval_per_cell=1, warmup_steps=1)
+    cfg = PretrainConfig(steps=3, groups=2, group_size=8, eval_per_cell=1, warmup_steps=1)
     pretrain(cfg, out=tmp_path / "a.safetensors", progress=False)
     pretrain(cfg, out=tmp_path / "b.safetensors", progress=False)
     wa, wb = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
@@ -23,8 +24,37 @@ def test_pretraining_is_seeded_and_writes_weights_and_card(tmp_path):
     assert not torch.equal(init["visual.conv1.weight"], wa["visual.conv1.weight"])
 
 
-def test_captions_always_name_the_class():
-    b = world.sample(100, seed=0)
-    caps = captions(b, torch.Generator().manual_seed(0))
-    assert all(c.split()[-1] == b.config.classes[b.labels[i]] for i, c in enumerate(caps))
+def test_captions_name_the_class_or_its_family():
+    b = world.sample(400, seed=0)
+    caps = captions(b, torch.Generator().manual_seed(0), family_share=0.2, sibling_share=0.0)
+    last = [c.split()[-1] for c in caps]
+    classes = [b.config.classes[y] for y in b.labels]
+    assert all(w in (c, world.FAMILY_OF[c]) for w, c in zip(last, classes))
+    family = sum(w == world.FAMILY_OF[c] for w, c in zip(last, classes)) / len(caps)
+    assert 0.15 < family < 0.25
     assert len(set(len(c.split()) for c in caps)) > 2
+    assert all(w == c for w, c in zip([x.split()[-1] for x in captions(b, torch.Generator(), 0.0, 0.0)], classes))
+    # near misses: a sibling in the same family, never the class itself, every sibling used
+    near = [x.split()[-1] for x in captions(b, torch.Generator().manual_seed(1), 0.0, 1.0)]
+    assert all(w != c and world.FAMILY_OF[w] == world.FAMILY_OF[c] for w, c in zip(near, classes))
+    assert set(near) == set(world.SHAPES)
+
+
+def test_grouped_batches_share_style_and_colour_within_groups_and_differ_across():
+    cfg = PretrainConfig(groups=6, group_size=10)
+    b = grouped_batch(cfg, world.WorldConfig(), torch.Generator().manual_seed(1))
+    assert len(b) == 60
+    pairs = [(int(s), int(c)) for s, c in zip(b.domains, b.colours)]
+    groups = [set(pairs[g * 10:(g + 1) * 10]) for g in range(6)]
+    assert all(len(g) == 1 for g in groups)                      # one (style, colour) per group
+    assert len(set.union(*groups)) == 6                          # distinct across groups
+    assert len(set(b.labels.tolist())) > 10                      # shapes vary inside the groups
+    with pytest.raises(ValueError, match="distinct"):
+        grouped_batch(PretrainConfig(groups=41), world.WorldConfig(), torch.Generator())
+
+
+def test_logit_scale_schedule_holds_ramps_log_linearly_and_holds():
+    cfg = PretrainConfig(steps=100, scale_start=10.0, scale_end=100.0, scale_ramp=(0.5, 0.9))
+    assert logit_scale_at(0, cfg) == pytest.approx(10.0) and logit_scale_at(50, cfg) == pytest.approx(10.0)
+    assert logit_scale_at(70, cfg) == pytest.approx(10.0 ** 1.5)   # half-way in log space
+    assert logit_scale_at(90, cfg) == pytest.approx(100.0) and logit_scale_at(99, cfg) == pytest.approx(100.0)

@@ -34,7 +34,7 @@ def test_holdout_is_deterministic_disjoint_and_per_domain(data):
 
 def test_base_new_halves_of_the_sorted_class_list(data):
     base, new = splits.base_new_classes(len(data.classes))
-    assert base == list(range(12)) and new == list(range(12, 24))
+    assert base == list(range(13)) and new == list(range(13, 25))
     assert splits.base_new_classes(5) == ([0, 1, 2], [3, 4])
     idx = splits.select_classes(data.labels, new)
     assert set(data.labels[idx].tolist()) == set(new)

@@ -60,3 +60,33 @@ def test_world_dataset_items():
     img, y, dom = d[7]
     assert img.shape == (3, 32, 32) and y == 7 and dom == 0
     assert len(d) == len(d.classes) * len(d.domains)
+
+
+def test_families_partition_the_classes_and_their_words_are_in_the_vocabulary():
+    members = [c for fam in world.FAMILIES.values() for c in fam]
+    assert sorted(members) == sorted(world.SHAPES)          # every class in exactly one family
+    assert 24 <= len(members) <= 40 and len(world.FAMILIES) >= 4
+    assert set(world.FAMILIES) <= set(world.vocabulary())
+
+
+def test_taxonomy_split_alternates_sorted_members_so_every_family_is_on_both_sides():
+    classes = world.WorldConfig().classes
+    base, new = world.base_new_split(classes)
+    assert sorted(base + new) == list(range(len(classes))) and not set(base) & set(new)
+    for fam, members in world.FAMILIES.items():
+        ordered = sorted(members)
+        expected_base = {c for k, c in enumerate(ordered) if k % 2 == 0}
+        assert {classes[i] for i in base if classes[i] in members} == expected_base, fam
+        assert {classes[i] for i in new if classes[i] in members} == set(ordered) - expected_base, fam
+    assert len(base) == sum((len(m) + 1) // 2 for m in world.FAMILIES.values())
+    # the world dataset uses this rule; folder datasets keep the sorted halves
+    assert WorldDataset(per_cell=1, seed=0).base_new_split() == (base, new)
+    with pytest.raises(ValueError, match="no world family"):
+        world.base_new_split(["star", "unicorn"])
+
+
+def test_folder_datasets_keep_the_sorted_halves(world_tree):
+    from clipood_kit.data import FolderDataset
+    from clipood_kit.data.splits import base_new_classes
+    d = FolderDataset(world_tree)
+    assert d.families is None and d.base_new_split() == base_new_classes(len(d.classes))

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
+from . import splits
 from . import world as world_mod
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -45,6 +46,12 @@ class DomainDataset(Dataset):
     def __getitem__(self, index: int):
         return self.load(index), int(self.labels[index]), int(self.domain_ids[index])
 
+    families: Optional[dict] = None   # family name -> its class names, where a taxonomy is known
+
+    def base_new_split(self):
+        """(base class ids, new class ids). Folders: the sorted halves (`splits.base_new_classes`)."""
+        return splits.base_new_classes(len(self.classes))
+
     def describe(self) -> dict:
         """JSON-ready identity of the dataset (for results and cache keys)."""
         return {"name": self.name, "classes": list(self.classes), "domains": list(self.domains), "size": len(self)}
@@ -58,11 +65,15 @@ class WorldDataset(DomainDataset):
         self.images = batch.images
         self.labels = batch.labels
         self.domain_ids = batch.domains
-        self.batch = batch
         self.classes = list(config.classes)
         self.domains = list(config.styles)
         self.per_cell, self.seed, self.config = per_cell, seed, config
         self.name = f"world(per_cell={per_cell},seed={seed},size={config.image_size})"
+        self.families = {f: [c for c in members if c in self.classes] for f, members in world_mod.FAMILIES.items()}
+
+    def base_new_split(self):
+        """(base class ids, new class ids): the taxonomy rule of `world.base_new_split` (each family on both sides)."""
+        return world_mod.base_new_split(self.classes)
 
     def load(self, index: int) -> torch.Tensor:
         return self.images[index]

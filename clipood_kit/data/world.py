@@ -139,6 +139,12 @@ def _gear(u: Tensor, v: Tensor) -> Tensor:
     return (r <= teeth) & (r >= 0.28)
 
 
+def _sun(u: Tensor, v: Tensor) -> Tensor:
+    r, phi = _polar(u, v)
+    rays = (r >= 0.55) & (r <= 0.97) & (torch.cos(8 * (phi - math.pi / 2)) >= 0.82)
+    return (r <= 0.42) | rays
+
+
 def _clover(u: Tensor, v: Tensor) -> Tensor:
     discs = [_disc(0.47 * math.cos(a), 0.47 * math.sin(a), 0.45) for a in (math.pi / 2, 7 * math.pi / 6, 11 * math.pi / 6)]
     return _union(*discs)(u, v)
@@ -165,11 +171,40 @@ SHAPES: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "sparkle": _star(4, 0.28),
     "square": _box(0.72, 0.72),
     "star": _star(5, 0.42),
+    "sun": _sun,
     "tee": _union(_box(0.9, 0.22, 0.0, 0.65), _box(0.22, 0.9, 0.0, -0.05)),
     "teardrop": _teardrop,
     "trapezoid": _trapezoid,
     "triangle": _regular_polygon(3, 0.98),
 }
+
+
+# The taxonomy: family name (a caption word) -> its classes. Captions name an object by its class ("a hexagon")
+# or by its family ("a polygon"), as web captions do, so the language side learns which classes are related.
+FAMILIES: Dict[str, Tuple[str, ...]] = {
+    "polygon": ("diamond", "hexagon", "pentagon", "square", "trapezoid", "triangle"),
+    "curve": ("circle", "crescent", "ellipse", "ring", "semicircle", "teardrop"),
+    "burst": ("clover", "flower", "gear", "sparkle", "star", "sun"),
+    "symbol": ("arrow", "cross", "dumbbell", "frame", "heart", "hourglass", "tee"),
+}
+FAMILY_OF: Dict[str, str] = {c: fam for fam, members in FAMILIES.items() for c in members}
+
+
+def base_new_split(classes: Sequence[str]) -> Tuple[List[int], List[int]]:
+    """(base ids, new ids) of the world's classes: within each family, its members (in sorted order) alternate
+    base, new, base, ... so every family has members on both sides (a family of n gives ceil(n/2) base).
+
+    Classes outside the taxonomy are an error: the rule needs every class's family.
+    """
+    unknown = [c for c in classes if c not in FAMILY_OF]
+    if unknown:
+        raise ValueError(f"class(es) {unknown} belong to no world family; the taxonomy split needs world classes")
+    base, new = [], []
+    for members in FAMILIES.values():
+        present = sorted(c for c in members if c in classes)
+        for k, c in enumerate(present):
+            (base if k % 2 == 0 else new).append(classes.index(c))
+    return sorted(base), sorted(new)
 
 
 @dataclass(frozen=True)
@@ -225,6 +260,7 @@ def vocabulary(config: WorldConfig = WorldConfig()) -> List[str]:
     words.update(SIZES)
     words.update(COLOURS)
     words.update(SHAPES)
+    words.update(FAMILIES)
     return sorted(words)
 
 
