@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .data import WORLD
+from .methods import METHODS
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", help="source (training) domain; repeat")
     p.add_argument("--target", action="append", help="held-out domain (the others are sources); repeat")
     p.add_argument("--shots", type=int, default=None)
-    p.add_argument("--method", default=None, help="ce, mms, bma, clipood, wise-ft, ema, car-ft, car-ft-mms, car-ft-clipood")
+    p.add_argument("--method", default=None, help=f"one of the registry: {', '.join(METHODS)}")
     p.add_argument("--lambda", dest="margin_lambda", type=float, default=None, help="MMS margin lambda")
     p.add_argument("--bma-alpha", type=float, default=None)
     p.add_argument("--bma-beta", type=float, default=None)

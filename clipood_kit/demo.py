@@ -51,7 +51,7 @@ def demo_experiment() -> ExperimentConfig:
     """The demo's experiment on the tiny model (2 CPU cores, about 10 s per method).
 
     lambda = 0.3, Beta(0.5, 0.5) and the cosine schedule are the official code's domain-shift and base-to-new
-    settings (shared/METHODS.md); the tiny CLIP's class text cosines are CLIP-like (see its model card), so the
+    settings (docs/methods.md); the tiny CLIP's class text cosines are CLIP-like (see its model card), so the
     paper's lambda gives margins of the paper's size. lr 1e-4 for 120 steps makes plain fine-tuning forget
     visibly, which is what the demo shows.
     """

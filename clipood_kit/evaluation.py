@@ -91,7 +91,7 @@ def encode_images(model: torch.nn.Module, dataset: Dataset, batch_size: int = 25
     """L2-normalised image features with labels and domains: {'features', 'labels', 'domains'}.
 
     With `local_classifier` (C x D class text features; ViT towers only), also 'local_mcm': per image the local
-    part of GL-MCM, max over patches p and classes i of softmax_i(cos(local_p, t_i)) (see `ood.gl_mcm`).
+    part of GL-MCM, max over patches p and classes i of softmax_i(cos(local_p, t_i)) (see `ood.local_mcm`).
     """
     was_training = model.training
     model.eval()

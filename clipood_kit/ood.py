@@ -1,7 +1,7 @@
 """Out-of-distribution detection scores on CLIP cosines, and their metrics.
 
 Scores (higher = more in-distribution), from s_i = cos(f, t_i), the raw cosines to the ID class text features
-(MCM: Ming et al., NeurIPS 2022; shared/METHODS.md):
+(MCM: Ming et al., NeurIPS 2022; docs/methods.md):
 
 - MCM        max_i softmax(s / T)_i, T = 1
 - MSP        the same at T = 1 / tau (the classifier's own confidence)
@@ -43,10 +43,13 @@ def neg_entropy(cosines: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     return (log_p.exp() * log_p).sum(1)
 
 
-def gl_mcm(cosines: torch.Tensor, local_cosines: torch.Tensor, lam: float = 1.0,
+GL_MCM_LAMBDA = 1.0   # the GL-MCM paper's default; its official ImageNet script uses 0.5
+
+
+def gl_mcm(cosines: torch.Tensor, local_part: torch.Tensor, lam: float = GL_MCM_LAMBDA,
            temperature: float = 1.0) -> torch.Tensor:
-    """GL-MCM from global cosines (N x C) and local cosines (N x P x C)."""
-    return mcm(cosines, temperature) + lam * local_mcm(local_cosines, temperature)
+    """GL-MCM = MCM of the global cosines (N x C) + lam * the local part (N, from `local_mcm`)."""
+    return mcm(cosines, temperature) + lam * local_part
 
 
 def local_mcm(local_cosines: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -54,16 +57,14 @@ def local_mcm(local_cosines: torch.Tensor, temperature: float = 1.0) -> torch.Te
     return torch.softmax(local_cosines / temperature, dim=-1).amax(dim=(1, 2))
 
 
-GL_MCM_LAMBDA = 1.0
-
-
-def all_scores(cosines: torch.Tensor, logit_scale: float, local: torch.Tensor = None) -> Dict[str, torch.Tensor]:
+def all_scores(cosines: torch.Tensor, logit_scale: float, local: torch.Tensor = None,
+               gl_lambda: float = GL_MCM_LAMBDA) -> Dict[str, torch.Tensor]:
     """Every score of the module docstring for a batch of cosines (N x C); GL-MCM when `local` holds the
     images' local MCM part (N, from `local_mcm` or `evaluation.encode_images(local_classifier=...)`)."""
     out = {"MCM": mcm(cosines), "MSP": msp(cosines, logit_scale), "max-logit": max_logit(cosines),
            "energy": energy(cosines), "entropy": neg_entropy(cosines)}
     if local is not None:
-        out["GL-MCM"] = out["MCM"] + GL_MCM_LAMBDA * local
+        out["GL-MCM"] = gl_mcm(cosines, local, gl_lambda)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Paper recipes (shared/METHODS.md, CLIPood official code) as experiment presets, so that a user with the
+"""Paper recipes (docs/methods.md, CLIPood official code) as experiment presets, so that a user with the
 weights, the data and a GPU runs the paper's protocol with one command:
 
     clipood-kit finetune --preset domainbed-vitb16 --data /data/PACS --target sketch --out runs/pacs-sketch

@@ -120,13 +120,15 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Setup:
         base_ids, new_ids = list(range(len(dataset.classes))), []
     else:
         base_ids, new_ids = dataset.base_new_split()
-    in_source = torch.isin(dataset.domain_ids, torch.tensor(source_ids)).nonzero().squeeze(1)
+    if target_ids:
+        in_source, targets = splits.domain_split(dataset.domain_ids, target_ids)
+    else:
+        in_source, targets = torch.arange(len(dataset)), torch.empty(0, dtype=torch.long)
     kept, held = splits.holdout_split(dataset.domain_ids, cfg.holdout_fraction, cfg.split_seed, indices=in_source)
     train_idx = splits.select_classes(dataset.labels, base_ids, kept)
     if cfg.shots is not None:
         train_idx = torch.cat([splits.k_shot(dataset.labels, cfg.shots, cfg.split_seed,
                                              train_idx[dataset.domain_ids[train_idx] == d]) for d in source_ids]).sort().values
-    targets = torch.isin(dataset.domain_ids, torch.tensor(target_ids or [-1])).nonzero().squeeze(1)
     eval_idx = torch.cat([held, targets]).sort().values
     train_domains = dataset.domain_ids[train_idx]
     pools = [(train_domains == d).nonzero().squeeze(1) for d in source_ids]

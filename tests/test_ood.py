@@ -70,9 +70,11 @@ def test_gl_mcm_adds_the_best_local_softmax_to_mcm():
     e = np.exp(local.double().numpy())
     local_part = (e / e.sum(-1, keepdims=True)).max(axis=(1, 2))
     assert np.allclose(ood.local_mcm(local).numpy(), local_part, atol=1e-6)
-    assert np.allclose(ood.gl_mcm(s, local).numpy(), ood.mcm(s).numpy() + local_part, atol=1e-6)
+    assert np.allclose(ood.gl_mcm(s, ood.local_mcm(local)).numpy(), ood.mcm(s).numpy() + local_part, atol=1e-6)
+    assert np.allclose(ood.gl_mcm(s, ood.local_mcm(local), lam=0.5).numpy(), ood.mcm(s).numpy() + 0.5 * local_part,
+                       atol=1e-6)
     scores = ood.all_scores(s, 50.0, ood.local_mcm(local))
-    assert torch.allclose(scores["GL-MCM"], ood.gl_mcm(s, local))
+    assert torch.allclose(scores["GL-MCM"].double(), torch.from_numpy(ood.mcm(s).numpy() + local_part), atol=1e-6)
 
 
 def test_local_features_of_a_vit_tower_and_gl_mcm_in_the_protocol(world_tree):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipood_kit.methods import MethodConfig
+from clipood_kit.methods import METHODS, MethodConfig
 from clipood_kit.protocols import ExperimentConfig, prepare, run_method
 from clipood_kit.training import TrainConfig, global_batch
 
@@ -74,7 +74,7 @@ def test_stopped_and_resumed_run_is_bit_identical(small, tmp_path):
 
 KILL_SCRIPT = """
 import os, signal, sys
-from clipood_kit.methods import MethodConfig
+from clipood_kit.methods import METHODS, MethodConfig
 from clipood_kit.protocols import ExperimentConfig, prepare, run_method
 from clipood_kit.training import TrainConfig
 exp = ExperimentConfig(per_cell=4, method=MethodConfig(name="clipood"),
@@ -139,3 +139,16 @@ def test_bad_train_config_is_refused(small):
         run_method(setup, exp.method, TrainConfig(steps=2, batch_size=0), progress=False)
     with pytest.raises(ValueError, match="unknown method 'sgd'"):
         run_method(setup, MethodConfig(name="sgd"), exp.train, progress=False)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_registered_method_trains_three_steps_and_is_scored(small, name):
+    """Smoke test of the registry: each method trains 3 steps and its models are scored (finite, in range)."""
+    import math
+    exp, setup = small
+    r = run_method(setup, MethodConfig(name=name), TrainConfig(steps=3, batch_size=8, lr=1e-4, seed=2), progress=False)
+    assert r["completed"] and len(r["history"]) == 3 and r["primary"] in r["models"]
+    assert all(math.isfinite(row["loss"]) for row in r["history"])
+    cells = r["models"][r["primary"]]
+    assert all(0 <= v <= 100 for group, row in cells.items() if group != "ood" for v in row.values())
+    assert set(r["headline"]) >= {"unseen domains / new", "train domains / base"}

@@ -1,8 +1,7 @@
 """Image transforms built from a model's preprocessing config; they take uint8 C x H x W tensors (or PIL).
 
 Eval: resize the shorter side + center crop + normalise (CLIP's preprocessing).
-Train: RandomResizedCrop(scale 0.7-1.0) + horizontal flip + normalise (CLIPood's augmentation,
-shared/METHODS.md "Training and evaluation protocols").
+Train: RandomResizedCrop(scale 0.7-1.0) + horizontal flip + normalise (CLIPood's augmentation; docs/methods.md).
 """
 from __future__ import annotations
 

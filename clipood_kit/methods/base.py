@@ -23,7 +23,7 @@ State = Dict[str, torch.Tensor]
 
 @dataclass
 class MethodConfig:
-    """Hyperparameters of all methods, defaults from the papers (shared/METHODS.md)."""
+    """Hyperparameters of all methods, defaults from the papers (docs/methods.md)."""
 
     name: str = "clipood"
     margin_lambda: float = 0.3        # MMS lambda (CLIPood: 0.3 domain shift / base-to-new, 0.1 in the wild)

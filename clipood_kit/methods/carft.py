@@ -4,7 +4,7 @@ Context classifier: for each of M prompt templates m, w_m = norm(mean_c norm(g(t
 normalised mean over classes of the template's normalised text features. Context distribution:
 p(x; theta) = softmax(tau * W_ctx f). Loss = classification loss + beta * KL(p(x; theta_0) || p(x; theta)),
 theta_0 the frozen pre-trained image encoder, tau CLIP's logit scale (the direction and temperature of the
-best available re-implementations, shared/METHODS.md). At beta = 0 it is the classification loss alone; at
+best available re-implementations, docs/methods.md). At beta = 0 it is the classification loss alone; at
 step 0, theta = theta_0 and the KL is 0.
 
 Registered as `car-ft` (CE + KL), `car-ft-mms` (MMS + KL) and `car-ft-clipood` (MMS + BMA + KL).

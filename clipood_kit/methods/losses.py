@@ -7,7 +7,7 @@ feature, t_c the normalised text feature of class c, tau the logit scale and lam
     z_j = tau * (cos(f, t_j) + lambda * (1 - cos(t_y, t_j)))     for j != y
     loss = cross_entropy(z, y)
 
-The margin sits inside the temperature and nothing is subtracted from the target (shared/METHODS.md). The
+The margin sits inside the temperature and nothing is subtracted from the target (docs/methods.md). The
 official code shifts the feature instead (f - lambda * t_y); that changes every logit of a row by the same
 constant plus the margin, so the softmax is the same. lambda = 0 is plain cross-entropy fine-tuning.
 """
