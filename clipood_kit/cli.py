@@ -105,6 +105,8 @@ def cmd_finetune(args) -> int:
     from .protocols import prepare, run_method
     from .zeroshot import format_table
     exp = _experiment_from_args(args)
+    exp.method.validate()
+    exp.train.validate()
     print(json.dumps({"experiment": asdict(exp)}, indent=1, default=str))
     setup = prepare(exp)
     result = run_method(setup, exp.method, exp.train, run_dir=args.out, resume=args.resume,

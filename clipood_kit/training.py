@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -33,6 +34,10 @@ from .methods import Method
 from .optim import cosine_lr
 
 CHECKPOINTS = "checkpoints"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the run stops before the weights are touched."""
 
 
 @dataclass
@@ -54,8 +59,8 @@ class TrainConfig:
                              f"processes ({num_processes})")
         if self.precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {self.precision!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be finite and > 0, got {self.lr}")
 
 
 class AugmentedView(Dataset):
@@ -234,6 +239,12 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
         with accelerator.autocast():
             features = model(images)
         loss = method.loss(features.to(text_features.dtype), labels, images)
+        if not torch.isfinite(loss.detach()):
+            bar.close()
+            raise NonFiniteLossError(
+                f"step {step + 1}: the loss is {loss.item()} (not finite), so training stopped and no results were "
+                f"written; likely cause: a learning rate too large for this model (lr={cfg.lr:g}, a previous step "
+                f"diverged) or a method hyperparameter out of range; lower --lr and run again")
         accelerator.backward(loss)
         if extra and accelerator.num_processes > 1:   # the method's own modules are not wrapped for DDP
             for p in extra:

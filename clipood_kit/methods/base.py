@@ -10,13 +10,14 @@ Modules returned by `trainable_modules()` (OGEN's feature generator) are optimis
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from .averaging import BetaMovingAverage, ExponentialMovingAverage, with_average
-from .losses import class_margins, mms_loss
+from .losses import _check_lambda, class_margins, mms_loss
 
 State = Dict[str, torch.Tensor]
 
@@ -41,6 +42,14 @@ class MethodConfig:
     ogen_distill: float = 1.0         # OGEN self-distillation: weight of KL(teacher || student)
     ogen_synthetic: float = 1.0       # OGEN: multiplier of the synthetic-feature CE terms (0: ablation without them)
     ogen_lr_scale: float = 10.0       # OGEN: generator learning rate / encoder learning rate
+
+    def validate(self) -> None:
+        """Refuse values no method can train with (before any work is done)."""
+        _check_lambda(self.margin_lambda)
+        for name in ("bma_alpha", "bma_beta"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be finite and > 0 (the official code uses 0.1 or 0.5), got {value}")
 
 
 class Method:

@@ -13,13 +13,16 @@ constant plus the margin, so the softmax is the same. lambda = 0 is plain cross-
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 
 def _check_lambda(margin_lambda: float) -> None:
-    if not margin_lambda >= 0:
-        raise ValueError(f"margin_lambda must be >= 0 (0 = plain cross-entropy), got {margin_lambda}")
+    if not (margin_lambda >= 0 and math.isfinite(margin_lambda)):
+        raise ValueError(f"margin_lambda must be finite and >= 0 (0 = plain cross-entropy; the paper uses 0.1 "
+                         f"to 0.3), got {margin_lambda}")
 
 
 def class_margins(text_features: torch.Tensor, margin_lambda: float) -> torch.Tensor:
@@ -60,6 +63,8 @@ def mms_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels: 
              margin_lambda: float, logit_scale: float | torch.Tensor,
              margins: torch.Tensor | None = None) -> torch.Tensor:
     """Mean MMS loss over the batch; raw features in (normalised here), `text_features` one row per class."""
+    if labels.numel() == 0:
+        raise ValueError("mms_loss got an empty batch: the mean over no samples is undefined; pass at least one sample")
     logits = margin_logits(image_features, text_features, labels, margin_lambda, logit_scale, margins)
     return F.cross_entropy(logits, labels)
 

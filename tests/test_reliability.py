@@ -1,0 +1,74 @@
+"""Bad inputs and faults: a clear one-line error and nothing left behind, never a result that looks right."""
+import math
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from clipood_kit.methods import MethodConfig, class_margins, mms_loss
+from clipood_kit.protocols import ExperimentConfig, prepare, run_method
+from clipood_kit.training import NonFiniteLossError, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return prepare(ExperimentConfig(per_cell=2))
+
+
+@pytest.mark.parametrize("lr", [math.inf, math.nan, -1e-4, 0.0])
+def test_a_non_finite_or_non_positive_lr_is_refused(lr):
+    with pytest.raises(ValueError, match="lr must be finite and > 0"):
+        TrainConfig(lr=lr).validate()
+
+
+@pytest.mark.parametrize("lam", [math.inf, math.nan, -0.1])
+def test_a_non_finite_or_negative_lambda_is_refused(lam):
+    with pytest.raises(ValueError, match="margin_lambda must be finite"):
+        class_margins(torch.eye(3), lam)
+    with pytest.raises(ValueError, match="margin_lambda must be finite"):
+        MethodConfig(margin_lambda=lam).validate()
+
+
+def test_mms_loss_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match="empty batch"):
+        mms_loss(torch.zeros(0, 4), torch.eye(4), torch.zeros(0, dtype=torch.long), 0.3, 100.0)
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_writes_nothing(setup, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"step \d+: the loss is nan .*lower --lr"):
+        run_method(setup, MethodConfig(name="clipood"), TrainConfig(steps=6, batch_size=8, lr=1e30), run_dir=run,
+                   progress=False)
+    assert not (run / "results.json").exists()
+    assert not list(run.glob("*.safetensors"))
+
+
+def test_cli_diverging_lr_is_one_line_exit_2_and_no_results(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--method", "ce", "--per-cell", "2",
+                           "--steps", "6", "--batch-size", "8", "--lr", "1e30", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.strip().splitlines() if "it/s" not in line and "%|" not in line]
+    assert lines[-1].startswith("clipood-kit finetune: error: step") and "not finite" in lines[-1]
+    assert "Traceback" not in proc.stderr and not (out / "results.json").exists()
+
+
+def test_cli_refuses_an_infinite_lambda_before_printing_the_config(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--lambda", "inf",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == "" and "margin_lambda must be finite" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_exported_world_is_readable_by_others(tmp_path):
+    from clipood_kit.data import export_world
+    old = os.umask(0o022)
+    try:
+        root = export_world(tmp_path / "w", per_cell=1, seed=0)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755
