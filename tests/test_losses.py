@@ -69,9 +69,9 @@ def test_official_feature_shift_gives_the_same_softmax():
 
 def test_invalid_inputs_raise_clear_errors():
     img, txt, labels = torch.randn(4, 3), torch.randn(2, 3), torch.tensor([0, 1, 0, 1])
-    with pytest.raises(ValueError, match="margin_lambda must be >= 0"):
+    with pytest.raises(ValueError, match="margin_lambda must be finite and >= 0"):
         mms_loss(img, txt, labels, -0.1, 10.0)
-    with pytest.raises(ValueError, match="margin_lambda must be >= 0"):
+    with pytest.raises(ValueError, match="margin_lambda must be finite and >= 0"):
         class_margins(txt, -1)
     with pytest.raises(ValueError, match="image_features must be N x D and labels N"):
         mms_loss(img, txt, labels[:3], 0.3, 10.0)
