@@ -11,8 +11,8 @@ Every step renders a fresh batch (the world is infinite), so the model never see
   captions (a class caption sometimes names a sibling in the family: "a pentagon" under a hexagon). Family
   captions and near misses tie the members of a family together, which gives the class text features their
   semantic structure; at CLIP's temperature, clean class captions alone push the most similar classes apart.
-- **Temperature**: CLIP learns its logit scale and ends at its clamp, 100. On this small world the learned scale
-  settles near 17 (the contrastive optimum under caption ambiguity), so the scale is not learned here: it
+- **Temperature**: CLIP learns its logit scale and ends at its clamp, 100. On this small world a learned scale
+  settled near 17 (the earlier tiny CLIP; a trial with grouped batches: 16.8), so the scale is not learned here: it
   stays at CLIP's initial 1/0.07 while the features form, then follows a log-linear ramp to `scale_end` over the
   `scale_ramp` shares of training and is held there, so the shipped model works at CLIP's temperature.
 """
@@ -68,10 +68,6 @@ class PretrainConfig:
     seed: int = 0
     eval_per_cell: int = 20
     eval_seed: int = 10_000
-
-    @property
-    def batch_size(self) -> int:
-        return self.groups * self.group_size
 
 
 def logit_scale_at(step: int, cfg: PretrainConfig) -> float:
