@@ -41,10 +41,25 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def save_weights(path: str | os.PathLike, state_dict: Dict[str, torch.Tensor], metadata: Dict[str, str] | None = None) -> Path:
-    """A state dict as safetensors (tensors made contiguous, shared storage cloned)."""
-    from safetensors.torch import save_file
+    """A state dict as safetensors (tensors made contiguous, shared storage cloned), byte-identical for identical
+    inputs: safetensors writes the metadata in a random order (a hash map), so the header is rewritten with the
+    metadata keys sorted; the header keeps its length, so the tensor data is untouched."""
+    from safetensors.torch import save
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    data = save(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    canonical = json.dumps(header, separators=(",", ":")).encode()
+    if len(canonical) > size:
+        raise RuntimeError("safetensors header grew when its metadata was sorted; please report this")
+    data = data[:8] + canonical.ljust(size, b" ") + data[8 + size:]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return _atomic(path, write)
 
 
 def load_weights(path: str | os.PathLike) -> Dict[str, torch.Tensor]:

@@ -72,3 +72,20 @@ def test_exported_world_is_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(root.stat().st_mode) == 0o755
+
+
+def test_identical_weights_give_identical_safetensors_bytes_across_processes(tmp_path):
+    """safetensors orders metadata by a hash map (random per process); ours are byte-identical and load back."""
+    script = ("import sys, torch; from clipood_kit.io import save_weights; "
+              "save_weights(sys.argv[1], {'b': torch.arange(4.0), 'a': torch.eye(2, dtype=torch.float64)}, "
+              "metadata={'architecture': 'x', 'method': 'ce', 'model': 'last', 'seed': '0'})")
+    paths = [tmp_path / f"w{i}.safetensors" for i in range(4)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", script, str(p)], check=True)
+    assert len({p.read_bytes() for p in paths}) == 1
+    from safetensors import safe_open
+    from clipood_kit.io import load_weights
+    state = load_weights(paths[0])
+    assert torch.equal(state["b"], torch.arange(4.0)) and torch.equal(state["a"], torch.eye(2, dtype=torch.float64))
+    with safe_open(str(paths[0]), "pt") as f:
+        assert f.metadata() == {"architecture": "x", "method": "ce", "model": "last", "seed": "0"}
