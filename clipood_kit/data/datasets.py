@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
+from ..io import current_umask
 from . import splits
 from . import world as world_mod
 
@@ -182,9 +183,7 @@ def export_world(root: str | os.PathLike, per_cell: int = 40, seed: int = 0,
     root.parent.mkdir(parents=True, exist_ok=True)
     data = WorldDataset(per_cell, seed, config)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)          # mkdtemp makes a 0700 folder; the export is for others to read too
+    tmp.chmod(0o777 & ~current_umask())     # mkdtemp makes a 0700 folder; the export is for others to read too
     try:
         counters = {}
         for i in range(len(data)):
