@@ -56,13 +56,13 @@ def family_gap(features: torch.Tensor, classes: Sequence[str], families: Dict[st
 
 
 @torch.no_grad()
-def clip_card(loaded, dataset, templates: Optional[Sequence[str]] = None, is_world: bool = False,
+def clip_card(loaded, dataset, templates: Sequence[str], is_world: bool = False,
               batch_size: int = 256, device: str = "cpu") -> Dict:
-    """The card of one model on one dataset (JSON-ready); see the module docstring for each entry."""
+    """The card of one model on one dataset (JSON-ready); see the module docstring for each entry. `templates`:
+    the zero-shot ensemble (`zeroshot.default_templates` gives the toolkit's choice)."""
     model, tokenizer = loaded.model, loaded.tokenizer
     classes, domains = list(dataset.classes), list(dataset.domains)
-    templates = list(templates) if templates else world_mod.prompt_templates() if is_world \
-        else list(evaluation.DEFAULT_TEMPLATES)
+    templates = list(templates)
     enc = evaluation.encode_images(model, TransformedSubset(dataset, range(len(dataset)), loaded.preprocess),
                                    batch_size, device)
     feats, labels, doms = enc["features"], enc["labels"], enc["domains"]
@@ -75,6 +75,7 @@ def clip_card(loaded, dataset, templates: Optional[Sequence[str]] = None, is_wor
     domain_pred = evaluation.classify(feats, contexts)
     domain_acc = evaluation.accuracy_by_domain(domain_pred, doms, doms, domains)
     nearest = off_diagonal_argmax(photo @ photo.T)
+    photo_stats = cosine_stats(photo)
     card = {
         "model_id": loaded.model_id,
         "dataset": dataset.describe(),
@@ -83,13 +84,13 @@ def clip_card(loaded, dataset, templates: Optional[Sequence[str]] = None, is_wor
         "domain_templates": ctx_templates,
         "domain_accuracy": domain_acc,
         "context_cosine": cosine_stats(contexts),
-        "class_text_cosine": {"photo": cosine_stats(photo), "ensemble": cosine_stats(ensemble)},
+        "class_text_cosine": {"photo": photo_stats, "ensemble": cosine_stats(ensemble)},
         "family_cosine": family_gap(photo, classes, dataset.families) if dataset.families else None,
         "nearest_class": {c: classes[int(j)] for c, j in zip(classes, nearest)},
         "logit_scale": model.logit_scale.exp().item(),
         "modality_gap": {
             "matching_image_text": (feats * photo[labels]).sum(1).mean().item(),
-            "class_text": cosine_stats(photo)["mean"],
+            "class_text": photo_stats["mean"],
             "image_image": image_image_cosine(feats),
         },
     }
