@@ -1,8 +1,9 @@
 """clipood-kit: fine-tune CLIP so it stays robust out of distribution.
 
 The public functions of CLIPood (Shu et al., ICML 2023) live here; the rest is organised by module:
-`data` (the embedded world, folder datasets, splits), `models` (loader), `methods` (losses, averaging, the
-method registry), `training` (the Accelerate loop), `protocols`, `evaluation`, `figures`, `cli`.
+`data` (the embedded world, folder datasets, splits), `models` (loader), `methods` (parts and the method
+registry), `training` (the Accelerate loop), `experiment` (config, prepare), `scoring` (cells, OOD, headline),
+`runs` (run and write a method), `bench` and `presets` (demo, compare), `report`, `figures`, `widgets`, `cli`.
 """
 from .methods import BetaMovingAverage, beta_weights, class_margins, mms_loss
 from .models import load_clip

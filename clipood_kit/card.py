@@ -63,7 +63,7 @@ def clip_card(loaded, dataset, templates: Sequence[str], is_world: bool = False,
     model, tokenizer = loaded.model, loaded.tokenizer
     classes, domains = list(dataset.classes), list(dataset.domains)
     templates = list(templates)
-    enc = evaluation.encode_images(model, TransformedSubset(dataset, range(len(dataset)), loaded.preprocess),
+    enc = evaluation.encode_images(model.visual, TransformedSubset(dataset, range(len(dataset)), loaded.preprocess),
                                    batch_size, device)
     feats, labels, doms = enc["features"], enc["labels"], enc["domains"]
     ensemble = evaluation.text_classifier(model, tokenizer, classes, templates, device).cpu()

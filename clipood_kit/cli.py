@@ -72,8 +72,11 @@ def cmd_export_world(args) -> int:
 
 
 def _experiment_from_args(args):
+    """The preset, then the explicit options, then every --set KEY=VALUE (validated before any work)."""
     from dataclasses import replace
+    from .methods import compose
     from .presets import get_preset
+    from .settings import apply_settings
     exp = get_preset(args.preset)
     top = {k: getattr(args, k) for k in ("model", "data", "protocol", "shots", "device") if getattr(args, k) is not None}
     if args.pretrained is not None:
@@ -89,60 +92,88 @@ def _experiment_from_args(args):
         if unknown:
             raise ValueError(f"target domain(s) {unknown} not in the dataset; its domains are {domains}")
         top["source_domains"] = [d for d in domains if d not in args.target]
-    method = {k: v for k, v in (("name", args.method), ("margin_lambda", args.margin_lambda),
-                                ("bma_alpha", args.bma_alpha), ("bma_beta", args.bma_beta)) if v is not None}
+    if args.method is not None:
+        top["method"] = compose(args.method)
     train = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
                                ("precision", args.precision), ("seed", args.seed),
                                ("checkpoint_every", args.checkpoint_every), ("num_workers", args.num_workers))
              if v is not None}
+    if args.batch_size is not None:
+        train["batch_per_domain"] = None
     if args.seed is not None:
         top["split_seed"] = args.seed
-    return replace(exp, **top, method=replace(exp.method, **method), train=replace(exp.train, **train))
+    exp = replace(exp, **top, train=replace(exp.train, **train))
+    exp = apply_settings(exp, args.set or [])
+    exp.method.validate()
+    exp.train.validate()
+    return exp
+
+
+def config_summary(exp) -> str:
+    """Three lines: model and data, method with its parts' settings, training (the full config is in results.json)."""
+    import dataclasses
+    parts = "; ".join(f"{p.kind}(" + ", ".join(f"{f.name}={getattr(p, f.name)!r}" for f in dataclasses.fields(p)) + ")"
+                      for p in exp.method.parts())
+    t = exp.train
+    batch = f"{t.batch_per_domain} per domain" if t.batch_per_domain else str(t.batch_size)
+    return (f"model {exp.model} ({exp.pretrained}) on {exp.data}, protocol {exp.protocol}, device {exp.device}\n"
+            f"method {exp.method.name}: {parts.replace('(, ', '(').replace('()', '')}\n"
+            f"train {t.steps} steps, batch {batch}, lr {t.lr:g}, weight decay {t.weight_decay:g}, "
+            f"precision {t.precision}, seed {t.seed}")
 
 
 def cmd_finetune(args) -> int:
-    from dataclasses import asdict
-    from .protocols import prepare, run_method
+    from .experiment import prepare
+    from .runs import run_method
+    from .scoring import flat_labels
     from .zeroshot import format_table
     exp = _experiment_from_args(args)
-    exp.method.validate()
-    exp.train.validate()
-    print(json.dumps({"experiment": asdict(exp)}, indent=1, default=str))
+    print(config_summary(exp))
     setup = prepare(exp)
     result = run_method(setup, exp.method, exp.train, run_dir=args.out, resume=args.resume,
                         stop_after=args.stop_after)
     if not result["completed"]:
         print(f"stopped after step {result['history'][-1]['step']}; resume with the same command and --resume")
         return 0
-    print(format_table(result["headline"], f"{exp.method.name} ({result['primary']}) accuracy (%)"))
+    print(format_table(flat_labels(result["headline"]), f"{exp.method.name} ({result['primary']}) accuracy (%)"))
     print(f"wrote {args.out}/results.json, history.json and model weights")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    """Every registered method with its parts and their defaults; then every part."""
+    import dataclasses
+    from .methods import METHODS, part_configs
+    for name, m in METHODS.items():
+        print(f"{name:<16}{m.describe()}")
+    print("\nparts (compose your own with --method 'mms+context-kl+ema'; set fields with --set PART.FIELD=VALUE):")
+    for kind, cls in part_configs().items():
+        defaults = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        print(f"  {kind:<14}{cls.role:<12}{cls.summary}" + (f"\n  {'':<26}{defaults}" if defaults else ""))
     return 0
 
 
 def cmd_demo(args) -> int:
     from dataclasses import replace
-    from .demo import DemoConfig
-    cfg = DemoConfig(seeds=tuple(args.seeds))
+    from .presets import demo_bench
+    cfg = demo_bench(args.seeds)
     if args.steps is not None:
         cfg.experiment = replace(cfg.experiment, train=replace(cfg.experiment.train, steps=args.steps))
     return _run_and_print(cfg, args.out)
 
 
 def _run_and_print(cfg, out) -> int:
-    from .demo import run_demo
-    results = run_demo(cfg, out)
-    width = max(len(k) for k in results["summary"]) + 2
-    columns = list(cfg.columns)
-    print(f"{'method':<{width}}" + "".join(f"{c.replace(' domains', '').replace(' (MCM)', ''):>16}" for c in columns))
-    for method, row in results["summary"].items():
-        print(f"{method:<{width}}" + "".join(f"{row[c]['mean']:>10.1f} ±{row[c]['std']:4.1f}" for c in columns))
+    from .bench import run_bench
+    from .report import text_table
+    results = run_bench(cfg, out)
+    print(text_table(results))
     print(f"wrote {out}/results.json and {out}/report.html in {results['seconds']:.0f} s")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .demo import compare_config
-    return _run_and_print(compare_config(args.seeds, fast=args.fast, ablation=args.ablation), args.out)
+    from .presets import compare_bench
+    return _run_and_print(compare_bench(args.seeds, fast=args.fast, ablation=args.ablation), args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_zeroshot)
 
     p = sub.add_parser("finetune", help="fine-tune with one method under one protocol (writes a run folder)")
-    p.add_argument("--preset", default="tiny-world", help="experiment preset (see clipood_kit/presets.py)")
+    p.add_argument("--preset", default="tiny-world", help="experiment preset: tiny-world (default) or an official CLIPood recipe, clipood-{domain-shift,base-to-new,in-the-wild}-DATASET (see clipood_kit/presets.py)")
     p.add_argument("--model", default=None)
     p.add_argument("--pretrained", default=None)
     p.add_argument("--device", default=None)
@@ -188,10 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", help="source (training) domain; repeat")
     p.add_argument("--target", action="append", help="held-out domain (the others are sources); repeat")
     p.add_argument("--shots", type=int, default=None)
-    p.add_argument("--method", default=None, help=f"one of the registry: {', '.join(METHODS)}")
-    p.add_argument("--lambda", dest="margin_lambda", type=float, default=None, help="MMS margin lambda")
-    p.add_argument("--bma-alpha", type=float, default=None)
-    p.add_argument("--bma-beta", type=float, default=None)
+    p.add_argument("--method", default=None,
+                   help=f"a registered method ({', '.join(METHODS)}) or parts joined by '+' "
+                        f"(see `clipood-kit methods`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any field: PART.FIELD (mms.margin_lambda=0.2, bma.alpha=0.1), train.FIELD or an "
+                        "experiment field; repeat")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -203,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("methods", help="list the methods, their parts and the parts' defaults")
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("demo", help="the main job: zero-shot, CE, ablations and CLIPood on the world + report")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -229,9 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from .models.loader import PretrainedUnavailableError
+    from .training import NonFiniteLossError
+    # user errors get one line; anything else (a bug, torch's own RuntimeErrors) keeps its traceback
+    user_errors = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FileExistsError,
+                   PretrainedUnavailableError, NonFiniteLossError)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except user_errors as e:
         print(f"clipood-kit {args.command}: error: {e}", file=sys.stderr)
         return 2
 

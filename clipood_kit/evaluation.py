@@ -85,31 +85,32 @@ def local_image_features(visual: torch.nn.Module, images: torch.Tensor) -> Tuple
 
 
 @torch.no_grad()
-def encode_images(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256, device: torch.device | str = "cpu",
+def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 256, device: torch.device | str = "cpu",
                   num_workers: int = 0, progress: bool = False, desc: str = "encode",
                   local_classifier: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-    """L2-normalised image features with labels and domains: {'features', 'labels', 'domains'}.
+    """L2-normalised image features of an image tower (`model.visual`) with labels and domains:
+    {'features', 'labels', 'domains'}. The tower's train/eval mode is restored afterwards.
 
     With `local_classifier` (C x D class text features; ViT towers only), also 'local_mcm': per image the local
     part of GL-MCM, max over patches p and classes i of softmax_i(cos(local_p, t_i)) (see `ood.local_mcm`).
     """
-    was_training = model.training
-    model.eval()
+    was_training = visual.training
+    visual.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    dtype = next(model.parameters()).dtype
+    dtype = next(visual.parameters()).dtype
     feats, labels, domains, local_mcm = [], [], [], []
     for images, y, d in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images = images.to(device, dtype=dtype)
         if local_classifier is None:
-            feats.append(F.normalize(model.encode_image(images).float(), dim=-1).cpu())
+            feats.append(F.normalize(visual(images).float(), dim=-1).cpu())
         else:
-            pooled, local = local_image_features(model.visual, images)
+            pooled, local = local_image_features(visual, images)
             feats.append(F.normalize(pooled.float(), dim=-1).cpu())
             cos = F.normalize(local.float(), dim=-1) @ local_classifier.to(local.device, torch.float32).T
             local_mcm.append(ood.local_mcm(cos).cpu())
         labels.append(y)
         domains.append(d)
-    model.train(was_training)
+    visual.train(was_training)
     out = {"features": torch.cat(feats), "labels": torch.cat(labels), "domains": torch.cat(domains)}
     if local_mcm:
         out["local_mcm"] = torch.cat(local_mcm)
@@ -142,6 +143,6 @@ def zeroshot_accuracy(model, tokenizer, dataset: Dataset, classnames: Sequence[s
                       class_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
     """Zero-shot accuracy per domain of `dataset` (items: image, label, domain)."""
     classifier = text_classifier(model, tokenizer, classnames, templates, device).cpu()
-    enc = encode_images(model, dataset, batch_size, device, progress=progress, desc="zero-shot")
+    enc = encode_images(model.visual, dataset, batch_size, device, progress=progress, desc="zero-shot")
     return accuracy_by_domain(classify(enc["features"], classifier, class_ids), enc["labels"], enc["domains"],
                               domain_names)

@@ -9,10 +9,14 @@ Scores (higher = more in-distribution), from s_i = cos(f, t_i), the raw cosines 
 - energy     T * logsumexp(s / T)
 - entropy    -H(softmax(s / T))
 - GL-MCM     MCM + lambda * max_{p, i} softmax(s^local_p / T)_i over the patches p of a ViT tower (Miyai et al.,
-             2023; lambda 1), only where the image tower gives local features (`evaluation.has_local_features`);
+             2023; lambda 1 by default, a parameter), only where the image tower gives local features (`evaluation.has_local_features`);
              the tiny CLIP's ModifiedResNet has no patch tokens, so its tables have no GL-MCM row.
 
-Metrics, with ID as the positive class: FPR at 95 % TPR, AUROC, AUPR (average precision).
+Metrics, with ID as the positive class: FPR at 95 % TPR, AUROC, AUPR (average precision). FPR95 has two
+threshold rules (`FPR_RULES`): "at-least" (ours, the default: the highest threshold that keeps at least 95 % of
+ID samples, scikit-learn's ROC convention) and "nearest" (the MCM and GL-MCM code's Hendrycks
+`fpr_and_fdr_at_recall`, deeplearning-wisc/MCM utils/detection_util.py lines 66-104: the threshold whose TPR
+is nearest 95 %, ties to the lower threshold). Tables name the rule they use.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ def neg_entropy(cosines: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     return (log_p.exp() * log_p).sum(1)
 
 
-GL_MCM_LAMBDA = 1.0   # the GL-MCM paper's default; its official ImageNet script uses 0.5
+GL_MCM_LAMBDA = 1.0   # the GL-MCM paper's default; its official ImageNet script uses 0.5 (ExperimentConfig.gl_lambda)
 
 
 def gl_mcm(cosines: torch.Tensor, local_part: torch.Tensor, lam: float = GL_MCM_LAMBDA,
@@ -80,6 +84,19 @@ def fpr_at_tpr(id_scores: torch.Tensor, ood_scores: torch.Tensor, tpr: float = 0
     ordered = id_s.sort(descending=True).values
     threshold = ordered[math.ceil(tpr * len(ordered)) - 1]
     return (ood_s >= threshold).double().mean().item()
+
+
+def fpr_at_tpr_nearest(id_scores: torch.Tensor, ood_scores: torch.Tensor, tpr: float = 0.95) -> float:
+    """FPR at the distinct-score threshold whose TPR is nearest `tpr`, among the thresholds from the highest down
+    to the first that accepts every ID sample; on a tie the lower threshold (the official code's
+    argmin over the reversed list)."""
+    id_s, ood_s = _check(id_scores, ood_scores)
+    tp, accepted = _threshold_counts(id_s, ood_s)
+    last = int((tp == len(id_s)).nonzero()[0])
+    tp, fp = tp[:last + 1], (accepted - tp)[:last + 1]
+    distance = (tp / len(id_s) - tpr).abs()
+    pick = last - int(distance.flip(0).argmin())
+    return (fp[pick] / len(ood_s)).item()
 
 
 def auroc(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
@@ -120,14 +137,25 @@ def roc_curve(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> Tuple[torch.
     return torch.cat([zero, (accepted - tp) / len(ood_s)]), torch.cat([zero, tp / len(id_s)])
 
 
-METRICS: Dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
-    "FPR95": fpr_at_tpr, "AUROC": auroc, "AUPR": aupr}
+FPR_RULES: Dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
+    "at-least": fpr_at_tpr, "nearest": fpr_at_tpr_nearest}
+DEFAULT_FPR_RULE = "at-least"
+
+
+def check_fpr_rule(rule: str) -> None:
+    if rule not in FPR_RULES:
+        raise ValueError(f"fpr_rule must be one of {list(FPR_RULES)} ('nearest' is the official MCM code's), "
+                         f"got {rule!r}")
 
 
 def evaluate(id_cosines: torch.Tensor, ood_cosines: torch.Tensor, logit_scale: float, id_local: torch.Tensor = None,
-             ood_local: torch.Tensor = None) -> Dict[str, Dict[str, float]]:
+             ood_local: torch.Tensor = None, fpr_rule: str = DEFAULT_FPR_RULE,
+             gl_lambda: float = GL_MCM_LAMBDA) -> Dict[str, Dict[str, float]]:
     """Every score x every metric (metrics in %), for ID and OOD cosines to the same ID class features
-    (GL-MCM too when both local MCM parts are given)."""
-    id_scores, ood_scores = all_scores(id_cosines, logit_scale, id_local), all_scores(ood_cosines, logit_scale, ood_local)
-    return {name: {m: 100.0 * fn(id_scores[name], ood_scores[name]) for m, fn in METRICS.items()}
+    (GL-MCM too when both local MCM parts are given); FPR95 by `fpr_rule`."""
+    check_fpr_rule(fpr_rule)
+    metrics = {"FPR95": FPR_RULES[fpr_rule], "AUROC": auroc, "AUPR": aupr}
+    id_scores = all_scores(id_cosines, logit_scale, id_local, gl_lambda)
+    ood_scores = all_scores(ood_cosines, logit_scale, ood_local, gl_lambda)
+    return {name: {m: 100.0 * fn(id_scores[name], ood_scores[name]) for m, fn in metrics.items()}
             for name in id_scores}

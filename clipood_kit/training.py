@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .io import load_weights, save_weights, write_json
-from .methods import Method
+from .methods import Batch, Method, RunContext
 from .optim import cosine_lr
 
 CHECKPOINTS = "checkpoints"
@@ -44,6 +44,7 @@ class NonFiniteLossError(RuntimeError):
 class TrainConfig:
     steps: int = 300
     batch_size: int = 36               # global batch, over all processes
+    batch_per_domain: Optional[int] = None   # set: the global batch is this x the source domains (DomainBed, CLIPood)
     lr: float = 1e-5
     weight_decay: float = 0.1
     precision: str = "no"              # "no", "bf16" or "fp16" (autocast; fp32 master weights)
@@ -52,6 +53,8 @@ class TrainConfig:
     num_workers: int = 0
 
     def validate(self, num_processes: int = 1) -> None:
+        if self.batch_per_domain is not None and self.batch_per_domain < 1:
+            raise ValueError(f"batch_per_domain must be >= 1 or None, got {self.batch_per_domain}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1 or self.batch_size % num_processes:
@@ -117,26 +120,29 @@ def freeze_batchnorm(module: torch.nn.Module) -> None:
 
 
 def _flatten(state: dict, prefix: str = "") -> Tuple[Dict[str, torch.Tensor], dict]:
-    """Split a nested state into tensors (flat keys 'a/b') and the JSON-ready rest."""
+    """Split a nested state into tensors (flat keys 'a/b/c') and the JSON-ready rest (nested as given)."""
     tensors, rest = {}, {}
     for k, v in state.items():
         if isinstance(v, torch.Tensor):
             tensors[prefix + k] = v
-        elif isinstance(v, dict) and v and all(isinstance(x, torch.Tensor) for x in v.values()):
-            tensors.update({f"{prefix}{k}/{n}": t for n, t in v.items()})
+        elif isinstance(v, dict):
+            t, r = _flatten(v, f"{prefix}{k}/")
+            tensors.update(t)
+            if r:
+                rest[k] = r
         else:
             rest[k] = v
     return tensors, rest
 
 
 def _unflatten(tensors: Dict[str, torch.Tensor], rest: dict) -> dict:
-    state = dict(rest)
+    state = json.loads(json.dumps(rest))
     for key, t in tensors.items():
-        if "/" in key:
-            outer, inner = key.split("/", 1)
-            state.setdefault(outer, {})[inner] = t
-        else:
-            state[key] = t
+        *outer, inner = key.split("/")
+        node = state
+        for part in outer:
+            node = node.setdefault(part, {})
+        node[inner] = t
     return state
 
 
@@ -169,47 +175,61 @@ def _save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, method:
 
 
 @dataclass
+class TrainTask:
+    """What one fine-tuning run needs: the model, the data, the method and the training config.
+
+    `domain_pools` hold the train_set indices of each source domain; `label_map` maps dataset labels to rows of
+    `text_features` (the training classes, frozen). `experiment.Setup.task(method, train)` builds one.
+    """
+
+    encoder: torch.nn.Module
+    train_set: Dataset
+    domain_pools: Sequence[torch.Tensor]
+    text_features: torch.Tensor
+    logit_scale: float
+    label_map: torch.Tensor
+    transform: Callable
+    method: Method
+    config: TrainConfig
+
+
+@dataclass
 class FineTuneOutput:
     states: Dict[str, Dict[str, torch.Tensor]]   # evaluated encoder states by name ("last", "bma", ...)
     history: List[dict]
     completed: bool                              # False when stopped early by `stop_after`
 
 
-def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequence[torch.Tensor],
-              text_features: torch.Tensor, logit_scale: float, label_map: torch.Tensor, transform: Callable,
-              method: Method, cfg: TrainConfig, run_dir: Optional[Path] = None, resume: bool = False,
-              stop_after: Optional[int] = None, accelerator: Optional[Accelerator] = None,
-              progress: bool = True, on_step: Optional[Callable] = None,
-              method_inputs: Optional[Dict[str, torch.Tensor]] = None) -> FineTuneOutput:
-    """Fine-tune `encoder` (an image tower) on `train_set` with `method`.
+def _floats(metrics: dict) -> Dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
 
-    `domain_pools` hold the train_set indices of each source domain; `label_map` maps dataset labels to rows
-    of `text_features` (the training classes). `on_step(row, encoder, method)` is called on the main process
-    after every step with the history row, the (unwrapped) encoder and the method (live plots, trajectories).
-    `method_inputs` holds the extra inputs named in `method.inputs` (`protocols.method_inputs` builds them).
+
+def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = False,
+              stop_after: Optional[int] = None, accelerator: Optional[Accelerator] = None,
+              progress: bool = True, on_step: Optional[Callable] = None) -> FineTuneOutput:
+    """Fine-tune `task.encoder` (an image tower) on `task.train_set` with `task.method`.
+
+    `on_step(row, encoder, method)` is called on the main process after every step with the history row, the
+    (unwrapped) encoder and the method (live plots, trajectories). No global RNG is seeded or drawn from:
+    batches and augmentations are functions of (seed, step), the parts draw from their own seeded generators.
     """
+    cfg, method, encoder = task.config, task.method, task.encoder
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.precision)
     cfg.validate(accelerator.num_processes)
     if (resume or stop_after is not None or cfg.checkpoint_every) and run_dir is None:
         raise ValueError("checkpoints need a run_dir")
-    torch.manual_seed(cfg.seed)
     device = accelerator.device
     zero_shot = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
     dtype = next(encoder.parameters()).dtype          # fp32 (or fp64 for exact numerical checks)
-    text_features = text_features.to(device, dtype=torch.promote_types(dtype, torch.float32))
-    label_map = label_map.to(device)
-    method_inputs = dict(method_inputs or {})
-    missing = [name for name in method.inputs if name not in method_inputs]
-    if missing:
-        raise ValueError(f"method {method.name!r} needs the input(s) {missing}; build them with "
-                         f"clipood_kit.protocols.method_inputs(setup, method) and pass method_inputs=")
-    method.setup(encoder, text_features, logit_scale, cfg.steps,
-                 **{name: method_inputs[name].to(device) for name in method.inputs})
+    text_features = task.text_features.to(device, dtype=torch.promote_types(dtype, torch.float32))
+    label_map = task.label_map.to(device)
+    method.setup(RunContext(encoder, text_features, task.logit_scale, cfg.steps, cfg.seed, device))
 
     groups = [{"params": [p for p in encoder.parameters() if p.requires_grad], "lr_scale": 1.0}]
-    extra = [p for m in method.trainable_modules() for p in m.to(device).parameters()]
-    if extra:
-        groups.append({"params": extra, "lr_scale": method.lr_scale})
+    extra = []
+    for params, scale in method.trainable_groups():
+        groups.append({"params": params, "lr_scale": scale})
+        extra.extend(params)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     encoder.train()
     freeze_batchnorm(encoder)
@@ -224,8 +244,8 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
         start, history = int(meta["step"]), meta["history"]
         method.load_state_dict(_unflatten(load_weights(ckpt / "method_state.safetensors"), meta["method_state"]))
 
-    view = AugmentedView(train_set, transform)
-    loader = DataLoader(view, batch_sampler=StepBatches(cfg, domain_pools, start, accelerator.process_index,
+    view = AugmentedView(task.train_set, task.transform)
+    loader = DataLoader(view, batch_sampler=StepBatches(cfg, task.domain_pools, start, accelerator.process_index,
                                                           accelerator.num_processes),
                         num_workers=cfg.num_workers)
     bar = tqdm(total=cfg.steps, initial=start, desc=f"fine-tune {method.name}",
@@ -238,7 +258,7 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
         images, labels = images.to(device, dtype=dtype), label_map[labels.to(device)]
         with accelerator.autocast():
             features = model(images)
-        loss = method.loss(features.to(text_features.dtype), labels, images)
+        loss, metrics = method.loss(Batch(step, features.to(text_features.dtype), labels, images))
         if not torch.isfinite(loss.detach()):
             bar.close()
             raise NonFiniteLossError(
@@ -254,12 +274,13 @@ def fine_tune(encoder: torch.nn.Module, train_set: Dataset, domain_pools: Sequen
         optimizer.zero_grad(set_to_none=True)
         step += 1
         row = {"step": step, "loss": accelerator.reduce(loss.detach(), "mean").item(), "lr": lr}
-        row.update(method.after_step(unwrapped))
+        row.update(_floats(metrics))
+        row.update(_floats(method.after_step(unwrapped)))
         history.append(row)
         if on_step is not None and accelerator.is_main_process:
             on_step(row, unwrapped, method)
         bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}")
+        bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
         stopping = stop_after is not None and step >= stop_after and step < cfg.steps
         if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
             _save_checkpoint(accelerator, run_dir, step, method, history)

@@ -61,7 +61,7 @@ def nearest_farthest_table(view: Dict, classnames: Sequence[str]) -> List[Dict[s
 
 def ood_view(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], method: str, score: str, shift: str) -> Dict:
     """What the OOD notebook shows for one (method, score, shift): the ID and OOD scores, the ROC curve, and
-    AUROC / FPR95 / AUPR (%). `score_sets[method]` comes from `protocols.ood_score_sets`."""
+    AUROC / FPR95 / AUPR (%). `score_sets[method]` comes from `scoring.ood_score_sets`."""
     sets = score_sets[method]
     if shift not in sets:
         raise ValueError(f"shift {shift!r} has no images in this experiment; it has {sorted(set(sets) - {'ID'})}")

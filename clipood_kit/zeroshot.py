@@ -59,7 +59,7 @@ def format_table(accuracy: Dict[str, float], title: str = "accuracy (%)") -> str
 def template_effect(loaded, dataset, template_sets: Dict[str, List[str]], batch_size: int = 256,
                     device: str = "cpu") -> Dict[str, Dict[str, float]]:
     """Zero-shot accuracy per domain for several prompt-template sets; the images are encoded once."""
-    enc = evaluation.encode_images(loaded.model, TransformedSubset(dataset, range(len(dataset)), loaded.preprocess),
+    enc = evaluation.encode_images(loaded.model.visual, TransformedSubset(dataset, range(len(dataset)), loaded.preprocess),
                                    batch_size, device)
     out = {}
     for name, templates in template_sets.items():

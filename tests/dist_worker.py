@@ -16,35 +16,36 @@ import torch
 
 
 def experiment(method):
-    from clipood_kit.methods import MethodConfig
-    from clipood_kit.protocols import ExperimentConfig
+    from clipood_kit.experiment import ExperimentConfig
+    from clipood_kit.methods import compose
+    from clipood_kit.settings import set_method_fields
     from clipood_kit.training import TrainConfig
-    return ExperimentConfig(per_cell=3, method=MethodConfig(name=method, ogen_warmup=0.4),
-                            train=TrainConfig(steps=5, batch_size=8, lr=1e-4, seed=3))
+    m = compose(method)
+    if m.part("ogen") is not None:
+        m = set_method_fields(m, {"ogen.warmup": 0.4, "self-distill.start": 0.4, "ogen.dropout": 0.1})
+    return ExperimentConfig(per_cell=3, method=m, train=TrainConfig(steps=5, batch_size=8, lr=1e-4, seed=3))
 
 
 def train(out_file, method_name):
     torch.set_num_threads(1)
     from accelerate import Accelerator
-    from clipood_kit import protocols
+    from clipood_kit.experiment import prepare
     from clipood_kit.io import save_weights
-    built = []
-
-    def build_and_keep(cfg):
-        built.append(protocols_build(cfg))
-        return built[-1]
-
-    protocols_build, protocols.build_method = protocols.build_method, build_and_keep
+    from clipood_kit.methods import Method
+    from clipood_kit.runs import build_task
+    from clipood_kit.training import fine_tune
     exp = experiment(method_name)
-    setup = protocols.prepare(exp)
+    setup = prepare(exp)
     setup.loaded.model.double()
     accelerator = Accelerator(cpu=True)
-    result = protocols.run_method(setup, exp.method, exp.train, progress=False, accelerator=accelerator)
-    for module in built[0].trainable_modules():
-        save_weights(f"{out_file}.rank{accelerator.process_index}", dict(module.state_dict()))
+    method = Method(exp.method)
+    method.prepare(setup)
+    out = fine_tune(build_task(setup, method, exp.train), progress=False, accelerator=accelerator)
+    for i, (params, _) in enumerate(method.trainable_groups()):
+        save_weights(f"{out_file}.rank{accelerator.process_index}", {f"{i}/{j}": p.detach() for j, p in enumerate(params)})
     if accelerator.is_main_process:
-        flat = {f"{name}/{k}": v for name, state in result["states"].items() for k, v in state.items()}
-        flat["losses"] = torch.tensor([r["loss"] for r in result["history"]], dtype=torch.float64)
+        flat = {f"{name}/{k}": v for name, state in out.states.items() for k, v in state.items()}
+        flat["losses"] = torch.tensor([r["loss"] for r in out.history], dtype=torch.float64)
         save_weights(out_file, flat, metadata={"processes": str(accelerator.num_processes)})
 
 

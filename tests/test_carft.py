@@ -3,8 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from clipood_kit import evaluation
-from clipood_kit.methods import MethodConfig, build_method
-from clipood_kit.protocols import ExperimentConfig, prepare, run_method
+from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.methods import Batch, Method, RunContext, compose
+from clipood_kit.runs import run_method
+from clipood_kit.settings import set_method_fields
 from clipood_kit.training import TrainConfig
 
 
@@ -23,32 +25,38 @@ def test_context_classifier_is_the_normalised_class_mean_per_template(setup):
 
 
 def test_context_kl_is_zero_at_step_zero_and_positive_after_a_change(setup):
-    method = build_method(MethodConfig(name="car-ft"))
+    method = Method(compose("car-ft"))
+    method.prepare(setup)
+    part = method.regularisers[0]
+    names = [setup.dataset.classes[i] for i in setup.train_class_ids]
+    expected = evaluation.context_classifier(setup.loaded.model, setup.loaded.tokenizer, names, setup.templates)
+    assert torch.allclose(part.context_features, expected)        # prepare builds the experiment's classifier
     encoder = setup.loaded.model.visual
-    ctx = evaluation.context_classifier(setup.loaded.model, setup.loaded.tokenizer, setup.dataset.classes,
-                                        setup.templates)
-    method.setup(encoder, setup.text_features, setup.logit_scale, 10, context_features=ctx)
+    method.setup(RunContext(encoder, setup.text_features, setup.logit_scale, 10, 0, torch.device("cpu")))
     images = torch.stack([setup.loaded.preprocess(setup.dataset[i][0]) for i in range(8)])
+    labels = torch.zeros(8, dtype=torch.long)
     with torch.no_grad():
-        assert method.context_kl(encoder(images), images).abs().item() < 1e-6
-        shifted = torch.randn(8, ctx.shape[1], generator=torch.Generator().manual_seed(0))   # another encoder
-        assert method.context_kl(shifted, images).item() > 1e-3
+        kl, metrics = part.penalty(Batch(0, encoder(images), labels, images))
+        assert kl.abs().item() < 1e-6 and metrics["context_kl"].abs().item() < 1e-6
+        shifted = torch.randn(8, expected.shape[1], generator=torch.Generator().manual_seed(0))   # another encoder
+        assert part.penalty(Batch(0, shifted, labels, images))[0].item() > 1e-3
 
 
 def test_beta_zero_equals_plain_fine_tuning_and_beta_changes_training(setup):
     train = TrainConfig(steps=4, batch_size=8, lr=1e-4, seed=2)
-    ce = run_method(setup, MethodConfig(name="ce"), train, progress=False)
-    zero = run_method(setup, MethodConfig(name="car-ft", carft_beta=0.0), train, progress=False)
-    one = run_method(setup, MethodConfig(name="car-ft", carft_beta=1.0), train, progress=False)
+    ce = run_method(setup, compose("ce"), train, progress=False)
+    zero = run_method(setup, set_method_fields(compose("car-ft"), {"context-kl.weight": 0.0}), train, progress=False)
+    one = run_method(setup, compose("car-ft"), train, progress=False)
     for k, v in ce["states"]["last"].items():
         assert torch.equal(v, zero["states"]["last"][k]), k
     assert any(not torch.equal(v, one["states"]["last"][k]) for k, v in ce["states"]["last"].items())
     assert all(r["context_kl"] >= 0 for r in one["history"]) and one["history"][-1]["context_kl"] > 0
+    assert one["method_config"]["regularisers"] == [{"kind": "context-kl", "weight": 1.0}]
 
 
 def test_car_ft_combines_with_mms_and_bma(setup):
-    r = run_method(setup, MethodConfig(name="car-ft-clipood"), TrainConfig(steps=3, batch_size=8, lr=1e-4),
-                   progress=False)
+    r = run_method(setup, compose("car-ft-clipood"), TrainConfig(steps=3, batch_size=8, lr=1e-4), progress=False)
     assert r["primary"] == "bma" and set(r["models"]) == {"last", "bma"}
-    with pytest.raises(ValueError, match="car-ft needs context features"):
-        build_method(MethodConfig(name="car-ft")).setup(setup.loaded.model.visual, setup.text_features, 10.0, 5)
+    with pytest.raises(ValueError, match=r"needs context features .* call method.prepare\(setup\)"):
+        Method(compose("car-ft")).setup(RunContext(setup.loaded.model.visual, setup.text_features, 10.0, 5, 0,
+                                                   torch.device("cpu")))

@@ -4,9 +4,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipood_kit.methods import FeatureGenerator, LocalMeanTeacher, MethodConfig, build_method
-from clipood_kit.protocols import ExperimentConfig, harmonic_mean, method_inputs, prepare, run_method
-from clipood_kit.training import TrainConfig, fine_tune
+from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.methods import FeatureGenerator, LocalMeanTeacher, Method, RunContext, compose
+from clipood_kit.methods.ogen import nearest_classes
+from clipood_kit.runs import run_method
+from clipood_kit.scoring import harmonic_mean
+from clipood_kit.settings import set_method_fields
+from clipood_kit.training import TrainConfig
+
+
+def ogen(**settings):
+    return set_method_fields(compose("ogen"), settings)
+
+
+def run_context(setup, text, steps=10):
+    return RunContext(setup.loaded.model.visual, text, setup.logit_scale, steps, 0, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +42,7 @@ def test_generator_is_norm_of_mlp_of_query_plus_attention():
     mlp = torch.relu(q @ gen.mlp[0].weight.T + gen.mlp[0].bias) @ gen.mlp[2].weight.T + gen.mlp[2].bias
     expected = (mlp + attended) / (mlp + attended).norm(dim=-1, keepdim=True)
     assert torch.allclose(gen(q, k, v), expected, atol=1e-5)
-    with pytest.raises(ValueError, match="divisible by ogen_heads"):
+    with pytest.raises(ValueError, match="divisible by ogen.heads"):
         FeatureGenerator(10, heads=4)
 
 
@@ -63,20 +75,34 @@ def test_local_mean_teacher_is_the_mean_of_a_growing_window_of_the_trajectory():
         LocalMeanTeacher(module, 5, fraction=0.0)
 
 
-def test_neighbours_and_unknown_names_are_the_nearest_by_cosine(setup):
-    method = build_method(MethodConfig(name="ogen"))
-    inputs = method_inputs(setup, method)
+@pytest.mark.parametrize("rule", ["cosine", "dot"])
+def test_neighbours_and_unknown_names_follow_the_rule(setup, rule):
+    """Known neighbours by the class means' cosine, or by their raw dot product (the official code's
+    `cosine_sim_base`, computed on unnormalised means); unknown names by the text cosine."""
+    method = Method(ogen(**{"ogen.neighbours": rule}))
+    method.prepare(setup)
+    part = method.regularisers[0]
     text = setup.text_features[setup.train_class_ids]
-    method.setup(setup.loaded.model.visual, text, setup.logit_scale, 10, **inputs)
-    mean = inputs["class_feature_mean"] / inputs["class_feature_mean"].norm(dim=1, keepdim=True)
+    method.setup(run_context(setup, text))
+    mean = part.class_feature_mean
+    if rule == "cosine":
+        mean = mean / mean.norm(dim=1, keepdim=True)
     for c in range(len(text)):
         sims = [(float(mean[c] @ mean[j]), j) for j in range(len(text)) if j != c]
-        assert set(method.neighbours[c].tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
-        sims = [(float(text[c] @ u), j) for j, u in enumerate(inputs["unknown_text_features"])]
-        assert set(method.unknown_neighbours[c].tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
-    assert torch.equal(inputs["unknown_text_features"], setup.text_features[setup.new_ids])
-    enc_std = inputs["class_feature_std"]
-    assert enc_std.shape == text.shape and (enc_std >= 0).all() and enc_std.max() > 0
+        assert set(part.neighbours[c].tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
+        sims = [(float(text[c] @ u), j) for j, u in enumerate(part.unknown_text_features)]
+        assert set(part.unknown_neighbours[c].tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
+    assert torch.equal(part.unknown_text_features, setup.text_features[setup.new_ids])
+    std = part.class_feature_std
+    assert std.shape == text.shape and (std >= 0).all() and std.max() > 0
+
+
+def test_the_two_neighbour_rules_differ_when_norms_differ():
+    means = torch.tensor([[1.0, 0.0], [0.9, 0.1], [3.0, 3.0]])   # class 2 is far in angle but long
+    assert nearest_classes(means, 1, "cosine")[0].item() == 1
+    assert nearest_classes(means, 1, "dot")[0].item() == 2
+    with pytest.raises(ValueError, match="ogen.neighbours must be one of"):
+        nearest_classes(means, 1, "euclid")
 
 
 def test_warm_up_trains_only_the_generator_then_distillation_starts_at_zero(setup):
@@ -85,9 +111,10 @@ def test_warm_up_trains_only_the_generator_then_distillation_starts_at_zero(setu
 
     def on_step(row, encoder, method):
         snapshots[row["step"]] = ({k: v.clone() for k, v in encoder.state_dict().items()},
-                                  {k: v.clone() for k, v in method.generator.state_dict().items()})
+                                  {k: v.clone() for k, v in method.regularisers[0].generator.state_dict().items()})
 
-    r = run_method(setup, MethodConfig(name="ogen", ogen_warmup=0.5), train, progress=False, on_step=on_step)
+    r = run_method(setup, ogen(**{"ogen.warmup": 0.5, "self-distill.start": 0.5}), train, progress=False,
+                   on_step=on_step)
     h = r["history"]
     assert [row["warm_up"] for row in h] == [1, 1, 1, 0, 0, 0]
     for step in (1, 2, 3):                            # the encoder is still the zero-shot one
@@ -104,8 +131,8 @@ def test_the_generator_learns_to_synthesise_held_out_class_features():
     Its neighbours are y's family siblings, whose prompts are nearly synonymous for the tiny CLIP, so the
     generated feature stays hard to tell from theirs: the bar is 3x chance and a rise of 0.12."""
     setup = prepare(ExperimentConfig(per_cell=10))
-    r = run_method(setup, MethodConfig(name="ogen", ogen_warmup=0.9), TrainConfig(steps=60, batch_size=32, lr=1e-4),
-                   progress=False)
+    r = run_method(setup, ogen(**{"ogen.warmup": 0.9, "self-distill.start": 0.9}),
+                   TrainConfig(steps=60, batch_size=32, lr=1e-4), progress=False)
     acc = [row["generated_accuracy"] for row in r["history"]]
     reg = [row["regression"] for row in r["history"]]
     early, late = sum(acc[:10]) / 10, sum(acc[-10:]) / 10
@@ -114,8 +141,8 @@ def test_the_generator_learns_to_synthesise_held_out_class_features():
 
 
 def test_stopped_and_resumed_ogen_run_is_bit_identical(setup, tmp_path):
-    cfg, train = MethodConfig(name="ogen", ogen_warmup=0.25, ogen_snapshots=4), TrainConfig(steps=8, batch_size=8,
-                                                                                               lr=1e-4, seed=5)
+    cfg = ogen(**{"ogen.warmup": 0.25, "self-distill.start": 0.25, "self-distill.snapshots": 4, "ogen.dropout": 0.1})
+    train = TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=5)
     full = run_method(setup, cfg, train, progress=False)
     run_method(setup, cfg, train, run_dir=tmp_path, stop_after=3, progress=False)
     rest = run_method(setup, cfg, train, run_dir=tmp_path, resume=True, progress=False)
@@ -127,21 +154,21 @@ def test_stopped_and_resumed_ogen_run_is_bit_identical(setup, tmp_path):
 
 def test_base_to_new_with_harmonic_mean():
     setup = prepare(ExperimentConfig(per_cell=4, protocol="base-to-new"))
-    r = run_method(setup, MethodConfig(name="ogen"), TrainConfig(steps=5, batch_size=10, lr=1e-4), progress=False)
-    head = r["headline"]
-    assert set(head) == {"base", "new", "H"} and head["H"] == pytest.approx(harmonic_mean(head["base"], head["new"]))
+    r = run_method(setup, compose("ogen"), TrainConfig(steps=5, batch_size=10, lr=1e-4), progress=False)
+    head = r["headline"]["train"]
+    assert set(r["headline"]) == {"train"} and set(head) == {"base", "new", "H"}
+    assert head["H"] == pytest.approx(harmonic_mean(head["base"], head["new"]))
 
 
 def test_missing_inputs_are_named(setup):
     domain_shift = prepare(ExperimentConfig(per_cell=2, protocol="domain-shift"))
     with pytest.raises(ValueError, match="needs held-out class names"):
-        method_inputs(domain_shift, build_method(MethodConfig(name="ogen")))
-    method = build_method(MethodConfig(name="ogen"))
-    with pytest.raises(ValueError, match=r"needs the input\(s\) \['unknown_text_features'"):
-        fine_tune(setup.loaded.model.visual, None, [], setup.text_features, 10.0, torch.arange(24), None, method,
-                  TrainConfig(steps=2, batch_size=2), progress=False)
+        Method(compose("ogen")).prepare(domain_shift)
+    with pytest.raises(ValueError, match=r"call method.prepare\(setup\) first"):
+        Method(compose("ogen")).setup(run_context(setup, setup.text_features))
+    method = Method(compose("ogen"))
+    part = method.regularisers[0]
+    text = F.normalize(torch.randn(3, 128), dim=1)
+    part.unknown_text_features = part.class_feature_mean = part.class_feature_std = text
     with pytest.raises(ValueError, match="at least 4 training classes"):
-        text = F.normalize(torch.randn(3, 128), dim=1)
-        build_method(MethodConfig(name="ogen")).setup(setup.loaded.model.visual, text, 10.0, 5,
-                                                      unknown_text_features=text, class_feature_mean=text,
-                                                      class_feature_std=text)
+        method.setup(run_context(setup, text, steps=5))

@@ -53,7 +53,8 @@ def test_scores_follow_their_formulas():
 
 
 def test_protocol_scores_ood_detection_for_every_shift():
-    from clipood_kit.protocols import ExperimentConfig, prepare, zero_shot_cells
+    from clipood_kit.experiment import ExperimentConfig, prepare
+    from clipood_kit.scoring import zero_shot_scores as zero_shot_cells
     setup = prepare(ExperimentConfig(per_cell=4))
     cells = zero_shot_cells(setup)
     assert set(cells["ood"]) == {"semantic", "covariate", "both"}
@@ -79,7 +80,8 @@ def test_gl_mcm_adds_the_best_local_softmax_to_mcm():
 
 def test_local_features_of_a_vit_tower_and_gl_mcm_in_the_protocol(world_tree):
     from clipood_kit import evaluation
-    from clipood_kit.protocols import ExperimentConfig, prepare, zero_shot_cells
+    from clipood_kit.experiment import ExperimentConfig, prepare
+    from clipood_kit.scoring import zero_shot_scores as zero_shot_cells
     setup = prepare(ExperimentConfig(model="ViT-S-32", pretrained=None, data=str(world_tree), eval_batch_size=64))
     visual = setup.loaded.model.visual.eval()
     images = torch.stack([setup.loaded.preprocess(setup.dataset[i][0]) for i in range(3)])

@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from clipood_kit.methods import MethodConfig, class_margins, mms_loss
-from clipood_kit.protocols import ExperimentConfig, prepare, run_method
+from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.methods import MMSConfig, class_margins, compose, mms_loss
+from clipood_kit.runs import run_method
 from clipood_kit.training import NonFiniteLossError, TrainConfig
 
 
@@ -29,7 +30,7 @@ def test_a_non_finite_or_negative_lambda_is_refused(lam):
     with pytest.raises(ValueError, match="margin_lambda must be finite"):
         class_margins(torch.eye(3), lam)
     with pytest.raises(ValueError, match="margin_lambda must be finite"):
-        MethodConfig(margin_lambda=lam).validate()
+        MMSConfig(margin_lambda=lam).validate()
 
 
 def test_mms_loss_refuses_an_empty_batch():
@@ -40,7 +41,7 @@ def test_mms_loss_refuses_an_empty_batch():
 def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_writes_nothing(setup, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"step \d+: the loss is nan .*lower --lr"):
-        run_method(setup, MethodConfig(name="clipood"), TrainConfig(steps=6, batch_size=8, lr=1e30), run_dir=run,
+        run_method(setup, compose("clipood"), TrainConfig(steps=6, batch_size=8, lr=1e30), run_dir=run,
                    progress=False)
     assert not (run / "results.json").exists()
     assert not list(run.glob("*.safetensors"))
@@ -58,9 +59,9 @@ def test_cli_diverging_lr_is_one_line_exit_2_and_no_results(tmp_path):
 
 
 def test_cli_refuses_an_infinite_lambda_before_printing_the_config(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--lambda", "inf",
+    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--set", "mms.margin_lambda=inf",
                            "--out", str(tmp_path / "run")], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stdout == "" and "margin_lambda must be finite" in proc.stderr
+    assert proc.returncode == 2 and proc.stdout == "" and "mms.margin_lambda=inf: expected a finite float" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipood_kit.methods import METHODS, MethodConfig
-from clipood_kit.protocols import ExperimentConfig, prepare, run_method
+from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.methods import METHODS, compose
+from clipood_kit.runs import run_method
 from clipood_kit.training import TrainConfig, global_batch
 
 HERE = Path(__file__).parent
@@ -17,7 +18,7 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="module")
 def small():
-    exp = ExperimentConfig(per_cell=4, method=MethodConfig(name="clipood"),
+    exp = ExperimentConfig(per_cell=4, method=compose("clipood"),
                            train=TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=1))
     return exp, prepare(exp)
 
@@ -25,12 +26,11 @@ def small():
 def test_a_run_moves_accuracy_and_the_bma_model_keeps_more_of_zero_shot():
     """Fine-tuning on base classes of two styles forgets new classes in unseen styles; BMA forgets less.
     (The demo's data and budget: 30 images per cell, 120 steps of batch 32.)"""
-    from clipood_kit.protocols import zero_shot_cells
+    from clipood_kit.scoring import zero_shot_scores
     setup = prepare(ExperimentConfig(per_cell=30))
-    zs = zero_shot_cells(setup)["unseen domains"]["new"]
-    r = run_method(setup, MethodConfig(name="bma"), TrainConfig(steps=120, batch_size=32, lr=1e-4, seed=0),
-                   progress=False)
-    last, bma = (r["models"][m]["unseen domains"]["new"] for m in ("last", "bma"))
+    zs = zero_shot_scores(setup)["accuracy"]["unseen"]["new"]
+    r = run_method(setup, compose("bma"), TrainConfig(steps=120, batch_size=32, lr=1e-4, seed=0), progress=False)
+    last, bma = (r["models"][m]["accuracy"]["unseen"]["new"] for m in ("last", "bma"))
     assert last < zs - 4, (zs, last)
     assert bma > last + 1, (last, bma)
     losses = [row["loss"] for row in r["history"]]
@@ -68,16 +68,16 @@ def test_stopped_and_resumed_run_is_bit_identical(small, tmp_path):
             assert torch.equal(v, rest["states"][name][k]), (name, k)
     assert full["history"] == rest["history"]
     saved = json.loads((tmp_path / "cut" / "results.json").read_text())
-    assert saved["primary"] == "bma" and "unseen domains" in saved["models"]["bma"]
+    assert saved["primary"] == "bma" and "unseen" in saved["models"]["bma"]["accuracy"]
     assert (tmp_path / "cut" / "history.json").exists() and (tmp_path / "cut" / "model_bma.safetensors").exists()
 
 
 KILL_SCRIPT = """
 import os, signal, sys
-from clipood_kit.methods import METHODS, MethodConfig
-from clipood_kit.protocols import ExperimentConfig, prepare, run_method
+from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.runs import run_method
 from clipood_kit.training import TrainConfig
-exp = ExperimentConfig(per_cell=4, method=MethodConfig(name="clipood"),
+exp = ExperimentConfig(per_cell=4, method="clipood",
                        train=TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=1, checkpoint_every=2))
 kill_at = int(sys.argv[2])
 def on_step(row, encoder, method):
@@ -138,7 +138,7 @@ def test_bad_train_config_is_refused(small):
     with pytest.raises(ValueError, match="batch_size"):
         run_method(setup, exp.method, TrainConfig(steps=2, batch_size=0), progress=False)
     with pytest.raises(ValueError, match="unknown method 'sgd'"):
-        run_method(setup, MethodConfig(name="sgd"), exp.train, progress=False)
+        run_method(setup, compose("sgd"), exp.train, progress=False)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -146,9 +146,10 @@ def test_every_registered_method_trains_three_steps_and_is_scored(small, name):
     """Smoke test of the registry: each method trains 3 steps and its models are scored (finite, in range)."""
     import math
     exp, setup = small
-    r = run_method(setup, MethodConfig(name=name), TrainConfig(steps=3, batch_size=8, lr=1e-4, seed=2), progress=False)
+    r = run_method(setup, compose(name), TrainConfig(steps=3, batch_size=8, lr=1e-4, seed=2), progress=False)
     assert r["completed"] and len(r["history"]) == 3 and r["primary"] in r["models"]
     assert all(math.isfinite(row["loss"]) for row in r["history"])
-    cells = r["models"][r["primary"]]
-    assert all(0 <= v <= 100 for group, row in cells.items() if group != "ood" for v in row.values())
-    assert set(r["headline"]) >= {"unseen domains / new", "train domains / base"}
+    cells = r["models"][r["primary"]]["accuracy"]
+    assert all(0 <= v <= 100 for row in cells.values() for v in row.values())
+    assert {"new", "base"} <= set(r["headline"]["unseen"]) and {"new", "base"} <= set(r["headline"]["train"])
+    assert r["method_config"] == METHODS[name].to_dict()    # results record the parts the method used, only those

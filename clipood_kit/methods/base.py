@@ -1,110 +1,257 @@
-"""The interface every fine-tuning method implements (one small class per method, DomainBed style).
+"""Methods as compositions of parts: one loss, optional regularisers, an optional averager.
 
-The trainer calls, in order: `setup(encoder, text_features, logit_scale, total_steps, **inputs)` once, where
-`inputs` holds the extra inputs the method names in `Method.inputs` (built by `protocols.method_inputs`); then
-every step `loss(features, labels, images)` and, after the optimiser step, `after_step(encoder)`; at the end
-`final_states(zero_shot_state, last_state)`, which names the models to evaluate. `state_dict` /
-`load_state_dict` carry whatever the method keeps across steps (an average, a generator) through checkpoints.
-Modules returned by `trainable_modules()` (OGEN's feature generator) are optimised with the encoder, at
-`lr_scale` times its learning rate.
+A part is a small class with a typed config holding the paper's defaults (`PartConfig` subclasses, each with a
+`kind`, the name `--set KIND.FIELD=VALUE` and results.json use). A method is a `MethodConfig`: the registry
+(`methods/__init__.py`) names the paper methods as presets of parts, and any other combination is a config,
+not a subclass. The trainer sees one `Method`, which calls its parts in this order:
+
+- `prepare(setup)` once, before training: a part builds what it needs from the experiment (context features,
+  unknown class names, class feature statistics) in its own module;
+- `setup(run)` once, at the start of training (`RunContext`: encoder, frozen class text features, logit scale,
+  total steps, the run's seed, device);
+- every step `loss(batch)` -> (loss, metrics): the loss part's term times the product of the regularisers'
+  `base_weight(step)` (OGEN switches the classification loss off during its warm-up), plus every regulariser's
+  `penalty(batch)`; then, after the optimiser step, `after_step(encoder)` -> metrics (averagers update here);
+- `final_states(zero_shot, last)` at the end: the models to evaluate, "last" plus what the parts add
+  ("bma", "ema", "wise-ft@0.5", "teacher"); the averager names the method's result (`primary`).
+
+`state_dict` / `load_state_dict` carry whatever parts keep across steps (an average, a generator) through
+checkpoints. Every random draw of a part comes from a generator seeded by `RunContext.part_seed(kind)`, never
+from the global RNG.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
+import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 
-from .averaging import BetaMovingAverage, ExponentialMovingAverage, with_average
-from .losses import _check_lambda, class_margins, mms_loss
-
 State = Dict[str, torch.Tensor]
+Metrics = Dict[str, Any]          # floats or 0-dim tensors (the trainer turns them into floats)
+
+
+@dataclass
+class PartConfig:
+    """Base of every part's config: `kind` names the part, `role` is "loss", "regulariser" or "averager"."""
+
+    kind: ClassVar[str] = ""
+    role: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def build(self) -> "Part":
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        """Refuse values the part cannot train with (before any work is done)."""
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass
+class RunContext:
+    encoder: torch.nn.Module
+    text_features: torch.Tensor        # training classes x D, normalised, frozen
+    logit_scale: float
+    total_steps: int
+    seed: int
+    device: torch.device
+
+    def part_seed(self, kind: str) -> int:
+        """The run's seed for one part: stable across processes and Python versions (crc32, not hash())."""
+        return (self.seed * 1_000_003 + zlib.crc32(kind.encode())) % (2**31 - 1)
+
+
+@dataclass
+class Batch:
+    step: int                          # optimiser steps taken before this batch (0-based)
+    features: torch.Tensor             # raw image features of the trained encoder, N x D
+    labels: torch.Tensor               # rows of the training classes' text features
+    images: torch.Tensor
+
+
+class Part:
+    """Hooks every part may implement; the defaults do nothing."""
+
+    lr_scale = 1.0                     # learning-rate multiplier of trainable_modules()
+
+    def __init__(self, cfg: PartConfig):
+        self.cfg = cfg
+
+    def prepare(self, setup) -> None:
+        """Build the part's inputs from the experiment (`experiment.Setup`) before training."""
+
+    def setup(self, run: RunContext) -> None:
+        self.run = run
+
+    def trainable_modules(self) -> List[torch.nn.Module]:
+        return []
+
+    def after_step(self, encoder: torch.nn.Module) -> Metrics:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def final_states(self, zero_shot: State, last: State) -> Dict[str, State]:
+        return {}
+
+
+class Loss(Part):
+    def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
+        raise NotImplementedError
+
+
+class Regulariser(Part):
+    def penalty(self, batch: Batch) -> Tuple[Optional[torch.Tensor], Metrics]:
+        """The term added to the loss at this batch (None: no term at this step) and its metrics."""
+        raise NotImplementedError
+
+    def base_weight(self, step: int) -> float:
+        """Multiplier of the loss part's term at `step` (1: unchanged)."""
+        return 1.0
+
+
+class Averager(Part):
+    """A weight ensemble over training; `primary` names its evaluated model (the method's result)."""
+
+    primary = "average"
+
+    def average_of(self, last: State) -> State:
+        """The averaged model now, as a full state built on `last` (trajectories evaluate it during training)."""
+        raise NotImplementedError
 
 
 @dataclass
 class MethodConfig:
-    """Hyperparameters of all methods, defaults from the papers (docs/methods.md)."""
+    """A method: one loss part, regularisers, an optional averager; `name` labels it (the preset's name)."""
 
-    name: str = "clipood"
-    margin_lambda: float = 0.3        # MMS lambda (CLIPood: 0.3 domain shift / base-to-new, 0.1 in the wild)
-    bma_alpha: float = 0.5            # BMA Beta(alpha, beta) (official code: 0.5 DomainBed, 0.1 base-to-new)
-    bma_beta: float = 0.5
-    ema_decay: float = 0.99
-    wise_mixes: Tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    wise_mix: float = 0.5             # the WiSE-FT model reported as the method's result
-    carft_beta: float = 1.0           # CAR-FT weight of the context KL
-    ogen_k: int = 3                   # OGEN: nearest known classes per generated feature (official code: 3)
-    ogen_heads: int = 4               # OGEN: attention heads of the feature generator (official code: 4)
-    ogen_warmup: float = 0.2          # OGEN: share of the steps with the leave-one-out regression alone
-    ogen_window: float = 0.25         # OGEN self-distillation: the teacher averages the latest 25% of the steps
-    ogen_snapshots: int = 40          # OGEN self-distillation: snapshot every ceil(steps / 40) steps
-    ogen_distill: float = 1.0         # OGEN self-distillation: weight of KL(teacher || student)
-    ogen_synthetic: float = 1.0       # OGEN: multiplier of the synthetic-feature CE terms (0: ablation without them)
-    ogen_lr_scale: float = 10.0       # OGEN: generator learning rate / encoder learning rate
+    name: str
+    loss: PartConfig
+    regularisers: Tuple[PartConfig, ...] = ()
+    averager: Optional[PartConfig] = None
+
+    def __post_init__(self):
+        self.regularisers = tuple(self.regularisers)
+        roles = [("loss", self.loss)] + [("regulariser", r) for r in self.regularisers]
+        if self.averager is not None:
+            roles.append(("averager", self.averager))
+        for role, part in roles:
+            if not isinstance(part, PartConfig) or part.role != role:
+                raise ValueError(f"method {self.name!r}: {part!r} is not a {role} part")
+        kinds = [p.kind for p in self.parts()]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"method {self.name!r} uses a part twice: {kinds}")
+
+    def parts(self) -> List[PartConfig]:
+        return [self.loss, *self.regularisers] + ([self.averager] if self.averager is not None else [])
+
+    def part(self, kind: str) -> Optional[PartConfig]:
+        return next((p for p in self.parts() if p.kind == kind), None)
+
+    def describe(self) -> str:
+        """'mms + context-kl + bma'."""
+        return " + ".join(p.kind for p in self.parts())
 
     def validate(self) -> None:
-        """Refuse values no method can train with (before any work is done)."""
-        _check_lambda(self.margin_lambda)
-        for name in ("bma_alpha", "bma_beta"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be finite and > 0 (the official code uses 0.1 or 0.5), got {value}")
+        for p in self.parts():
+            p.validate()
+
+    def replace_part(self, new: PartConfig) -> "MethodConfig":
+        """A copy with the part of the same kind replaced by `new`."""
+        if self.part(new.kind) is None:
+            raise ValueError(f"method {self.name!r} has no part {new.kind!r}; its parts are {self.describe()}")
+        swap = lambda p: new if p.kind == new.kind else p  # noqa: E731
+        return MethodConfig(self.name, swap(self.loss), tuple(swap(r) for r in self.regularisers),
+                            None if self.averager is None else swap(self.averager))
+
+    def to_dict(self) -> dict:
+        """The parts this method uses (and only those), for results.json and checkpoints."""
+        return {"name": self.name, "loss": self.loss.to_dict(),
+                "regularisers": [r.to_dict() for r in self.regularisers],
+                "averager": None if self.averager is None else self.averager.to_dict()}
 
 
 class Method:
-    """Plain fine-tuning: cross-entropy on logit_scale * cos(f, t_c); the last model is the result."""
-
-    name = "ce"
-    inputs: Tuple[str, ...] = ()      # extra setup() inputs, e.g. "context_features" (see protocols.method_inputs)
-    lr_scale = 1.0                    # learning-rate multiplier of trainable_modules()
-    margin_lambda_used = False
-    averager_kind: Optional[str] = None
+    """The composed method the trainer runs (see the module docstring)."""
 
     def __init__(self, cfg: MethodConfig):
-        self.cfg = cfg
-        self.margin_lambda = cfg.margin_lambda if self.margin_lambda_used else 0.0
-        self.averager = None
+        cfg.validate()
+        self.cfg, self.name = cfg, cfg.name
+        self.loss_part: Loss = cfg.loss.build()
+        self.regularisers: List[Regulariser] = [r.build() for r in cfg.regularisers]
+        self.averager: Optional[Averager] = None if cfg.averager is None else cfg.averager.build()
+        self.parts: List[Part] = [self.loss_part, *self.regularisers] + ([self.averager] if self.averager else [])
 
-    # -- training -------------------------------------------------------------------------------------
-    def setup(self, encoder: torch.nn.Module, text_features: torch.Tensor, logit_scale: float, total_steps: int,
-              **inputs: torch.Tensor):
-        self.text_features, self.logit_scale = text_features, logit_scale
-        self.margins = class_margins(text_features, self.margin_lambda) if self.margin_lambda else None
-        if self.averager_kind == "bma":
-            self.averager = BetaMovingAverage(encoder, total_steps, self.cfg.bma_alpha, self.cfg.bma_beta)
-        elif self.averager_kind == "ema":
-            self.averager = ExponentialMovingAverage(encoder, self.cfg.ema_decay)
-
-    def trainable_modules(self) -> List[torch.nn.Module]:
-        """Modules of the method itself that the optimiser trains with the encoder."""
-        return []
-
-    def loss(self, features: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return mms_loss(features, self.text_features, labels, self.margin_lambda, self.logit_scale, self.margins)
-
-    def after_step(self, encoder: torch.nn.Module) -> Dict[str, float]:
-        if self.averager is None:
-            return {}
-        weight = self.averager.update(encoder)
-        return {"average_weight": weight, "zero_shot_share": self.averager.zero_shot_share}
-
-    # -- checkpoints ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {} if self.averager is None else self.averager.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.averager is not None:
-            self.averager.load_state_dict(state)
-
-    # -- results --------------------------------------------------------------------------------------
     @property
     def primary(self) -> str:
-        """Name of the evaluated model that is this method's result."""
-        return self.averager_kind or "last"
+        return self.averager.primary if self.averager is not None else "last"
+
+    def prepare(self, setup) -> None:
+        for p in self.parts:
+            p.prepare(setup)
+
+    def setup(self, run: RunContext) -> None:
+        for p in self.parts:
+            p.setup(run)
+
+    def trainable_groups(self) -> List[Tuple[List[torch.nn.Parameter], float]]:
+        """(parameters, learning-rate multiplier) of the parts' own modules (OGEN's generator)."""
+        out = []
+        for p in self.parts:
+            params = [q for m in p.trainable_modules() for q in m.parameters()]
+            if params:
+                out.append((params, p.lr_scale))
+        return out
+
+    def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
+        weight = 1.0
+        for r in self.regularisers:
+            weight *= r.base_weight(batch.step)
+        metrics: Metrics = {}
+        total = None
+        if weight:
+            total, metrics = self.loss_part.loss(batch)
+            if weight != 1.0:
+                total = weight * total
+        for r in self.regularisers:
+            term, m = r.penalty(batch)
+            metrics.update(m)
+            if term is not None:
+                total = term if total is None else total + term
+        if total is None:
+            raise ValueError(f"method {self.name!r} has no loss term at step {batch.step}")
+        return total, metrics
+
+    def after_step(self, encoder: torch.nn.Module) -> Metrics:
+        out: Metrics = {}
+        for p in self.parts:
+            out.update(p.after_step(encoder))
+        return out
+
+    def state_dict(self) -> dict:
+        return {p.cfg.kind: p.state_dict() for p in self.parts if p.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for p in self.parts:
+            if p.cfg.kind in state:
+                p.load_state_dict(state[p.cfg.kind])
 
     def final_states(self, zero_shot: State, last: State) -> Dict[str, State]:
         states = {"last": last}
-        if self.averager is not None:
-            states[self.averager_kind] = with_average(last, self.averager.average)
+        for p in self.parts:
+            states.update(p.final_states(zero_shot, last))
         return states
+
+
+def part_field_names(cfg: PartConfig) -> List[str]:
+    return [f.name for f in dataclasses.fields(cfg)]
+
+
+__all__ = ["PartConfig", "Part", "Loss", "Regulariser", "Averager", "MethodConfig", "Method", "RunContext", "Batch",
+           "State", "Metrics"]

@@ -1,63 +1,67 @@
-"""CAR-FT, context-aware robust fine-tuning (Mao et al., IJCV 2024, arXiv 2211.16175; no official code).
+"""CAR-FT, context-aware robust fine-tuning (Mao et al., IJCV 2024, arXiv 2211.16175; no official code): the
+context KL regulariser part (`context-kl`).
 
 Context classifier: for each of M prompt templates m, w_m = norm(mean_c norm(g(template_m(c)))), the
-normalised mean over classes of the template's normalised text features. Context distribution:
-p(x; theta) = softmax(tau * W_ctx f). Loss = classification loss + beta * KL(p(x; theta_0) || p(x; theta)),
-theta_0 the frozen pre-trained image encoder, tau CLIP's logit scale (the direction and temperature of the
-best available re-implementations, docs/methods.md). At beta = 0 it is the classification loss alone; at
-step 0, theta = theta_0 and the KL is 0.
+normalised mean over the training classes of the template's normalised text features. Context distribution:
+p(x; theta) = softmax(tau * W_ctx f). Penalty = weight * KL(p(x; theta_0) || p(x; theta)), theta_0 the frozen
+pre-trained image encoder, tau CLIP's logit scale (the direction and temperature of the best available
+re-implementations, docs/methods.md). At weight 0 the method is its loss alone; at step 0, theta = theta_0 and
+the KL is 0.
 
-Registered as `car-ft` (CE + KL), `car-ft-mms` (MMS + KL) and `car-ft-clipood` (MMS + BMA + KL).
+The registry composes it as `car-ft` (CE + KL), `car-ft-mms` (MMS + KL) and `car-ft-clipood` (MMS + KL + BMA).
 """
+from __future__ import annotations
+
 import copy
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .base import Method
+from .base import Batch, Metrics, PartConfig, Regulariser, RunContext
 from .losses import reference_kl
 
 
-class CARFT(Method):
-    name = "car-ft"
-    inputs = ("context_features",)
+@dataclass
+class ContextKLConfig(PartConfig):
+    kind: ClassVar[str] = "context-kl"
+    role: ClassVar[str] = "regulariser"
+    summary: ClassVar[str] = "CAR-FT: weight * KL(p_ctx(x; theta_0) || p_ctx(x; theta)) over the prompt templates"
+    weight: float = 1.0
 
-    def setup(self, encoder, text_features, logit_scale, total_steps, context_features=None, **inputs):
-        super().setup(encoder, text_features, logit_scale, total_steps)
-        if context_features is None or len(context_features) < 2:
-            raise ValueError("car-ft needs context features of at least 2 prompt templates "
-                             "(the experiment's templates); pass them to the trainer")
-        self.context = F.normalize(context_features.float(), dim=-1)
-        self.frozen = copy.deepcopy(encoder).eval().requires_grad_(False)
-        self.last_kl = 0.0
+    def validate(self) -> None:
+        if not (self.weight >= 0 and math.isfinite(self.weight)):
+            raise ValueError(f"context-kl.weight must be finite and >= 0, got {self.weight}")
 
-    def context_kl(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Mean over the batch of KL(p(x; theta_0) || p(x; theta)) over the context templates."""
-        self.frozen.to(images.device)
+    def build(self) -> "ContextKL":
+        return ContextKL(self)
+
+
+class ContextKL(Regulariser):
+    context_features: Optional[torch.Tensor] = None     # M x D, built by prepare() or set by hand
+
+    def prepare(self, setup) -> None:
+        """The context classifier of the experiment's templates over the training classes."""
+        from ..evaluation import context_classifier
+        names = [setup.dataset.classes[i] for i in setup.train_class_ids]
+        self.context_features = context_classifier(setup.loaded.model, setup.loaded.tokenizer, names,
+                                                   setup.templates, setup.cfg.device).cpu()
+
+    def setup(self, run: RunContext) -> None:
+        super().setup(run)
+        if self.context_features is None or len(self.context_features) < 2:
+            raise ValueError("context-kl (CAR-FT) needs context features of at least 2 prompt templates: call "
+                             "method.prepare(setup) with an experiment of 2 or more templates")
+        self.context = F.normalize(self.context_features.to(run.device, run.text_features.dtype), dim=-1)
+        self.frozen = copy.deepcopy(run.encoder).eval().requires_grad_(False)
+
+    def penalty(self, batch: Batch) -> Tuple[Optional[torch.Tensor], Metrics]:
+        if self.cfg.weight == 0:
+            return None, {}
+        self.frozen.to(batch.images.device)
         with torch.no_grad():
-            f0 = self.frozen(images)
-        return reference_kl(f0, features, self.context.to(features.device), self.logit_scale)
-
-    def loss(self, features, labels, images):
-        loss = super().loss(features, labels, images)
-        if self.cfg.carft_beta == 0:
-            return loss
-        kl = self.context_kl(features, images)
-        self.last_kl = kl.item()
-        return loss + self.cfg.carft_beta * kl
-
-    def after_step(self, encoder):
-        out = super().after_step(encoder)
-        out["context_kl"] = self.last_kl
-        return out
-
-
-class CARFTMMS(CARFT):
-    name = "car-ft-mms"
-    margin_lambda_used = True
-
-
-class CARFTCLIPood(CARFT):
-    name = "car-ft-clipood"
-    margin_lambda_used = True
-    averager_kind = "bma"
+            f0 = self.frozen(batch.images)
+        kl = reference_kl(f0, batch.features, self.context, self.run.logit_scale)
+        return self.cfg.weight * kl, {"context_kl": kl.detach()}

@@ -14,9 +14,13 @@ constant plus the margin, so the softmax is the same. lambda = 0 is plain cross-
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from .base import Batch, Loss, Metrics, PartConfig, RunContext
 
 
 def _check_lambda(margin_lambda: float) -> None:
@@ -78,3 +82,53 @@ def reference_kl(reference_features: torch.Tensor, features: torch.Tensor, class
     log_p_ref = torch.log_softmax(logit_scale * F.normalize(reference_features.to(features.dtype), dim=-1) @ w.T, dim=1)
     log_p = torch.log_softmax(logit_scale * F.normalize(features, dim=-1) @ w.T, dim=1)
     return (log_p_ref.exp() * (log_p_ref - log_p)).sum(1).mean()
+
+
+# -- the loss parts of a method (methods/base.py) ----------------------------------------------------------
+
+@dataclass
+class CEConfig(PartConfig):
+    """Cross-entropy on logit_scale * cos(f, t_c): plain fine-tuning's loss."""
+
+    kind: ClassVar[str] = "ce"
+    role: ClassVar[str] = "loss"
+    summary: ClassVar[str] = "cross-entropy on scaled cosines to the frozen class text features"
+
+    def build(self) -> "CrossEntropy":
+        return CrossEntropy(self)
+
+
+@dataclass
+class MMSConfig(PartConfig):
+    """Margin metric softmax (CLIPood Eq. 4-5); lambda 0.3 is the official domain-shift and base-to-new value,
+    0.1 the in-the-wild one (docs/methods.md)."""
+
+    kind: ClassVar[str] = "mms"
+    role: ClassVar[str] = "loss"
+    summary: ClassVar[str] = "margin metric softmax: class-adaptive margins lambda * (1 - cos(t_y, t_j))"
+    margin_lambda: float = 0.3
+
+    def validate(self) -> None:
+        _check_lambda(self.margin_lambda)
+
+    def build(self) -> "MarginMetricSoftmax":
+        return MarginMetricSoftmax(self)
+
+
+class CrossEntropy(Loss):
+    """Cross-entropy of logit_scale * cos(f, t_c): MMS at lambda = 0 (the module docstring)."""
+
+    def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
+        return mms_loss(batch.features, self.run.text_features, batch.labels, 0.0, self.run.logit_scale), {}
+
+
+class MarginMetricSoftmax(Loss):
+    """`mms_loss` with the margins computed once from the frozen text features."""
+
+    def setup(self, run: RunContext) -> None:
+        super().setup(run)
+        self.margins = class_margins(run.text_features, self.cfg.margin_lambda) if self.cfg.margin_lambda else None
+
+    def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
+        return mms_loss(batch.features, self.run.text_features, batch.labels, self.cfg.margin_lambda,
+                        self.run.logit_scale, self.margins), {}

@@ -4,18 +4,20 @@ arXiv 2401.15914; official code github.com/apple/ml-ogen, which lacks the self-d
 Feature generator (Sec. 3.2): g(Q, K, V) = norm( MLP(Q) + MultiHeadAttention(Q, K, V) ), queries = text features
 of the classes whose image features are synthesised, keys = text features of the classes they are built from,
 values = image features of those classes. Per step, with f the batch's normalised image features, t the frozen
-training-class text features, N(y) the k nearest training classes of y (cosine of the class feature means, as in
-the official code) and v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, a sampled feature of class c:
+training-class text features, N(y) the k nearest training classes of y (by the dot product of the class feature means, the official
+code's rule, or by their cosine: `neighbours`) and v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, a sampled feature of class c:
 
 - leave-one-out, y unknown:   f'_y  = g(t_y, t_N(y), v_N(y))    regressed onto f, classified as y;
 - the reverse, y known:       f'_N  = g(t_N(y), t_y, f)         regressed onto v_N(y), classified as N(y);
 - unknown classes:            f'_U  = g(u_U(y), t_y, f)         classified among the unknown class names, U(y)
                                                                  the k unknown names nearest to t_y (text cosine).
 
-Loss (the official code's weights): D * (MSE(f'_y, f) + MSE(f'_N, v_N)) during the first `ogen_warmup` share of
-the steps (the generator's warm-up); afterwards that plus 0.25 CE(f) + 0.25 CE(f'_y) + 0.25/k CE(f'_N) +
-0.5/k CE(f'_U) + `ogen_distill` * KL(p_teacher || p_student), all at CLIP's logit scale. `ogen_synthetic`
-multiplies the three CE terms on synthetic features (1 = the method; 0 = the ablation without them).
+Loss (the official code's weights): D * (MSE(f'_y, f) + MSE(f'_N, v_N)) during the first `warmup` share of
+the steps (the generator's warm-up; the classification loss is off: `base_weight` 0); afterwards that plus
+0.25 CE(f) + 0.25 CE(f'_y) + 0.25/k CE(f'_N) + 0.5/k CE(f'_U), all at CLIP's logit scale, plus the
+self-distillation part's weight * KL(p_teacher || p_student). `synthetic` multiplies the three CE terms on
+synthetic features (1 = the method; 0 = the ablation without them). The registry composes `ogen` as
+CE (weighted 0.25 by this part) + `ogen` + `self-distill`.
 
 How this bench adapts the method (say so when you compare it):
 - OGEN learns prompts with a frozen image encoder; here, as for every method on the bench, the image encoder
@@ -28,33 +30,40 @@ How this bench adapts the method (say so when you compare it):
 - One forward pass per step. After the warm-up the official code runs the model a second time and regresses the
   first pass's generated features onto the second pass's (re-sampled) targets; the two passes see the same
   images, so this changes only the sampled u.
-- Adaptive self-distillation: the teacher is `averaging.LocalMeanTeacher`, the uniform mean of snapshots over
-  the latest `ogen_window` share of the steps so far (a window that grows with training, the paper's adaptive
-  local mean teacher), distilled with KL(p_teacher || p_student) over the training classes after the warm-up.
-  The result is the student ("last"); the teacher is evaluated too.
+- Adaptive self-distillation (`self-distill` part): the teacher is `averaging.LocalMeanTeacher`, the uniform
+  mean of snapshots over the latest `window` share of the steps so far (a window that grows with training, the
+  paper's adaptive local mean teacher), distilled with KL(p_teacher || p_student) over the training classes from
+  the `start` share of the steps on (the warm-up's end). The result is the student ("last"); the teacher is
+  evaluated too.
+- The generator's attention dropout (`dropout`; the official code's nn.MultiheadAttention uses 0.1) draws from
+  a generator seeded by the run's seed and the step, like every random draw of the parts.
 """
 from __future__ import annotations
 
 import copy
-from typing import Dict, List
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .averaging import LocalMeanTeacher, with_average
-from .base import Method, State
+from .base import Batch, Metrics, PartConfig, Regulariser, RunContext, State
 from .losses import reference_kl
+
+NEIGHBOUR_RULES = ("dot", "cosine")
 
 
 class FeatureGenerator(nn.Module):
     """g(Q, K, V) = norm(MLP(Q) + MultiHeadAttention(Q, K, V)) on (B, n, D) queries and (B, m, D) keys/values."""
 
-    def __init__(self, dim: int, heads: int = 4):
+    def __init__(self, dim: int, heads: int = 4, dropout: float = 0.0):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"the feature dimension ({dim}) must be divisible by ogen_heads ({heads})")
-        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+            raise ValueError(f"the feature dimension ({dim}) must be divisible by ogen.heads ({heads})")
+        self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -62,126 +71,206 @@ class FeatureGenerator(nn.Module):
         return F.normalize(self.mlp(queries) + attended, dim=-1)
 
 
-class OGEN(Method):
-    name = "ogen"
-    inputs = ("unknown_text_features", "class_feature_mean", "class_feature_std")
+def nearest_classes(means: torch.Tensor, k: int, rule: str) -> torch.Tensor:
+    """C x k indices of each class's k nearest other classes by its feature mean: `dot` ranks by the raw dot
+    product mu_i . mu_j (the official code), `cosine` by cos(mu_i, mu_j)."""
+    if rule not in NEIGHBOUR_RULES:
+        raise ValueError(f"ogen.neighbours must be one of {NEIGHBOUR_RULES}, got {rule!r}")
+    m = F.normalize(means, dim=-1) if rule == "cosine" else means
+    sim = m @ m.T
+    sim.fill_diagonal_(-float("inf"))
+    return sim.topk(k, dim=1).indices
+
+
+@dataclass
+class OGENConfig(PartConfig):
+    kind: ClassVar[str] = "ogen"
+    role: ClassVar[str] = "regulariser"
+    summary: ClassVar[str] = ("OGEN: class-conditional feature generator, synthetic features of unknown classes "
+                              "(regression warm-up, then synthetic-feature CE)")
+    k: int = 3                       # nearest known classes per generated feature (official code: 3)
+    heads: int = 4                   # attention heads of the feature generator (official code: 4)
+    dropout: float = 0.0             # attention dropout of the generator
+    neighbours: str = "cosine"       # "dot" (official code) or "cosine"
+    warmup: float = 0.2              # share of the steps with the leave-one-out regression alone
+    synthetic: float = 1.0           # multiplier of the synthetic-feature CE terms (0: the ablation without them)
+    real_weight: float = 0.25        # weight of the classification loss on real features after the warm-up
+    lr_scale: float = 10.0           # generator learning rate / encoder learning rate
+
+    def validate(self) -> None:
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"ogen.warmup must be in [0, 1), got {self.warmup}")
+        if self.neighbours not in NEIGHBOUR_RULES:
+            raise ValueError(f"ogen.neighbours must be one of {NEIGHBOUR_RULES}, got {self.neighbours!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ogen.dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"ogen.k must be an integer >= 1, got {self.k!r}")
+
+    def build(self) -> "OGENGenerator":
+        return OGENGenerator(self)
+
+
+class OGENGenerator(Regulariser):
+    """The generator terms of OGEN (module docstring). `prepare` builds its inputs from the experiment."""
+
+    unknown_text_features: Optional[torch.Tensor] = None   # held-out class names' text features
+    class_feature_mean: Optional[torch.Tensor] = None      # training classes x D
+    class_feature_std: Optional[torch.Tensor] = None
 
     @property
     def lr_scale(self) -> float:
-        return self.cfg.ogen_lr_scale
+        return self.cfg.lr_scale
 
-    def setup(self, encoder, text_features, logit_scale, total_steps, unknown_text_features=None,
-              class_feature_mean=None, class_feature_std=None, **inputs):
-        super().setup(encoder, text_features, logit_scale, total_steps)
-        cfg, k = self.cfg, self.cfg.ogen_k
-        if unknown_text_features is None or class_feature_mean is None or class_feature_std is None:
+    def prepare(self, setup) -> None:
+        """Unknown classes: text features of the held-out (new) classes, the names OGEN synthesises features for.
+        Class statistics: per training class, the mean and standard deviation of the zero-shot encoder's
+        normalised features of the training images (evaluation transform), as the official code precomputes them."""
+        from ..scoring import encode
+        d = setup.dataset
+        unknown = [i for i in range(len(d.classes)) if i not in setup.train_class_ids]
+        if not unknown:
+            raise ValueError(f"ogen needs held-out class names, but protocol {setup.cfg.protocol!r} trains on every "
+                             f"class; use base-to-new, in-the-wild or open-world")
+        self.unknown_text_features = setup.text_features[unknown]
+        enc = encode(setup, setup.zero_shot_state, indices=setup.train_idx)
+        rows = [enc["features"][enc["labels"] == c] for c in setup.train_class_ids]
+        empty = [d.classes[c] for c, r in zip(setup.train_class_ids, rows) if len(r) == 0]
+        if empty:
+            raise ValueError(f"training class(es) {empty} have no training images; class statistics need at least one")
+        self.class_feature_mean = torch.stack([r.mean(0) for r in rows])
+        self.class_feature_std = torch.stack([r.std(0, unbiased=False) for r in rows])
+
+    def setup(self, run: RunContext) -> None:
+        super().setup(run)
+        cfg, k, t = self.cfg, self.cfg.k, run.text_features
+        if self.unknown_text_features is None or self.class_feature_mean is None or self.class_feature_std is None:
             raise ValueError("ogen needs unknown_text_features (held-out class names) and the training classes' "
-                             "class_feature_mean / class_feature_std; protocols.method_inputs builds them")
-        n_known, n_unknown = len(text_features), len(unknown_text_features)
+                             "class_feature_mean / class_feature_std: call method.prepare(setup) first")
+        n_known, n_unknown = len(t), len(self.unknown_text_features)
         if n_known < k + 1 or n_unknown < k:
-            raise ValueError(f"ogen with ogen_k={k} needs at least {k + 1} training classes and {k} unknown (held-out) "
-                             f"classes; this experiment has {n_known} and {n_unknown}. Lower ogen_k or use a "
+            raise ValueError(f"ogen with ogen.k={k} needs at least {k + 1} training classes and {k} unknown (held-out) "
+                             f"classes; this experiment has {n_known} and {n_unknown}. Lower ogen.k or use a "
                              f"protocol with held-out classes (base-to-new, in-the-wild, open-world)")
-        if class_feature_mean.shape != text_features.shape or class_feature_std.shape != text_features.shape:
-            raise ValueError(f"class feature statistics must be {tuple(text_features.shape)} (training classes x dim); "
-                             f"got {tuple(class_feature_mean.shape)} and {tuple(class_feature_std.shape)}")
-        if not 0.0 <= cfg.ogen_warmup < 1.0:
-            raise ValueError(f"ogen_warmup must be in [0, 1), got {cfg.ogen_warmup}")
-        device, dtype = text_features.device, text_features.dtype
-        self.k = k
-        self.unknown = F.normalize(unknown_text_features.to(device, dtype), dim=-1)
-        self.mu, self.sigma = class_feature_mean.to(device, dtype), class_feature_std.to(device, dtype)
-        means = F.normalize(self.mu, dim=-1)
-        sim = means @ means.T
-        sim.fill_diagonal_(-float("inf"))
-        self.neighbours = sim.topk(k, dim=1).indices                                     # C x k
-        self.unknown_neighbours = (text_features @ self.unknown.T).topk(k, dim=1).indices  # C x k
-        self.generator = FeatureGenerator(text_features.shape[1], cfg.ogen_heads).to(device, dtype)
-        self.warmup_steps = int(cfg.ogen_warmup * total_steps)   # official: epoch < int(0.2 * max_epoch)
-        self.teacher_average = LocalMeanTeacher(encoder, total_steps, cfg.ogen_window, cfg.ogen_snapshots)
-        self.teacher = copy.deepcopy(encoder).eval().requires_grad_(False)
-        self.seed = int(torch.randint(2**31 - 1, (1,)))
-        self.parts: Dict[str, float] = {}
+        if self.class_feature_mean.shape != t.shape or self.class_feature_std.shape != t.shape:
+            raise ValueError(f"class feature statistics must be {tuple(t.shape)} (training classes x dim); got "
+                             f"{tuple(self.class_feature_mean.shape)} and {tuple(self.class_feature_std.shape)}")
+        device, dtype = t.device, t.dtype
+        self.unknown = F.normalize(self.unknown_text_features.to(device, dtype), dim=-1)
+        self.mu, self.sigma = self.class_feature_mean.to(device, dtype), self.class_feature_std.to(device, dtype)
+        self.neighbours = nearest_classes(self.mu, k, cfg.neighbours)                     # C x k
+        self.unknown_neighbours = (t @ self.unknown.T).topk(k, dim=1).indices             # C x k
+        self.seed = run.part_seed(cfg.kind)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.generator = FeatureGenerator(t.shape[1], cfg.heads, cfg.dropout).to(device, dtype)
+        self.warmup_steps = int(cfg.warmup * run.total_steps)   # official: epoch < int(0.2 * max_epoch)
 
     def trainable_modules(self) -> List[nn.Module]:
         return [self.generator]
 
-    @property
-    def step(self) -> int:
-        """Optimiser steps taken so far (the teacher counts them)."""
-        return self.teacher_average.step
+    def base_weight(self, step: int) -> float:
+        return 0.0 if step < self.warmup_steps else self.cfg.real_weight
 
-    @property
-    def warming_up(self) -> bool:
-        return self.step < self.warmup_steps
-
-    def sample_features(self, classes: torch.Tensor) -> torch.Tensor:
-        """v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, seeded by the step."""
-        gen = torch.Generator().manual_seed(self.seed + self.step)
+    def sample_features(self, classes: torch.Tensor, step: int) -> torch.Tensor:
+        """v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, seeded by the run and the step."""
+        gen = torch.Generator().manual_seed(self.seed + step)
         u = torch.rand(*classes.shape, self.mu.shape[1], generator=gen).to(self.mu)
         return self.mu[classes] + u * self.sigma[classes]
 
-    def generate(self, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def generate(self, features: torch.Tensor, labels: torch.Tensor, step: int) -> Dict[str, torch.Tensor]:
         """Every synthetic feature of a batch (see the module docstring): gen_y, gen_nb_fit, gen_nb, gen_unknown."""
-        t, f = self.text_features, F.normalize(features, dim=-1)
+        t, f = self.run.text_features, F.normalize(features, dim=-1)
         nb = self.neighbours[labels]
         query = t[labels].unsqueeze(1)
-        values = self.sample_features(nb)
-        out = {"neighbours": nb, "values": values,
-               "gen_y": self.generator(query, t[nb], values)[:, 0],
-               "gen_nb_fit": self.generator(t[nb], query, f.detach().unsqueeze(1))}
-        if not self.warming_up:
-            unknown = self.unknown_neighbours[labels]
-            out.update(unknown=unknown, gen_nb=self.generator(t[nb], query, f.unsqueeze(1)),
-                       gen_unknown=self.generator(self.unknown[unknown], query, f.unsqueeze(1)))
+        values = self.sample_features(nb, step)
+        devices = [f.device] if f.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):          # the attention dropout's draws, seeded by the step
+            torch.manual_seed(self.seed + 7919 * (step + 1))
+            out = {"neighbours": nb, "values": values,
+                   "gen_y": self.generator(query, t[nb], values)[:, 0],
+                   "gen_nb_fit": self.generator(t[nb], query, f.detach().unsqueeze(1))}
+            if step >= self.warmup_steps:
+                unknown = self.unknown_neighbours[labels]
+                out.update(unknown=unknown, gen_nb=self.generator(t[nb], query, f.unsqueeze(1)),
+                           gen_unknown=self.generator(self.unknown[unknown], query, f.unsqueeze(1)))
         return out
 
-    def distillation(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """KL(p_teacher || p_student) over the training classes at the logit scale, mean over the batch."""
-        self.teacher.to(images.device)
-        with torch.no_grad():
-            teacher = self.teacher(images)
-        return reference_kl(teacher, features, self.text_features, self.logit_scale)
-
-    def loss(self, features, labels, images):
-        f = F.normalize(features, dim=-1)
-        t, s, k, dim = self.text_features, self.logit_scale, self.k, f.shape[1]
-        g = self.generate(features, labels)
+    def penalty(self, batch: Batch) -> Tuple[Optional[torch.Tensor], Metrics]:
+        labels, step = batch.labels, batch.step
+        f = F.normalize(batch.features, dim=-1)
+        t, s, k, dim = self.run.text_features, self.run.logit_scale, self.cfg.k, f.shape[1]
+        g = self.generate(batch.features, labels, step)
         regression = dim * (F.mse_loss(g["gen_y"], f.detach()) + F.mse_loss(g["gen_nb_fit"], g["values"]))
         with torch.no_grad():
-            self.parts = {"regression": regression.item(),
-                          "generated_accuracy": (s * g["gen_y"] @ t.T).argmax(1).eq(labels).float().mean().item()}
-        if self.warming_up:
-            return regression
-        ce_real = super().loss(features, labels, images)
+            metrics: Metrics = {"regression": regression.detach(),
+                                "generated_accuracy": (s * g["gen_y"] @ t.T).argmax(1).eq(labels).float().mean(),
+                                "warm_up": float(step < self.warmup_steps)}
+        if step < self.warmup_steps:
+            return regression, metrics
         ce_y = F.cross_entropy(s * g["gen_y"] @ t.T, labels)
         ce_nb = F.cross_entropy(s * g["gen_nb"].flatten(0, 1) @ t.T, g["neighbours"].flatten())
         ce_unknown = F.cross_entropy(s * g["gen_unknown"].flatten(0, 1) @ self.unknown.T, g["unknown"].flatten())
         synthetic = 0.25 * ce_y + 0.25 / k * ce_nb + 0.5 / k * ce_unknown
-        loss = regression + 0.25 * ce_real + self.cfg.ogen_synthetic * synthetic
-        if self.cfg.ogen_distill:
-            kl = self.distillation(features, images)
-            loss = loss + self.cfg.ogen_distill * kl
-            self.parts["distillation"] = kl.item()
-        self.parts.update(ce_real=ce_real.item(), ce_unknown=ce_unknown.item())
-        return loss
-
-    def after_step(self, encoder):
-        if self.teacher_average.update(encoder):
-            self.teacher_average.copy_to(self.teacher)
-        return {**self.parts, "warm_up": float(self.step <= self.warmup_steps)}
+        metrics["ce_unknown"] = ce_unknown.detach()
+        return regression + self.cfg.synthetic * synthetic, metrics
 
     def state_dict(self) -> dict:
-        state = self.teacher_average.state_dict()
-        state.update(generator={n: t.detach().clone() for n, t in self.generator.state_dict().items()},
-                     seed=self.seed)
-        return state
+        return {"generator": {n: t.detach().clone() for n, t in self.generator.state_dict().items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
-        self.teacher_average.load_state_dict({k: v for k, v in state.items() if k not in ("generator", "seed")})
+
+
+@dataclass
+class SelfDistillConfig(PartConfig):
+    kind: ClassVar[str] = "self-distill"
+    role: ClassVar[str] = "regulariser"
+    summary: ClassVar[str] = ("OGEN's adaptive self-distillation: KL(teacher || student), teacher = mean of the "
+                              "snapshots in a window growing with training")
+    weight: float = 1.0              # weight of KL(teacher || student)
+    window: float = 0.25             # the teacher averages the latest 25% of the steps so far
+    snapshots: int = 40              # snapshot every ceil(steps / snapshots) steps
+    start: float = 0.2               # share of the steps before distillation starts (OGEN: its warm-up)
+
+    def validate(self) -> None:
+        if not (self.weight >= 0 and math.isfinite(self.weight)):
+            raise ValueError(f"self-distill.weight must be finite and >= 0, got {self.weight}")
+        if not 0.0 <= self.start < 1.0:
+            raise ValueError(f"self-distill.start must be in [0, 1), got {self.start}")
+
+    def build(self) -> "SelfDistillation":
+        return SelfDistillation(self)
+
+
+class SelfDistillation(Regulariser):
+    def setup(self, run: RunContext) -> None:
+        super().setup(run)
+        self.teacher_average = LocalMeanTeacher(run.encoder, run.total_steps, self.cfg.window, self.cfg.snapshots)
+        self.teacher = copy.deepcopy(run.encoder).eval().requires_grad_(False)
+        self.start_step = int(self.cfg.start * run.total_steps)
+
+    def penalty(self, batch: Batch) -> Tuple[Optional[torch.Tensor], Metrics]:
+        """weight * KL(p_teacher || p_student) over the training classes at the logit scale, mean over the batch."""
+        if batch.step < self.start_step or not self.cfg.weight:
+            return None, {}
+        self.teacher.to(batch.images.device)
+        with torch.no_grad():
+            teacher = self.teacher(batch.images)
+        kl = reference_kl(teacher, batch.features, self.run.text_features, self.run.logit_scale)
+        return self.cfg.weight * kl, {"distillation": kl.detach()}
+
+    def after_step(self, encoder) -> Metrics:
+        if self.teacher_average.update(encoder):
+            self.teacher_average.copy_to(self.teacher)
+        return {}
+
+    def state_dict(self) -> dict:
+        return self.teacher_average.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher_average.load_state_dict(state)
         self.teacher_average.copy_to(self.teacher)
-        self.seed = int(state["seed"])
 
     def final_states(self, zero_shot: State, last: State) -> Dict[str, State]:
-        return {"last": last, "teacher": with_average(last, self.teacher_average.average)}
+        return {"teacher": with_average(last, self.teacher_average.average)}

@@ -3,19 +3,26 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from clipood_kit.demo import CELLS, DemoConfig, demo_experiment, run_demo
+from clipood_kit.bench import BenchConfig, run_bench
+from clipood_kit.presets import DEMO_COLUMNS, bench_methods, demo_experiment
+from clipood_kit.scoring import lookup
 
 
 def test_demo_writes_results_and_a_report_with_every_figure(tmp_path):
     exp = demo_experiment()
     exp = replace(exp, per_cell=4, train=replace(exp.train, steps=6, batch_size=8))
-    cfg = DemoConfig(seeds=(0, 1), methods=("ce", "clipood", "wise-ft"), experiment=exp, umap_points=120)
-    run_demo(cfg, tmp_path, progress=False)
+    cfg = BenchConfig(methods=bench_methods(("ce", "clipood", "wise-ft")), experiment=exp, columns=DEMO_COLUMNS,
+                      title="test", seeds=(0, 1), umap_points=120)
+    run_bench(cfg, tmp_path, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["summary"]) == {"zero-shot", "ce", "clipood", "clipood (last step)", "wise-ft"}
     for row in saved["summary"].values():
-        for cell in CELLS:
-            assert len(row[cell]["values"]) == 2 and 0 <= row[cell]["mean"] <= 100
+        for path in DEMO_COLUMNS:
+            cell = lookup(row, path)
+            assert len(cell["values"]) == 2 and 0 <= cell["mean"] <= 100
+    # keyed by data: the summary's numbers are the per-seed numbers' mean
+    values = [s["clipood"]["accuracy"]["unseen"]["new"] for s in saved["per_seed"]]
+    assert saved["summary"]["clipood"]["accuracy"]["unseen"]["new"]["values"] == values
     # zero-shot does not depend on the training seed; the split seed changes its held-out images only
     assert saved["config"]["experiment"]["train"]["steps"] == 6
     html = (tmp_path / "report.html").read_text()
@@ -66,31 +73,32 @@ def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
                            "--out", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
-    from clipood_kit.demo import COMPARE_COLUMNS, COMPARE_METHODS
+    from clipood_kit.presets import COMPARE_COLUMNS, COMPARE_METHODS
     assert set(COMPARE_METHODS) | {"zero-shot"} <= set(results["summary"])
     assert {"ogen", "ogen (teacher)", "clipood (last step)"} <= set(results["summary"])
     for row in results["summary"].values():
-        assert set(COMPARE_COLUMNS) <= set(row)
-    # every OOD score after every method, and MCM's column is the same number as the score table's MCM entry
-    ood = results["ood_summary"]
-    assert set(ood) == set(COMPARE_METHODS) | {"zero-shot"}
-    for method, shifts in ood.items():
-        assert set(shifts) == {"semantic", "covariate", "both"}
-        assert set(shifts["semantic"]) == {"MCM", "MSP", "max-logit", "energy", "entropy"}
-        assert shifts["semantic"]["MCM"]["AUROC"]["mean"] == results["summary"][method]["OOD AUROC (MCM)"]["mean"]
+        for path in COMPARE_COLUMNS:
+            assert 0 <= lookup(row, path)["mean"] <= 100
+        # every OOD score for every shift
+        assert set(row["ood"]) == {"semantic", "covariate", "both"}
+        assert set(row["ood"]["semantic"]) == {"MCM", "MSP", "max-logit", "energy", "entropy"}
+    assert results["config"]["methods"]["ema"]["averager"] == {"kind": "ema", "decay": 0.98}
     html = (out / "report.html").read_text()
-    assert "OOD AUROC (MCM)" in html and "Which OOD score after which method" in html
+    assert "OOD AUROC (MCM, semantic)" in html and "Which OOD score after which method" in html
+    assert "AUROC (MCM, semantic)" in proc.stdout       # the CLI table names its columns by data
 
 
 def test_compare_ablation_runs_each_variant_with_its_settings(tmp_path):
-    from clipood_kit.demo import ABLATIONS, compare_config, run_demo
-    cfg = compare_config((0,), fast=True, ablation="ogen")
-    results = run_demo(cfg, tmp_path, progress=False)
+    from clipood_kit.presets import ABLATIONS, compare_bench
+    cfg = compare_bench((0,), fast=True, ablation="ogen")
+    results = run_bench(cfg, tmp_path, progress=False)
     assert set(results["summary"]) == {"zero-shot", "ce", "ogen", "ogen (teacher)"} | set(ABLATIONS["ogen"]) | {
         f"{v} (teacher)" for v in ABLATIONS["ogen"]}
-    ran = {r[0]["method_config"]["ogen_synthetic"] for label, r in results["runs"].items() if label.startswith("ogen")}
-    assert ran == {0.0, 1.0}
-    assert results["runs"]["ogen, no distillation"][0]["method_config"]["ogen_distill"] == 0.0
+    parts = {label: {p["kind"]: p for p in r[0]["method_config"]["regularisers"]} for label, r in results["runs"].items()
+             if label.startswith("ogen")}
+    assert {p["ogen"]["synthetic"] for p in parts.values()} == {0.0, 1.0}
+    assert parts["ogen, no distillation"]["self-distill"]["weight"] == 0.0
+    assert parts["ogen, no warm-up"]["ogen"]["warmup"] == 0.0 == parts["ogen, no warm-up"]["self-distill"]["start"]
     proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "compare", "--ablation", "nope", "--fast",
                            "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown ablation 'nope'" in proc.stderr

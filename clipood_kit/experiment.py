@@ -1,0 +1,167 @@
+"""The experiment: its config, and `prepare`, which fixes everything a protocol decides before training
+(data, splits, classes, the zero-shot model and its class text features).
+
+Evaluation protocols of CLIPood (Sec. 4), one experiment object for all of them. Every protocol trains on
+(source domains) x (training classes); `scoring` scores the same grid of cells on the held-out images:
+(train domains: held-out images of the source domains | unseen domains: the target domains) x (base | new |
+all | H). The protocol picks the training classes and the headline:
+
+- `domain-shift` (DomainBed leave-domains-out): all classes are trained; headline: unseen domains x all.
+- `base-to-new`: base classes trained, every domain a source; headline: base, new, H on held-out images.
+- `in-the-wild`: base classes of the source domains trained; headline: unseen domains x all classes.
+- `open-world` (the demo): base classes of the source domains; every cell is reported.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from . import evaluation, ood
+from .data import WORLD, open_dataset, splits
+from .methods import MethodConfig, compose, method_from_dict
+from .models.loader import TINY_NAME, load_clip
+from .training import TrainConfig
+from .zeroshot import default_templates
+
+PROTOCOLS = ("domain-shift", "base-to-new", "in-the-wild", "open-world")
+WORLD_SOURCES = ("photo", "sketch")
+
+
+def _default_method() -> MethodConfig:
+    return compose("clipood")
+
+
+@dataclass
+class ExperimentConfig:
+    model: str = TINY_NAME
+    pretrained: Optional[str] = "default"
+    data: str = WORLD
+    per_cell: int = 40                       # world only
+    data_seed: int = 0                       # world only: seed of the images
+    protocol: str = "open-world"
+    source_domains: Optional[List[str]] = None   # default: world photo+sketch; folders: all but the last
+    shots: Optional[int] = None              # k images per class and source domain (None: all)
+    holdout_fraction: float = 0.2            # held-out share of every source domain (in-domain test)
+    split_seed: int = 0
+    templates: Optional[List[str]] = None
+    method: MethodConfig = field(default_factory=_default_method)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_batch_size: int = 256
+    device: str = "cpu"
+    fpr_rule: str = ood.DEFAULT_FPR_RULE     # FPR95 threshold rule: "at-least" (ours) or "nearest" (official MCM)
+    gl_lambda: float = ood.GL_MCM_LAMBDA     # GL-MCM's weight of the local part (official ImageNet script: 0.5)
+
+    def __post_init__(self):
+        if isinstance(self.method, str):
+            self.method = compose(self.method)
+        elif isinstance(self.method, dict):
+            self.method = method_from_dict(self.method)
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        ood.check_fpr_rule(self.fpr_rule)
+        if not (self.gl_lambda >= 0 and math.isfinite(self.gl_lambda)):
+            raise ValueError(f"gl_lambda must be finite and >= 0 (GL-MCM: 1.0, official ImageNet 0.5), got {self.gl_lambda}")
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["method"] = self.method.to_dict()
+        out["train"] = dataclasses.asdict(self.train)
+        return out
+
+
+@dataclass
+class Setup:
+    """Everything a protocol fixes before training: data, splits, classes, the zero-shot model."""
+
+    cfg: ExperimentConfig
+    loaded: object                           # models.loader.LoadedCLIP (shared; never modified)
+    dataset: object
+    train_idx: torch.Tensor
+    eval_idx: torch.Tensor
+    domain_pools: List[torch.Tensor]         # train_idx positions of each source domain
+    source_ids: List[int]
+    target_ids: List[int]
+    base_ids: List[int]
+    new_ids: List[int]
+    train_class_ids: List[int]
+    text_features: torch.Tensor              # all classes, C x D
+    templates: List[str]
+    zero_shot_state: Dict[str, torch.Tensor]
+    _scratch: Optional[torch.nn.Module] = field(default=None, repr=False)
+
+    @property
+    def logit_scale(self) -> float:
+        return self.loaded.model.logit_scale.detach().exp().item()
+
+    def encoder_with(self, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A private copy of the image tower holding `state` (the shared model is never touched); the copy is
+        made once per setup and reloaded for each state."""
+        if self._scratch is None:
+            self._scratch = copy.deepcopy(self.loaded.model.visual)
+        self._scratch.load_state_dict(state)
+        return self._scratch
+
+    def describe(self) -> dict:
+        d = self.dataset
+        return {
+            "dataset": d.describe(), "protocol": self.cfg.protocol,
+            "source_domains": [d.domains[i] for i in self.source_ids],
+            "target_domains": [d.domains[i] for i in self.target_ids],
+            "base_classes": [d.classes[i] for i in self.base_ids], "new_classes": [d.classes[i] for i in self.new_ids],
+            "train_images": len(self.train_idx), "eval_images": len(self.eval_idx), "templates": self.templates,
+            "model_id": self.loaded.model_id, "logit_scale": self.logit_scale,
+        }
+
+
+def prepare(cfg: ExperimentConfig) -> Setup:
+    loaded = load_clip(cfg.model, cfg.pretrained, device=cfg.device)
+    dataset = open_dataset(cfg.data, cfg.per_cell, cfg.data_seed)
+    names = dataset.domains
+    if cfg.source_domains is None:
+        sources = list(WORLD_SOURCES) if cfg.data == WORLD else names[:-1]
+    else:
+        sources = list(cfg.source_domains)
+    unknown = [s for s in sources if s not in names]
+    if unknown:
+        raise ValueError(f"source domain(s) {unknown} not in the dataset; its domains are {names}")
+    if cfg.protocol == "base-to-new":
+        sources = list(names)
+    if not sources:
+        raise ValueError(f"no source domain to train on; the dataset's domains are {names}")
+    source_ids = [names.index(s) for s in sources]
+    target_ids = [i for i in range(len(names)) if i not in source_ids]
+    if cfg.protocol != "base-to-new" and not target_ids:
+        raise ValueError(f"protocol {cfg.protocol} needs at least one unseen domain; the sources are all of {names}")
+
+    if cfg.protocol == "domain-shift":
+        base_ids, new_ids = list(range(len(dataset.classes))), []
+    else:
+        base_ids, new_ids = dataset.base_new_split()
+    if target_ids:
+        in_source, targets = splits.domain_split(dataset.domain_ids, target_ids)
+    else:
+        in_source, targets = torch.arange(len(dataset)), torch.empty(0, dtype=torch.long)
+    kept, held = splits.holdout_split(dataset.domain_ids, cfg.holdout_fraction, cfg.split_seed, indices=in_source)
+    train_idx = splits.select_classes(dataset.labels, base_ids, kept)
+    if cfg.shots is not None:
+        train_idx = torch.cat([splits.k_shot(dataset.labels, cfg.shots, cfg.split_seed,
+                                             train_idx[dataset.domain_ids[train_idx] == d]) for d in source_ids]).sort().values
+    eval_idx = torch.cat([held, targets]).sort().values
+    train_domains = dataset.domain_ids[train_idx]
+    pools = [(train_domains == d).nonzero().squeeze(1) for d in source_ids]
+    templates = cfg.templates or default_templates(cfg.model, cfg.data)
+    text = evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes, templates, cfg.device).cpu()
+    zero_shot = {k: v.detach().clone() for k, v in loaded.model.visual.state_dict().items()}
+    return Setup(cfg=cfg, loaded=loaded, dataset=dataset, train_idx=train_idx, eval_idx=eval_idx, domain_pools=pools,
+                 source_ids=source_ids, target_ids=target_ids, base_ids=base_ids, new_ids=new_ids,
+                 train_class_ids=base_ids, text_features=text, templates=templates, zero_shot_state=zero_shot)
+
+
+__all__ = ["ExperimentConfig", "Setup", "prepare", "PROTOCOLS"]

@@ -1,0 +1,169 @@
+"""Scoring a weight state of the image encoder on an experiment's held-out images: accuracy of every cell,
+OOD detection, and the protocol's headline.
+
+Results are keyed by data, never by display strings:
+
+    {"accuracy":  {domain group: {class group: %}},     domain group: "train" (held-out images of the source
+                                                         domains) | "unseen" (the target domains)
+     "by_domain": {domain name: {class group: %}},       class group: "base" | "new" | "all" | "H"
+     "ood":       {shift: {score: {metric: %}}}}         shift: "semantic" | "covariate" | "both"
+
+Base images are classified among the base names, new images among the new names, all images among all names;
+H is the harmonic mean of base and new. `label(...)` makes the display strings.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from . import evaluation, ood
+from .data import TransformedSubset
+from .experiment import Setup
+
+DOMAIN_GROUPS = {"train": "train domains", "unseen": "unseen domains"}
+CLASS_GROUPS = ("base", "new", "all", "H")
+OOD_SHIFTS = {"semantic": ("source", "new"), "covariate": ("target", "base"), "both": ("target", "new")}
+
+# the protocols' headline cells, (domain group, class group)
+HEADLINES = {
+    "domain-shift": (("train", "all"), ("unseen", "all")),
+    "base-to-new": (("train", "base"), ("train", "new"), ("train", "H")),
+    "in-the-wild": (("unseen", "all"),),
+    "open-world": tuple((g, c) for g in ("train", "unseen") for c in CLASS_GROUPS),
+}
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def label(*path: str) -> str:
+    """Display string of a result path: ('unseen', 'new') -> 'unseen domains / new',
+    ('ood', 'semantic', 'MCM', 'AUROC') -> 'OOD AUROC (MCM, semantic)'."""
+    if path and path[0] == "ood":
+        _, shift, score, metric = path
+        return f"OOD {metric} ({score}, {shift})"
+    group, cls = path[-2], path[-1]
+    return f"{DOMAIN_GROUPS.get(group, group)} / {cls}"
+
+
+def lookup(scores: dict, path: Tuple[str, ...]) -> float:
+    """The value at a path of `score`'s result: ('unseen', 'new') is an accuracy, ('ood', shift, score, metric)
+    an OOD number."""
+    node, keys = (scores["ood"], path[1:]) if path[0] == "ood" else (scores["accuracy"], path)
+    for key in keys:
+        node = node[key]
+    return node
+
+
+def encode(setup: Setup, state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor] = None,
+           progress: bool = False) -> Dict[str, torch.Tensor]:
+    """Image features of the evaluation images (or the given dataset indices) under an image-encoder state, on a
+    private copy of the encoder (the setup's model is never touched). ViT towers also give 'local_mcm' (GL-MCM's
+    local part against the base classes)."""
+    visual = setup.encoder_with(state)
+    subset = setup.eval_idx if indices is None else indices
+    local = setup.text_features[setup.base_ids] if evaluation.has_local_features(visual) else None
+    return evaluation.encode_images(visual, TransformedSubset(setup.dataset, subset, setup.loaded.preprocess),
+                                    setup.cfg.eval_batch_size, setup.cfg.device, progress=progress,
+                                    local_classifier=local)
+
+
+def _cells(setup: Setup, features, labels, in_group: torch.Tensor) -> Dict[str, float]:
+    classes = {"base": setup.base_ids, "new": setup.new_ids, "all": list(range(len(setup.dataset.classes)))}
+    cells = {}
+    for cname, cls_ids in classes.items():
+        if not cls_ids:
+            continue
+        m = in_group & torch.isin(labels, torch.tensor(cls_ids))
+        if m.any():
+            pred = evaluation.classify(features[m], setup.text_features, cls_ids)
+            cells[cname] = 100.0 * (pred == labels[m]).float().mean().item()
+    if "base" in cells and "new" in cells:
+        cells["H"] = harmonic_mean(cells["base"], cells["new"])
+    return cells
+
+
+def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
+          local_mcm: Optional[torch.Tensor] = None) -> dict:
+    """Every cell (module docstring) from normalised features; `local_mcm` (ViT towers) adds GL-MCM. FPR95's
+    threshold rule and GL-MCM's lambda come from the experiment (`fpr_rule`, `gl_lambda`)."""
+    groups = {"train": setup.source_ids, "unseen": setup.target_ids}
+    out = {"accuracy": {}, "by_domain": {}}
+    for gname, dom_ids in groups.items():
+        if dom_ids:
+            out["accuracy"][gname] = _cells(setup, features, labels, torch.isin(domains, torch.tensor(dom_ids)))
+    for i, name in enumerate(setup.dataset.domains):
+        out["by_domain"][name] = _cells(setup, features, labels, domains == i)
+    detection = ood_detection(setup, features, labels, domains, local_mcm)
+    if detection:
+        out["ood"] = detection
+    return out
+
+
+def ood_sets(setup: Setup, labels: torch.Tensor, domains: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Masks of the OOD-detection image sets that have images: 'ID' (the training distribution: held-out images
+    of the source domains, base classes) and each shift of OOD_SHIFTS (semantic = new classes in the source
+    domains, covariate = base classes in unseen domains, both = new classes in unseen domains)."""
+    out = {}
+    for name, (where, classes) in {"ID": ("source", "base"), **OOD_SHIFTS}.items():
+        dom_ids = setup.source_ids if where == "source" else setup.target_ids
+        cls_ids = setup.base_ids if classes == "base" else setup.new_ids
+        if dom_ids and cls_ids:
+            m = torch.isin(domains, torch.tensor(dom_ids)) & torch.isin(labels, torch.tensor(cls_ids))
+            if m.any():
+                out[name] = m
+    return out
+
+
+def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
+                  local_mcm: Optional[torch.Tensor] = None) -> dict:
+    """OOD detection of every shift against the training distribution (the sets of `ood_sets`), from cosines to
+    the base class text features: {shift: {score: {metric: %}}}."""
+    sets = ood_sets(setup, labels, domains)
+    in_dist = sets.pop("ID", None)
+    if in_dist is None:
+        return {}
+    cos = features @ setup.text_features[setup.base_ids].T
+    out = {}
+    for shift, m in sets.items():
+        local = (None, None) if local_mcm is None else (local_mcm[in_dist], local_mcm[m])
+        out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.logit_scale, *local, fpr_rule=setup.cfg.fpr_rule,
+                                  gl_lambda=setup.cfg.gl_lambda)
+    return out
+
+
+def ood_score_sets(setup: Setup, state: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Per-image OOD scores under an encoder state: {'ID' or a shift of OOD_SHIFTS: {score: values}}, the same
+    sets and scores as `ood_detection` (the OOD notebook's histograms and ROC curves)."""
+    enc = encode(setup, state)
+    cos = enc["features"] @ setup.text_features[setup.base_ids].T
+    scores = ood.all_scores(cos, setup.logit_scale, enc.get("local_mcm"), setup.cfg.gl_lambda)
+    return {name: {score: values[m] for score, values in scores.items()}
+            for name, m in ood_sets(setup, enc["labels"], enc["domains"]).items()}
+
+
+def evaluate_state(setup: Setup, state: Dict[str, torch.Tensor], progress: bool = False,
+                   indices: Optional[torch.Tensor] = None) -> dict:
+    """Score an image-encoder state on the evaluation images of the setup (or the given subset of them)."""
+    enc = encode(setup, state, indices, progress)
+    return score(setup, enc["features"], enc["labels"], enc["domains"], enc.get("local_mcm"))
+
+
+def zero_shot_scores(setup: Setup) -> dict:
+    return evaluate_state(setup, setup.zero_shot_state)
+
+
+def headline(protocol: str, scores: dict) -> Dict[str, Dict[str, float]]:
+    """The cells a protocol reports, {domain group: {class group: %}}."""
+    out: Dict[str, Dict[str, float]] = {}
+    for group, cls in HEADLINES[protocol]:
+        out.setdefault(group, {})[cls] = scores["accuracy"][group][cls]
+    return out
+
+
+def flat_labels(nested: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """{domain group: {class group: v}} -> {'unseen domains / new': v} (display only)."""
+    return {label(g, c): v for g, cells in nested.items() for c, v in cells.items()}
+
