@@ -110,3 +110,53 @@ def test_roc_curve_matches_scikit_learn_and_integrates_to_the_auroc(ties):
     fpr, tpr = ood.roc_curve(id_s, ood_s)
     assert np.allclose(fpr.numpy(), fpr_ref) and np.allclose(tpr.numpy(), tpr_ref)
     assert np.trapezoid(tpr.numpy(), fpr.numpy()) == pytest.approx(ood.auroc(id_s, ood_s), abs=1e-12)
+
+
+def _official_fpr(id_scores, ood_scores, recall_level=0.95):
+    """Written from deeplearning-wisc/MCM utils/detection_util.py `fpr_and_fdr_at_recall` (ID positive), in numpy."""
+    import numpy as np
+    y_score = np.concatenate([id_scores, ood_scores])
+    y_true = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
+    order = np.argsort(y_score, kind="mergesort")[::-1]
+    y_score, y_true = y_score[order], y_true[order]
+    threshold_idxs = np.r_[np.where(np.diff(y_score))[0], y_true.size - 1]
+    tps = np.cumsum(y_true)[threshold_idxs]
+    fps = 1 + threshold_idxs - tps
+    recall = tps / tps[-1]
+    last = tps.searchsorted(tps[-1])
+    sl = slice(last, None, -1)
+    recall, fps = np.r_[recall[sl], 1], np.r_[fps[sl], 0]
+    return fps[np.argmin(np.abs(recall - recall_level))] / len(ood_scores)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_nearest_fpr95_rule_equals_the_official_code(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n_id, n_ood = [(20, 30), (100, 7), (57, 57), (400, 300), (13, 200), (40, 40)][seed]
+    ties = seed % 2 == 1                              # rounded scores: many ties, where the rules differ most
+    id_s, ood_s = torch.randn(n_id, generator=gen) + 1, torch.randn(n_ood, generator=gen)
+    if ties:
+        id_s, ood_s = (id_s * 3).round() / 3, (ood_s * 3).round() / 3
+    expected = _official_fpr(id_s.double().numpy(), ood_s.double().numpy())
+    assert ood.fpr_at_tpr_nearest(id_s, ood_s) == pytest.approx(expected, abs=1e-12)
+    # ours: the highest threshold that keeps TPR >= 95 %
+    ours = ood.fpr_at_tpr(id_s, ood_s)
+    thr = id_s.sort(descending=True).values[int(np.ceil(0.95 * n_id)) - 1]
+    assert ours == pytest.approx((ood_s >= thr).double().mean().item())
+
+
+def test_fpr_rule_is_validated_and_selects_the_metric():
+    id_s, ood_s = torch.tensor([3.0, 2.0, 1.0, 0.5]), torch.tensor([2.5, 0.7, 0.1])
+    a = ood.evaluate(id_s[:, None].repeat(1, 2), ood_s[:, None].repeat(1, 2), 1.0, fpr_rule="nearest")
+    assert a["max-logit"]["FPR95"] == pytest.approx(100 * ood.fpr_at_tpr_nearest(id_s, ood_s))
+    with pytest.raises(ValueError, match="fpr_rule must be one of"):
+        ood.evaluate(id_s[:, None], ood_s[:, None], 1.0, fpr_rule="sklearn")
+
+
+def test_gl_mcm_lambda_is_a_parameter():
+    cos = torch.tensor([[0.3, 0.1], [0.2, 0.25]])
+    local = torch.tensor([0.9, 0.4])
+    for lam in (0.5, 1.0):
+        assert torch.allclose(ood.all_scores(cos, 10.0, local, lam)["GL-MCM"], ood.mcm(cos) + lam * local)
+    half = ood.evaluate(cos, cos.flip(0), 10.0, local, local.flip(0), gl_lambda=0.5)
+    assert "GL-MCM" in half
