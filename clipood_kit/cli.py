@@ -124,14 +124,15 @@ def config_summary(exp) -> str:
 
 def cmd_finetune(args) -> int:
     from .experiment import prepare
-    from .runs import run_method
+    from .runs import check_run_dir, run_method
     from .scoring import flat_labels
     from .zeroshot import format_table
     exp = _experiment_from_args(args)
+    check_run_dir(args.out, args.resume, args.overwrite)
     print(config_summary(exp))
     setup = prepare(exp)
     result = run_method(setup, exp.method, exp.train, run_dir=args.out, resume=args.resume,
-                        stop_after=args.stop_after)
+                        stop_after=args.stop_after, overwrite=args.overwrite)
     if not result["completed"]:
         print(f"stopped after step {result['history'][-1]['step']}; resume with the same command and --resume")
         return 0
@@ -233,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (refused when "
+                   "any setting differs from the checkpoint's)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run (or a stopped one) in --out")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.set_defaults(func=cmd_finetune)
 

@@ -154,6 +154,7 @@ def prepare(cfg: ExperimentConfig) -> Setup:
         train_idx = torch.cat([splits.k_shot(dataset.labels, cfg.shots, cfg.split_seed,
                                              train_idx[dataset.domain_ids[train_idx] == d]) for d in source_ids]).sort().values
     eval_idx = torch.cat([held, targets]).sort().values
+    dataset.verify(torch.cat([train_idx, eval_idx]).tolist())    # every image the run will read, before any work
     train_domains = dataset.domain_ids[train_idx]
     pools = [(train_domains == d).nonzero().squeeze(1) for d in source_ids]
     templates = cfg.templates or default_templates(cfg.model, cfg.data)

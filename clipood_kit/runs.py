@@ -3,6 +3,8 @@ run folder; and trajectories (scores during training) for the notebooks."""
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -15,7 +17,53 @@ from .experiment import Setup
 from .io import save_weights, write_json
 from .methods import Method, MethodConfig
 from .scoring import evaluate_state, headline
-from .training import FineTuneOutput, TrainConfig, TrainTask, fine_tune
+from .training import CHECKPOINTS, FineTuneOutput, TrainConfig, TrainTask, fine_tune
+
+# fields that may change between a run and its resumption: they do not change what is computed
+RESUMABLE_CHANGES = {"experiment": ("eval_batch_size", "device"), "train": ("checkpoint_every", "num_workers")}
+
+
+def run_identity(setup: Setup, method_cfg: MethodConfig, train: TrainConfig) -> dict:
+    """What a checkpoint must match to be resumed: the experiment, method and training config (less
+    RESUMABLE_CHANGES) and the data and model identity."""
+    exp = setup.cfg.to_dict()
+    for key in ("method", "train", *RESUMABLE_CHANGES["experiment"]):
+        exp.pop(key, None)
+    train_d = {k: v for k, v in asdict(train).items() if k not in RESUMABLE_CHANGES["train"]}
+    return {"experiment": exp, "method": method_cfg.to_dict(), "train": train_d, "data": setup.dataset.describe(),
+            "model": setup.loaded.model_id}
+
+
+def _staging(run_dir: Path, what: str) -> Path:
+    return run_dir.parent / f".{run_dir.name}.{what}-{os.getpid()}"
+
+
+def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse an unusable run folder before any work: a file, an unwritable place, a finished run (unless
+    `overwrite`), checkpoints of a stopped run (unless `resume` or `overwrite`). Leftovers of an interrupted
+    final write (hidden `.NAME.incoming-*` / `.NAME.old-*` folders beside it) are removed."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"--out {run_dir} is a file; give a folder for the run")
+    parent = next(p for p in [run_dir, *run_dir.parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write the run into {run_dir}: {parent} is not writable; choose another --out")
+    if run_dir.parent.is_dir():
+        for stale in run_dir.parent.glob(f".{run_dir.name}.incoming-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in run_dir.parent.glob(f".{run_dir.name}.old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    finished = (run_dir / "results.json").exists()
+    stopped = (run_dir / CHECKPOINTS).is_dir() and any((run_dir / CHECKPOINTS).iterdir())
+    if finished and not overwrite:
+        what = "nothing to resume; " if resume else ""
+        raise FileExistsError(f"{run_dir} holds a finished run (results.json); {what}pass --overwrite to replace it "
+                              f"or choose another --out")
+    if stopped and not (resume or overwrite):
+        raise FileExistsError(f"{run_dir} holds checkpoints of a stopped run; pass --resume to continue it or "
+                              f"--overwrite to train again from step 0")
+    if overwrite and not resume and (run_dir / CHECKPOINTS).exists():
+        shutil.rmtree(run_dir / CHECKPOINTS)    # the old run's checkpoints must not meet the new run's
 
 
 def build_task(setup: Setup, method: Method, train: TrainConfig) -> TrainTask:
@@ -35,15 +83,19 @@ def build_task(setup: Setup, method: Method, train: TrainConfig) -> TrainTask:
 
 def run_method(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, run_dir: Optional[Path] = None,
                resume: bool = False, progress: bool = True, on_step: Optional[Callable] = None,
-               stop_after: Optional[int] = None, accelerator=None) -> dict:
-    """Fine-tune with one method; score its models; write the run when `run_dir` is given."""
+               stop_after: Optional[int] = None, accelerator=None, overwrite: bool = False) -> dict:
+    """Fine-tune with one method; score its models; write the run when `run_dir` is given (see
+    `check_run_dir` for what a run folder may hold, `write_run` for how it is written)."""
     start = time.perf_counter()
+    if run_dir is not None:
+        check_run_dir(run_dir, resume, overwrite)
     method = Method(method_cfg)
     method.prepare(setup)
     task = build_task(setup, method, train_cfg)
     train_cfg = task.config
-    out: FineTuneOutput = fine_tune(task, run_dir=run_dir, resume=resume,
-                                    stop_after=stop_after, progress=progress, on_step=on_step, accelerator=accelerator)
+    out: FineTuneOutput = fine_tune(task, run_dir=run_dir, resume=resume, stop_after=stop_after, progress=progress,
+                                    on_step=on_step, accelerator=accelerator,
+                                    identity=run_identity(setup, method_cfg, train_cfg))
     result = {"method": method_cfg.name, "parts": method_cfg.describe(), "primary": method.primary,
               "completed": out.completed, "method_config": method_cfg.to_dict(), "train_config": asdict(train_cfg),
               "history": out.history}
@@ -53,23 +105,46 @@ def run_method(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, r
     result["headline"] = headline(setup.cfg.protocol, result["models"][method.primary])
     result["seconds"] = round(time.perf_counter() - start, 2)
     result["states"] = out.states
-    if run_dir is not None:
+    if run_dir is not None and _is_main_process():
         write_run(setup, result, Path(run_dir))
     return result
 
 
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+    return PartialState().is_main_process
+
+
 def write_run(setup: Setup, result: dict, run_dir: Path) -> None:
     """results.json, history.json and the primary and last models as full CLIP safetensors (loadable with
-    `load_clip(name, pretrained=path)`)."""
-    full = setup.loaded.model.state_dict()
-    for name in {result["primary"], "last"}:
-        state = dict(full)
-        state.update({f"visual.{k}": v for k, v in result["states"][name].items()})
-        save_weights(run_dir / f"model_{name.replace('@', '_')}.safetensors", state,
-                     metadata={"architecture": setup.cfg.model, "method": result["method"], "model": name})
-    write_json(run_dir / "history.json", result["history"])
-    public = {k: v for k, v in result.items() if k not in ("states", "history")}
-    write_json(run_dir / "results.json", {"setup": setup.describe(), "experiment": setup.cfg.to_dict(), **public})
+    `load_clip(name, pretrained=path)`), written as one unit: into a hidden staging folder beside the run,
+    which then replaces the run folder (the old folder, with the finished run's checkpoints, is renamed away
+    first and deleted). A kill at any point leaves the old run or the new one, never old files beside new ones;
+    a failure removes the staging folder."""
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging, old = _staging(run_dir, "incoming"), _staging(run_dir, "old")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        full = setup.loaded.model.state_dict()
+        for name in sorted({result["primary"], "last"}):
+            state = dict(full)
+            state.update({f"visual.{k}": v for k, v in result["states"][name].items()})
+            save_weights(staging / f"model_{name.replace('@', '_')}.safetensors", state,
+                         metadata={"architecture": setup.cfg.model, "method": result["method"], "model": name})
+        write_json(staging / "history.json", result["history"])
+        public = {k: v for k, v in result.items() if k not in ("states", "history")}
+        write_json(staging / "results.json", {"setup": setup.describe(), "experiment": setup.cfg.to_dict(), **public})
+        if run_dir.exists():
+            os.replace(run_dir, old)
+        os.replace(staging, run_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not run_dir.exists():
+            os.replace(old, run_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def trajectory(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, every: int = 10,

@@ -156,7 +156,51 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     return done[-1] if done else None
 
 
-def _save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, method: Method, history: List[dict]) -> Path:
+def _flat_items(d: dict, prefix: str = "") -> Dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_items(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def identity_differences(saved: dict, current: dict) -> List[str]:
+    """'field: saved -> now' for every field of two run identities that differs (nested keys dotted)."""
+    a, b = _flat_items(saved), _flat_items(json.loads(json.dumps(current)))
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "(absent)") != b.get(k, "(absent)")]
+
+
+def _read_checkpoint(accelerator: Accelerator, ckpt: Path, method: Method, identity: Optional[dict]):
+    """(step, history) of a checkpoint after loading it into the model, optimiser and method; refuses a checkpoint
+    whose run identity differs from this run's, and turns a damaged one into a one-line error."""
+    meta_path = ckpt / "trainer_state.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        step, history = int(meta["step"]), list(meta["history"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"checkpoint {ckpt} is damaged ({meta_path.name}: {type(e).__name__}: {e}); delete "
+                         f"{ckpt.parent} to start again, or run with --overwrite") from None
+    if identity is not None:
+        diffs = identity_differences(meta.get("identity", {}), identity)
+        if diffs:
+            raise ValueError(f"cannot resume from {ckpt}: this run differs from the checkpoint's in {len(diffs)} "
+                             f"field(s): {'; '.join(diffs)}. Resume with the original settings, or train afresh "
+                             f"with --overwrite (or another --out)")
+    try:
+        accelerator.load_state(str(ckpt))
+        method.load_state_dict(_unflatten(load_weights(ckpt / "method_state.safetensors"), meta["method_state"]))
+    except Exception as e:          # noqa: BLE001 - any failure to read a checkpoint is the same user error
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ValueError(f"checkpoint {ckpt} cannot be loaded ({type(e).__name__}: {reason}); delete {ckpt.parent} "
+                         f"to start again, or run with --overwrite") from None
+    return step, history
+
+
+def _save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, method: Method, history: List[dict],
+                     identity: Optional[dict] = None) -> Path:
     folder = Path(run_dir) / CHECKPOINTS
     final, tmp = folder / f"step_{step:06d}", folder / f".tmp_step_{step:06d}"
     if accelerator.is_main_process:
@@ -167,7 +211,8 @@ def _save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, method:
     if accelerator.is_main_process:
         tensors, rest = _flatten(method.state_dict())
         save_weights(tmp / "method_state.safetensors", tensors)
-        write_json(tmp / "trainer_state.json", {"step": step, "history": history, "method_state": rest})
+        write_json(tmp / "trainer_state.json", {"step": step, "identity": identity, "history": history,
+                                                "method_state": rest})
         for old in folder.iterdir():            # keep only the newest checkpoint
             if old.name.startswith("step_"):
                 shutil.rmtree(old)
@@ -208,8 +253,12 @@ def _floats(metrics: dict) -> Dict[str, float]:
 
 def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = False,
               stop_after: Optional[int] = None, accelerator: Optional[Accelerator] = None,
-              progress: bool = True, on_step: Optional[Callable] = None) -> FineTuneOutput:
+              progress: bool = True, on_step: Optional[Callable] = None,
+              identity: Optional[dict] = None) -> FineTuneOutput:
     """Fine-tune `task.encoder` (an image tower) on `task.train_set` with `task.method`.
+
+    Checkpoints record `identity` (JSON: the full experiment, method and training config, data and model
+    identity; `runs.run_identity`); `resume` refuses a checkpoint whose identity differs and names each field.
 
     `on_step(row, encoder, method)` is called on the main process after every step with the history row, the
     (unwrapped) encoder and the method (live plots, trajectories). No global RNG is seeded or drawn from:
@@ -239,12 +288,13 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
     unwrapped = accelerator.unwrap_model(model)
 
     start, history = 0, []
-    if resume and run_dir is not None and latest_checkpoint(run_dir) is not None:
+    if resume:
         ckpt = latest_checkpoint(run_dir)
-        accelerator.load_state(str(ckpt))
-        meta = json.loads((ckpt / "trainer_state.json").read_text())
-        start, history = int(meta["step"]), meta["history"]
-        method.load_state_dict(_unflatten(load_weights(ckpt / "method_state.safetensors"), meta["method_state"]))
+        if ckpt is None:
+            if accelerator.is_main_process:
+                print(f"--resume: no checkpoint in {Path(run_dir) / CHECKPOINTS}; training from step 0", flush=True)
+        else:
+            start, history = _read_checkpoint(accelerator, ckpt, method, identity)
 
     view = AugmentedView(task.train_set, task.transform)
     loader = DataLoader(view, batch_sampler=StepBatches(cfg, task.domain_pools, start, accelerator.process_index,
@@ -285,7 +335,7 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
         bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
         stopping = stop_after is not None and step >= stop_after and step < cfg.steps
         if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
-            _save_checkpoint(accelerator, run_dir, step, method, history)
+            _save_checkpoint(accelerator, run_dir, step, method, history, identity)
         if stopping:
             bar.close()
             return FineTuneOutput({}, history, completed=False)

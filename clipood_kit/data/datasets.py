@@ -57,6 +57,9 @@ class DomainDataset(Dataset):
         """JSON-ready identity of the dataset (for results and cache keys)."""
         return {"name": self.name, "classes": list(self.classes), "domains": list(self.domains), "size": len(self)}
 
+    def verify(self, indices: Sequence[int]) -> None:
+        """Raise DatasetError naming unreadable images among `indices` (in-memory datasets have none)."""
+
 
 class WorldDataset(DomainDataset):
     """The embedded world as a balanced grid: `per_cell` images for every (style, class), seeded."""
@@ -132,6 +135,26 @@ class FolderDataset(DomainDataset):
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.domain_ids = torch.tensor(doms, dtype=torch.long)
         self.name = f"folder({self.root.resolve()})"
+
+    def verify(self, indices: Sequence[int], workers: int = 8) -> None:
+        """Check that every image among `indices` opens and passes PIL's integrity check (headers and, for PNG,
+        chunk checksums; pixels are not decoded), in parallel threads, so a broken file is found before training
+        rather than in the middle of it or after."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def bad(i: int) -> Optional[str]:
+            try:
+                with Image.open(self.paths[i]) as img:
+                    img.verify()
+                return None
+            except Exception as e:      # noqa: BLE001 - any failure to open is a broken file
+                return f"{self.paths[i]} ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
+
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
+            broken = [b for b in pool.map(bad, [int(i) for i in indices]) if b]
+        if broken:
+            raise DatasetError(f"{len(broken)} unreadable image(s) in {self.root}, e.g. {'; '.join(broken[:3])}. "
+                               f"Replace or delete them, then run again")
 
     def load(self, index: int) -> torch.Tensor:
         path = self.paths[index]

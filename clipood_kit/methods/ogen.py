@@ -5,7 +5,7 @@ Feature generator (Sec. 3.2): g(Q, K, V) = norm( MLP(Q) + MultiHeadAttention(Q, 
 of the classes whose image features are synthesised, keys = text features of the classes they are built from,
 values = image features of those classes. Per step, with f the batch's normalised image features, t the frozen
 training-class text features, N(y) the k nearest training classes of y (by the dot product of the class feature means, the official
-code's rule, or by their cosine: `neighbours`) and v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, a sampled feature of class c:
+code's rule and the default, or by their cosine: `neighbours`) and v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, a sampled feature of class c:
 
 - leave-one-out, y unknown:   f'_y  = g(t_y, t_N(y), v_N(y))    regressed onto f, classified as y;
 - the reverse, y known:       f'_N  = g(t_N(y), t_y, f)         regressed onto v_N(y), classified as N(y);
@@ -90,8 +90,8 @@ class OGENConfig(PartConfig):
                               "(regression warm-up, then synthetic-feature CE)")
     k: int = 3                       # nearest known classes per generated feature (official code: 3)
     heads: int = 4                   # attention heads of the feature generator (official code: 4)
-    dropout: float = 0.0             # attention dropout of the generator
-    neighbours: str = "cosine"       # "dot" (official code) or "cosine"
+    dropout: float = 0.1             # attention dropout of the generator (official code: 0.1; 0 before 2026-11)
+    neighbours: str = "dot"          # "dot" (official code) or "cosine" (this bench's rule before 2026-11)
     warmup: float = 0.2              # share of the steps with the leave-one-out regression alone
     synthetic: float = 1.0           # multiplier of the synthetic-feature CE terms (0: the ablation without them)
     real_weight: float = 0.25        # weight of the classification loss on real features after the warm-up

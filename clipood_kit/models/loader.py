@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -59,6 +60,58 @@ class LoadedCLIP:
         return make_transform(self.model.visual.preprocess_cfg, train=True)
 
 
+def _short_reason(e: Exception) -> str:
+    """One line for a load failure: key mismatches counted (torch lists every key), other errors' first line."""
+    text = str(e)
+    if "Error(s) in loading state_dict" in text:
+        missing = re.search(r"Missing key\(s\) in state_dict: (.*)", text)
+        unexpected = re.search(r"Unexpected key\(s\) in state_dict: (.*)", text)
+        shapes = text.count("size mismatch for")
+        parts = []
+        for label, m in (("missing", missing), ("unexpected", unexpected)):
+            if m:
+                keys = re.findall(r'"([^"]+)"', m.group(1))
+                parts.append(f"{len(keys)} {label} keys (e.g. {', '.join(keys[:2])})")
+        if shapes:
+            parts.append(f"{shapes} tensors of another shape")
+        return "the file holds another architecture's weights: " + "; ".join(parts)
+    first = text.strip().splitlines()[0][:200] if text.strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _check_reachable(name: str, tag: str, cache_dir: Optional[str], timeout: float = 1.5) -> None:
+    """Fail at once (<= `timeout` s) when a pretrained tag's weights are neither cached nor reachable, instead of
+    open_clip's retries (about a minute offline). Cached weights (the Hugging Face hub cache, or open_clip's
+    folder for URL weights) pass without a network check."""
+    import socket
+    from urllib.parse import urlparse
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    hub = cfg.get("hf_hub", "")
+    if hub:            # open_clip prefers the hub: 'org/model/' (default file names) or 'org/model/file'
+        from huggingface_hub import try_to_load_from_cache
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(repo, f, cache_dir=cache_dir), str) for f in names):
+            return
+        host = "huggingface.co"
+    elif cfg.get("url"):
+        target = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
+        if target.is_file():
+            return
+        host = urlparse(cfg["url"]).hostname
+    else:
+        return
+    if not (hub and os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")):
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return
+        except OSError:
+            pass
+    raise PretrainedUnavailableError(
+        f"pretrained weights {name}/{tag} are not cached and {host} cannot be reached (offline?): fetch the file "
+        f"on a connected machine and pass its path instead, e.g. --pretrained /path/to/open_clip_model.safetensors")
+
+
 def file_digest(path: Union[str, Path], length: int = 12) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -94,11 +147,17 @@ def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", devi
             raise PretrainedUnavailableError(
                 f"{pretrained!r} is neither a file nor a pretrained tag of {name} (tags: {tags or 'none'}); "
                 f"pass an existing checkpoint path")
+    if pretrained is not None and not is_file:
+        _check_reachable(name, pretrained, cache_dir)
     try:
         model, _, _ = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device=device, cache_dir=cache_dir, weights_only=True, **kwargs)
-    except RuntimeError as e:
-        if is_file or "download" not in str(e).lower():
+    except Exception as e:              # noqa: BLE001 - every failure to read a weights file is one user error
+        if is_file:
+            raise ValueError(f"cannot load {pretrained} as {name} weights: {_short_reason(e)}; expected an "
+                             f"open_clip state dict of {name} (.safetensors, .pt, .pth or .bin), e.g. a run's "
+                             f"model_*.safetensors or open_clip's file for this architecture") from None
+        if not isinstance(e, RuntimeError) or "download" not in str(e).lower():
             raise
         raise PretrainedUnavailableError(
             f"could not download pretrained weights {name}/{pretrained} (offline?): fetch the file on a "
