@@ -75,6 +75,9 @@ def all_scores(cosines: torch.Tensor, logit_scale: float, local: torch.Tensor = 
 def _check(id_scores: torch.Tensor, ood_scores: torch.Tensor):
     if id_scores.numel() == 0 or ood_scores.numel() == 0:
         raise ValueError("OOD metrics need at least one in-distribution and one OOD score")
+    if not (torch.isfinite(id_scores).all() and torch.isfinite(ood_scores).all()):
+        raise ValueError("OOD scores contain NaN or inf (a diverged model or a broken feature); metrics on them "
+                         "would look valid and be meaningless")
     return id_scores.double().flatten(), ood_scores.double().flatten()
 
 
@@ -148,14 +151,19 @@ def check_fpr_rule(rule: str) -> None:
                          f"got {rule!r}")
 
 
+def metrics(fpr_rule: str = DEFAULT_FPR_RULE) -> Dict[str, Callable[[torch.Tensor, torch.Tensor], float]]:
+    """The metric functions by name (fractions in [0, 1]), FPR95 by `fpr_rule`."""
+    check_fpr_rule(fpr_rule)
+    return {"FPR95": FPR_RULES[fpr_rule], "AUROC": auroc, "AUPR": aupr}
+
+
 def evaluate(id_cosines: torch.Tensor, ood_cosines: torch.Tensor, logit_scale: float, id_local: torch.Tensor = None,
              ood_local: torch.Tensor = None, fpr_rule: str = DEFAULT_FPR_RULE,
              gl_lambda: float = GL_MCM_LAMBDA) -> Dict[str, Dict[str, float]]:
     """Every score x every metric (metrics in %), for ID and OOD cosines to the same ID class features
     (GL-MCM too when both local MCM parts are given); FPR95 by `fpr_rule`."""
-    check_fpr_rule(fpr_rule)
-    metrics = {"FPR95": FPR_RULES[fpr_rule], "AUROC": auroc, "AUPR": aupr}
+    fns = metrics(fpr_rule)
     id_scores = all_scores(id_cosines, logit_scale, id_local, gl_lambda)
     ood_scores = all_scores(ood_cosines, logit_scale, ood_local, gl_lambda)
-    return {name: {m: 100.0 * fn(id_scores[name], ood_scores[name]) for m, fn in metrics.items()}
+    return {name: {m: 100.0 * fn(id_scores[name], ood_scores[name]) for m, fn in fns.items()}
             for name in id_scores}

@@ -41,7 +41,8 @@ def _staging(run_dir: Path, what: str) -> Path:
 def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
     """Refuse an unusable run folder before any work: a file, an unwritable place, a finished run (unless
     `overwrite`), checkpoints of a stopped run (unless `resume` or `overwrite`). Leftovers of an interrupted
-    final write (hidden `.NAME.incoming-*` / `.NAME.old-*` folders beside it) are removed."""
+    final write (hidden `.NAME.incoming-*` / `.NAME.old-*` folders beside it) are removed, after the old run is
+    moved back when the kill came between the two renames."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--out {run_dir} is a file; give a folder for the run")
@@ -49,9 +50,11 @@ def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) 
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write the run into {run_dir}: {parent} is not writable; choose another --out")
     if run_dir.parent.is_dir():
-        for stale in run_dir.parent.glob(f".{run_dir.name}.incoming-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        for stale in run_dir.parent.glob(f".{run_dir.name}.old-*"):
+        olds = sorted(run_dir.parent.glob(f".{run_dir.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if olds and not run_dir.exists():       # killed between the two renames: the old run is whole, restore it
+            os.replace(olds.pop(), run_dir)
+            print(f"restored {run_dir} from an interrupted write", flush=True)
+        for stale in [*olds, *run_dir.parent.glob(f".{run_dir.name}.incoming-*")]:
             shutil.rmtree(stale, ignore_errors=True)
     finished = (run_dir / "results.json").exists()
     stopped = (run_dir / CHECKPOINTS).is_dir() and any((run_dir / CHECKPOINTS).iterdir())

@@ -59,7 +59,8 @@ def nearest_farthest_table(view: Dict, classnames: Sequence[str]) -> List[Dict[s
             for c, n, f in zip(classnames, view["nearest"], view["farthest"])]
 
 
-def ood_view(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], method: str, score: str, shift: str) -> Dict:
+def ood_view(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], method: str, score: str, shift: str,
+             fpr_rule: str = ood.DEFAULT_FPR_RULE) -> Dict:
     """What the OOD notebook shows for one (method, score, shift): the ID and OOD scores, the ROC curve, and
     AUROC / FPR95 / AUPR (%). `score_sets[method]` comes from `scoring.ood_score_sets`."""
     sets = score_sets[method]
@@ -67,15 +68,15 @@ def ood_view(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], method: 
         raise ValueError(f"shift {shift!r} has no images in this experiment; it has {sorted(set(sets) - {'ID'})}")
     id_s, ood_s = sets["ID"][score], sets[shift][score]
     fpr, tpr = ood.roc_curve(id_s, ood_s)
-    metrics = {name: 100.0 * fn(id_s, ood_s) for name, fn in ood.METRICS.items()}
+    metrics = {name: 100.0 * fn(id_s, ood_s) for name, fn in ood.metrics(fpr_rule).items()}
     return {"id": id_s.numpy(), "ood": ood_s.numpy(), "fpr": fpr.numpy(), "tpr": tpr.numpy(), **metrics,
             "title": f"OOD: {method}, {score}, {shift} shift: AUROC {metrics['AUROC']:.1f}, "
                      f"FPR95 {metrics['FPR95']:.1f}"}
 
 
 def score_table(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], shift: str,
-                metric: str = "AUROC") -> Dict[str, Dict[str, float]]:
+                metric: str = "AUROC", fpr_rule: str = ood.DEFAULT_FPR_RULE) -> Dict[str, Dict[str, float]]:
     """{method: {score: metric (%)}} for one shift: which score works after which method."""
-    fn = ood.METRICS[metric]
+    fn = ood.metrics(fpr_rule)[metric]
     return {m: {s: 100.0 * fn(sets["ID"][s], sets[shift][s]) for s in sets["ID"]}
             for m, sets in score_sets.items() if shift in sets}

@@ -91,6 +91,9 @@ class FolderDataset(DomainDataset):
 
     def __init__(self, root: str | os.PathLike, domains: Optional[Sequence[str]] = None):
         self.root = Path(root)
+        if self.root.is_file():
+            raise DatasetError(f"{self.root} is a file, not a dataset folder; pass the root of a DomainBed-style "
+                               f"tree root/<domain>/<class>/<image>")
         if not self.root.is_dir():
             raise DatasetError(f"dataset folder {self.root} does not exist; pass the root of a DomainBed-style tree "
                                f"root/<domain>/<class>/<image> (e.g. clipood-kit export-world {self.root})")
@@ -199,6 +202,8 @@ def export_world(root: str | os.PathLike, per_cell: int = 40, seed: int = 0,
     leaves nothing half-written.
     """
     root = Path(root)
+    if root.is_file():
+        raise DatasetError(f"{root} is a file; give a folder to export the world into")
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise DatasetError(f"{root} exists and is not empty; choose another folder or pass overwrite=True "
