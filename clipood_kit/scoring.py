@@ -167,3 +167,31 @@ def flat_labels(nested: Dict[str, Dict[str, float]]) -> Dict[str, float]:
     """{domain group: {class group: v}} -> {'unseen domains / new': v} (display only)."""
     return {label(g, c): v for g, cells in nested.items() for c, v in cells.items()}
 
+
+
+class StateScorer:
+    """Scores many weight states on one fixed image set, fast (the notebooks' sliders, sweeps): the images are
+    transformed once and kept as one tensor, so a state costs one forward pass in inference mode plus the
+    cell and OOD arithmetic of `score`. Tiny CLIP, default evaluation set: see benchmarks/state_scorer.py."""
+
+    def __init__(self, setup: Setup, indices: Optional[torch.Tensor] = None, batch_size: int = 512):
+        self.setup, self.batch_size = setup, batch_size
+        idx = setup.eval_idx if indices is None else indices
+        subset = TransformedSubset(setup.dataset, idx, setup.loaded.preprocess)
+        self.indices = idx
+        self.images = torch.stack([subset[i][0] for i in range(len(subset))])
+        self.labels = setup.dataset.labels[idx]
+        self.domains = setup.dataset.domain_ids[idx]
+
+    def features(self, state: Dict[str, torch.Tensor]) -> torch.Tensor:
+        visual = self.setup.encoder_with(state).eval()
+        dtype, device = next(visual.parameters()).dtype, self.setup.cfg.device
+        with torch.inference_mode():
+            out = [torch.nn.functional.normalize(visual(batch.to(device, dtype)).float(), dim=-1).cpu()
+                   for batch in self.images.split(self.batch_size)]
+        return torch.cat(out)
+
+    def __call__(self, state: Dict[str, torch.Tensor]) -> dict:
+        if evaluation.has_local_features(self.setup.loaded.model.visual):      # GL-MCM needs the patch tokens
+            return evaluate_state(self.setup, state, indices=self.indices)
+        return score(self.setup, self.features(state), self.labels, self.domains)

@@ -6,7 +6,7 @@ existing parts is a configuration (`compose("mms+context-kl+ema")`), not a subcl
 from dataclasses import replace
 from typing import Dict, List
 
-from .averagers import BMAConfig, EMAConfig, WiSEConfig
+from .averagers import BMAConfig, BMAGridConfig, EMAConfig, WiSEConfig
 from .averaging import (BetaMovingAverage, ExponentialMovingAverage, LocalMeanTeacher, beta_pdf, beta_weights,
                         interpolate, with_average, zero_shot_share)
 from .base import Batch, Method, MethodConfig, PartConfig, RunContext
@@ -26,6 +26,7 @@ METHODS: Dict[str, MethodConfig] = {
     "car-ft-mms": MethodConfig("car-ft-mms", MMSConfig(), (ContextKLConfig(),)),
     "car-ft-clipood": MethodConfig("car-ft-clipood", MMSConfig(), (ContextKLConfig(),), BMAConfig()),
     "ogen": MethodConfig("ogen", CEConfig(), (OGENConfig(), SelfDistillConfig())),
+    "clipood-grid": MethodConfig("clipood-grid", MMSConfig(), averager=BMAGridConfig()),
 }
 
 
@@ -73,7 +74,7 @@ def method_from_dict(d: dict) -> MethodConfig:
 
 
 __all__ = ["METHODS", "Method", "MethodConfig", "PartConfig", "RunContext", "Batch", "compose", "part_configs",
-           "method_from_dict", "CEConfig", "MMSConfig", "BMAConfig", "EMAConfig", "WiSEConfig", "ContextKLConfig",
+           "method_from_dict", "CEConfig", "MMSConfig", "BMAConfig", "BMAGridConfig", "EMAConfig", "WiSEConfig", "ContextKLConfig",
            "OGENConfig", "SelfDistillConfig", "FeatureGenerator", "BetaMovingAverage", "ExponentialMovingAverage",
            "LocalMeanTeacher", "beta_pdf", "beta_weights", "zero_shot_share", "interpolate", "with_average",
            "class_margins", "margin_logits", "mms_loss", "reference_kl"]

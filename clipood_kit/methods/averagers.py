@@ -119,3 +119,61 @@ class WiSEFT(Averager):
     def final_states(self, zero_shot: State, last: State) -> Dict[str, State]:
         mixes = sorted(set(self.cfg.mixes) | {self.cfg.mix})
         return {f"wise-ft@{a:g}": interpolate(zero_shot, last, a) for a in mixes}
+
+
+@dataclass
+class BMAGridConfig(PartConfig):
+    """Exact Beta moving averages for every (alpha, beta) of a grid, kept during training (one fused update
+    each per step), for models too large to keep a trajectory (`posthoc.Trajectory`). The result is the first
+    pair's average; every pair's is evaluated ("bma@a,b")."""
+
+    kind: ClassVar[str] = "bma-grid"
+    role: ClassVar[str] = "averager"
+    summary: ClassVar[str] = "Beta moving averages for a grid of (alpha, beta), one fused update each per step"
+    alphas: Tuple[float, ...] = (0.5, 0.1, 1.0)
+    betas: Tuple[float, ...] = (0.5, 0.1, 1.0)
+
+    def validate(self) -> None:
+        if not self.alphas or not self.betas:
+            raise ValueError("bma-grid needs at least one alpha and one beta")
+        for a in (*self.alphas, *self.betas):
+            BMAConfig(a, a).validate()
+
+    def pairs(self):
+        return [(a, b) for a in self.alphas for b in self.betas]
+
+    def build(self) -> "BMAGrid":
+        return BMAGrid(self)
+
+
+class BMAGrid(Averager):
+    @property
+    def primary(self) -> str:
+        return self.name(*self.cfg.pairs()[0])
+
+    @staticmethod
+    def name(alpha: float, beta: float) -> str:
+        return f"bma@{alpha:g},{beta:g}"
+
+    def setup(self, run: RunContext) -> None:
+        super().setup(run)
+        self.averages = {self.name(a, b): BetaMovingAverage(run.encoder, run.total_steps, a, b)
+                         for a, b in self.cfg.pairs()}
+
+    def after_step(self, encoder) -> Metrics:
+        for avg in self.averages.values():
+            avg.update(encoder)
+        return {}
+
+    def state_dict(self) -> dict:
+        return {name: avg.state_dict() for name, avg in self.averages.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, avg in self.averages.items():
+            avg.load_state_dict(state[name])
+
+    def average_of(self, last: State) -> State:
+        return with_average(last, self.averages[self.primary].average)
+
+    def final_states(self, zero_shot: State, last: State) -> Dict[str, State]:
+        return {name: with_average(last, avg.average) for name, avg in self.averages.items()}
