@@ -76,6 +76,27 @@ class ExperimentConfig:
         return out
 
 
+def inputs_identity(cfg: ExperimentConfig) -> dict:
+    """What the experiment's inputs are, beyond its config: the weights file's digest (shipped or local) and,
+    for a folder dataset, a digest of its file list with sizes and modification times. Cache keys use it."""
+    import hashlib
+    from pathlib import Path
+    from .models.loader import file_digest, tiny_weights_path
+    weights = cfg.pretrained
+    if weights == "default" and cfg.model == TINY_NAME:
+        weights = str(tiny_weights_path())
+    model = f"file:{file_digest(weights)}" if weights and Path(weights).is_file() else str(weights)
+    data = cfg.data
+    if cfg.data != WORLD and Path(cfg.data).is_dir():
+        h = hashlib.sha256()
+        for f in sorted(Path(cfg.data).rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(cfg.data)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        data = f"folder:{h.hexdigest()[:16]}"
+    return {"model": model, "data": data}
+
+
 @dataclass
 class Setup:
     """Everything a protocol fixes before training: data, splits, classes, the zero-shot model."""

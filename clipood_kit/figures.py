@@ -200,3 +200,59 @@ def card_figure(card: Dict) -> go.Figure:
     fig.update_layout(barmode="group", title="Zero-shot accuracy (%) per domain: class and domain (context)",
                       yaxis=dict(title="accuracy (%)", range=[0, 100]), legend_title="predicting the")
     return fig
+
+
+def cells_figure(rows: Dict[str, Dict[str, float]], title: str, y_range: Optional[Sequence[float]] = None) -> go.Figure:
+    """Grouped bars: x = cells (accuracy per domain and class group, OOD AUROC), one colour per model, the value
+    printed on each bar. The notebooks' sliders replace one model's y values."""
+    fig = go.Figure()
+    colours = {"zero-shot": "#7f7f7f", "last step": "#d62728"}
+    others = iter(["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"])
+    for model, cells in rows.items():
+        fig.add_bar(name=model, x=list(cells), y=list(cells.values()), text=[f"{v:.1f}" for v in cells.values()],
+                    textposition="outside", marker_color=colours.get(model) or next(others))
+    low = min(v for cells in rows.values() for v in cells.values())
+    fig.update_layout(barmode="group", title=title, height=420, legend_title="model",
+                      yaxis=dict(title="%", range=list(y_range) if y_range else [max(0.0, low - 10), 100]))
+    return fig
+
+
+def grid_heatmap(z: Sequence[Sequence[float]], alphas: Sequence[float], betas: Sequence[float], title: str,
+                 colorbar: str, marks: Dict[str, tuple] = (), references: Dict[str, float] = ()) -> go.Figure:
+    """A value over an (alpha, beta) grid (alpha down, beta across, on log-spaced category axes), each cell
+    printed; `marks` {label: (alpha, beta)} outlined (the paper's settings); `references` {label: value} named
+    in the title (the last-step and zero-shot models)."""
+    x, y = [f"{b:g}" for b in betas], [f"{a:g}" for a in alphas]
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale="Viridis", colorbar={"title": colorbar},
+                               text=[[f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}"))
+    for label, (a, b) in dict(marks).items():
+        if f"{a:g}" in y and f"{b:g}" in x:
+            i, j = y.index(f"{a:g}"), x.index(f"{b:g}")
+            fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, line=dict(color="red", width=3))
+            fig.add_annotation(x=j, y=i + 0.32, text=label, showarrow=False, font=dict(color="red", size=11),
+                               bgcolor="white")
+    refs = ", ".join(f"{k} {v:.1f}" for k, v in dict(references).items())
+    fig.update_layout(title=title + (f" (for reference: {refs})" if refs else ""), height=460,
+                      xaxis_title="beta", yaxis_title="alpha")
+    return fig
+
+
+def curve_figure(x: Sequence[float], curves: Dict[str, Sequence[float]], title: str, x_title: str, y_title: str,
+                 references: Dict[str, float] = (), marker_x: Optional[float] = None, log_x: bool = False,
+                 dotted: str = "") -> go.Figure:
+    """Lines of y against x, horizontal dashed reference lines (zero-shot, last step), and an optional vertical
+    marker at the slider's value. `log_x` puts x on a log axis ticked at the x values; curves whose name starts
+    with `dotted` are drawn dotted (e.g. the last-step model beside its average)."""
+    fig = go.Figure()
+    for name, y in curves.items():
+        fig.add_scatter(x=list(x), y=list(y), name=name, mode="lines+markers",
+                        line=dict(dash="dot") if dotted and name.startswith(dotted) else None)
+    if log_x:
+        fig.update_xaxes(type="log", tickvals=list(x), ticktext=[f"{v:g}" for v in x])
+    for i, (name, value) in enumerate(dict(references).items()):
+        fig.add_hline(y=value, line=dict(dash="dash", color=["#7f7f7f", "#d62728", "#9467bd"][i % 3]),
+                      annotation_text=f"{name} {value:.1f}", annotation_position="bottom right")
+    if marker_x is not None:
+        fig.add_vline(x=marker_x, line=dict(color="black", width=1))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=420)
+    return fig

@@ -148,26 +148,3 @@ def write_run(setup: Setup, result: dict, run_dir: Path) -> None:
             os.replace(old, run_dir)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def trajectory(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, every: int = 10,
-               eval_images: int = 800, progress: bool = False) -> dict:
-    """Scores over training of the last-step model and of the method's averaged model (BMA, EMA, the WiSE-FT
-    mix), every `every` steps, on a fixed seeded subset of `eval_images` evaluation images. Step 0 is the
-    zero-shot model."""
-    gen = torch.Generator().manual_seed(train_cfg.seed)
-    subset = setup.eval_idx[torch.randperm(len(setup.eval_idx), generator=gen)[:eval_images]].sort().values
-    zero = evaluate_state(setup, setup.zero_shot_state, indices=subset)
-    rows = [{"step": 0, "last": zero, "average": zero}]
-
-    def on_step(row, encoder, method):
-        if row["step"] % every and row["step"] != train_cfg.steps:
-            return
-        state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-        entry = {"step": row["step"], "last": evaluate_state(setup, state, indices=subset)}
-        if method.averager is not None:
-            entry["average"] = evaluate_state(setup, method.averager.average_of(state), indices=subset)
-        rows.append(entry)
-
-    result = run_method(setup, method_cfg, train_cfg, progress=progress, on_step=on_step)
-    return {"rows": rows, "result": result}

@@ -80,3 +80,15 @@ def score_table(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], shift
     fn = ood.metrics(fpr_rule)[metric]
     return {m: {s: 100.0 * fn(sets["ID"][s], sets[shift][s]) for s in sets["ID"]}
             for m, sets in score_sets.items() if shift in sets}
+
+
+VIEW_CELLS = (("train", "base"), ("train", "new"), ("unseen", "base"), ("unseen", "new"), ("unseen", "H"))
+
+
+def cells_of(scores: dict) -> Dict[str, float]:
+    """The cells the notebooks' sliders show, labelled: accuracy of VIEW_CELLS and MCM's AUROC (semantic shift)."""
+    from .scoring import label
+    out = {label(*c).replace(" domains", " styles"): scores["accuracy"][c[0]][c[1]] for c in VIEW_CELLS}
+    if "semantic" in scores.get("ood", {}):
+        out["OOD AUROC (MCM)"] = scores["ood"]["semantic"]["MCM"]["AUROC"]
+    return out

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-SLIDER_FIGURE = {"02_margins.ipynb": "Class-adaptive margins, lambda", "03_beta_moving_average.ipynb": "BMA weights"}
+SLIDER_FIGURE = {"02_margins.ipynb": "Class-adaptive margins, lambda", "03_beta_moving_average.ipynb": "Accuracy (%) and OOD AUROC"}
 DROPDOWN_FIGURE = {"06_ood_detection.ipynb": ("OOD: ", "energy")}    # figure title start, option to pick
 
 

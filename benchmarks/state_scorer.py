@@ -1,0 +1,58 @@
+"""How fast a weight state is scored, and a post-hoc BMA model built, on the tiny model (CPU): what the
+notebooks' alpha/beta, lambda and WiSE-FT sliders pay per move.
+
+On the demo's experiment (30 images per cell; the evaluation set: held-out images of the training styles and
+every image of the unseen styles), times: building the BMA state from a 120-step trajectory, the forward
+pass, the cells + OOD arithmetic, and the whole `StateScorer` call. Prints a JSON line (goal: <= 1 s a state).
+
+    python benchmarks/state_scorer.py [--repeats 7]
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from clipood_kit.methods import compose
+from clipood_kit.posthoc import Trajectory
+from clipood_kit.presets import demo_experiment
+from clipood_kit.experiment import prepare
+from clipood_kit.runs import run_method
+from clipood_kit.scoring import StateScorer, score
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    exp = demo_experiment()
+    setup = prepare(exp)
+    names = [n for n, _ in setup.loaded.model.visual.named_parameters()]
+    traj = Trajectory(exp.train.steps).start(setup.zero_shot_state, names)
+    run_method(setup, compose("clipood"), exp.train, progress=False, on_step=traj.recorder())
+    t = time.perf_counter()
+    scorer = StateScorer(setup)
+    prepare_s = time.perf_counter() - t
+    times = {"bma_state": [], "forward": [], "cells_and_ood": [], "total": []}
+    for i in range(args.repeats):
+        a = 0.1 + 0.1 * i
+        t0 = time.perf_counter()
+        state = traj.bma(a, a)
+        t1 = time.perf_counter()
+        feats = scorer.features(state)
+        t2 = time.perf_counter()
+        score(setup, feats, scorer.labels, scorer.domains)
+        t3 = time.perf_counter()
+        scorer(traj.bma(a, a))
+        t4 = time.perf_counter()
+        for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, (t1 - t0) + (t4 - t3))):
+            times[k].append(v)
+    med = {k: round(statistics.median(v), 4) for k, v in times.items()}
+    print(json.dumps({"benchmark": "state_scorer", "threads": torch.get_num_threads(), "images": len(scorer.labels),
+                      "trajectory_states": len(traj.steps), "trajectory_mb": round(traj.nbytes / 1e6, 1),
+                      "scorer_setup_s": round(prepare_s, 3), **{f"{k}_s": v for k, v in med.items()}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Sweeps over the parameters users tune by hand: lambda (one run per value, cached on disk), and, from one
+run's trajectory without retraining, BMA's (alpha, beta) and the WiSE-FT mix. Every point is scored on every
+cell and OOD (`scoring.StateScorer`); `clipood-kit sweep` writes them as JSON and figures.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from .experiment import ExperimentConfig, Setup, inputs_identity, prepare
+from .io import write_json
+from .methods import MethodConfig
+from .posthoc import Trajectory
+from .runs import run_method
+from .scoring import StateScorer, zero_shot_scores
+from .settings import set_method_fields
+
+CACHE_VERSION = 1        # bump when a change alters what a cached sweep point holds
+
+
+def cache_dir() -> Path:
+    """Where sweep points are cached: $CLIPOOD_KIT_CACHE, else ~/.cache/clipood-kit."""
+    return Path(os.environ.get("CLIPOOD_KIT_CACHE") or Path.home() / ".cache" / "clipood-kit") / "sweeps"
+
+
+def _key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def record_run(setup: Setup, method: MethodConfig, every: int = 1, progress: bool = False) -> Dict:
+    """One run of `method` with its trajectory recorded: {'result', 'trajectory'}."""
+    names = [n for n, _ in setup.loaded.model.visual.named_parameters()]
+    traj = Trajectory(setup.cfg.train.steps, every).start(setup.zero_shot_state, names)
+    result = run_method(setup, method, setup.cfg.train, progress=progress, on_step=traj.recorder())
+    return {"result": result, "trajectory": traj}
+
+
+def bma_grid(traj: Trajectory, scorer: StateScorer, alphas: Sequence[float], betas: Sequence[float],
+             progress: bool = False) -> List[List[dict]]:
+    """scores[i][j] of the BMA model with Beta(alphas[i], betas[j]), all from one trajectory."""
+    out = []
+    bar = tqdm(total=len(alphas) * len(betas), desc="BMA grid", disable=not progress)
+    for a in alphas:
+        row = []
+        for b in betas:
+            row.append(scorer(traj.bma(a, b)))
+            bar.update(1)
+        out.append(row)
+    bar.close()
+    return out
+
+
+def bma_over_training(traj: Trajectory, scorer: StateScorer, alpha: float, beta: float, every: int = 10) -> List[dict]:
+    """Scores of the last-step model and of the running BMA at steps 0, every, 2 every, ..., T (every image of
+    the scorer's set): {'step', 'last', 'average'}."""
+    from .methods.averaging import beta_weights
+    w = beta_weights(traj.total_steps, alpha, beta)
+    rows = []
+    for step in sorted(set(range(0, traj.total_steps + 1, every)) | {traj.total_steps}):
+        if step not in traj.steps:
+            continue
+        k = traj.steps.index(step)
+        upto = traj.row_weights([x if t <= step else 0.0 for t, x in enumerate(w)])
+        last = traj.row_weights([1.0 if t == step else 0.0 for t in range(traj.total_steps + 1)])
+        rows.append({"step": step, "last": scorer(traj.weighted(last)), "average": scorer(traj.weighted(upto)),
+                     "row": k})
+    return rows
+
+
+def wise_curve(traj: Trajectory, scorer: StateScorer, mixes: Sequence[float]) -> List[dict]:
+    return [scorer(traj.wise(a)) for a in mixes]
+
+
+def lambda_sweep(exp: ExperimentConfig, lambdas: Sequence[float], method: MethodConfig,
+                 cache: Optional[Path] = None, progress: bool = False) -> Dict:
+    """One training run per lambda of `method` (which must have an `mms` part) on `exp`; each point's scores
+    (the method's result and its last step) are cached on disk, keyed by every setting (the experiment, the
+    method with that lambda, the model and data identity), so reopening a notebook is instant.
+    Returns {'lambdas', 'points': [{'lambda', 'primary', 'models': {name: scores}}], 'zero_shot': scores}."""
+    if method.part("mms") is None:
+        raise ValueError(f"a lambda sweep needs a method with the mms loss; {method.name!r} has {method.describe()}")
+    cache = Path(cache) if cache is not None else cache_dir()
+    inputs = inputs_identity(exp)
+    setup: Optional[Setup] = None
+    points = []
+    for lam in tqdm(list(lambdas), desc="lambda sweep", disable=not progress):
+        m = set_method_fields(method, {"mms.margin_lambda": float(lam)})
+        payload = {"version": CACHE_VERSION, "experiment": exp.to_dict() | {"method": m.to_dict()}, "inputs": inputs}
+        path = cache / f"lambda-{_key(payload)}.json"
+        if path.is_file():
+            try:
+                point = json.loads(path.read_text())
+                if point.get("payload") == json.loads(json.dumps(payload, default=str)):
+                    points.append(point["point"])
+                    continue
+            except ValueError:
+                pass                    # a damaged cache entry is recomputed
+        setup = setup or prepare(exp)
+        r = run_method(setup, m, exp.train, progress=False)
+        point = {"lambda": float(lam), "primary": r["primary"],
+                 "models": {k: v for k, v in r["models"].items() if k in (r["primary"], "last")}}
+        write_json(path, {"payload": json.loads(json.dumps(payload, default=str)), "point": point})
+        points.append(point)
+    zero_key = _key({"version": CACHE_VERSION, "experiment": exp.to_dict(), "inputs": inputs})
+    zero_path = cache / f"zero-shot-{zero_key}.json"
+    if zero_path.is_file():
+        zero = json.loads(zero_path.read_text())
+    else:
+        zero = zero_shot_scores(setup or prepare(exp))
+        write_json(zero_path, zero)
+    return {"lambdas": [float(x) for x in lambdas], "points": points, "zero_shot": zero}
