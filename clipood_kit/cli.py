@@ -141,6 +141,17 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweeps import run_sweep
+    if args.method is None:
+        args.method = "ce" if args.kind == "wise" else "clipood"
+    exp = _experiment_from_args(args)
+    print(config_summary(exp))
+    run_sweep(args.kind, exp, args.values, args.betas or [], args.out)
+    print(f"wrote {args.out}/results.json and {args.out}/report.html")
+    return 0
+
+
 def cmd_methods(args) -> int:
     """Every registered method with its parts and their defaults; then every part."""
     import dataclasses
@@ -177,6 +188,33 @@ def cmd_compare(args) -> int:
     return _run_and_print(compare_bench(args.seeds, fast=args.fast, ablation=args.ablation), args.out)
 
 
+def _add_experiment_args(p: argparse.ArgumentParser) -> None:
+    """The options that build an experiment (finetune, sweep): a preset, then overrides and --set."""
+    p.add_argument("--preset", default="tiny-world", help="experiment preset: tiny-world (default) or an official CLIPood recipe, clipood-{domain-shift,base-to-new,in-the-wild}-DATASET (see clipood_kit/presets.py)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--data", default=None, help="'world' or the root of a DomainBed-style folder tree")
+    p.add_argument("--per-cell", type=int, default=None)
+    p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None)
+    p.add_argument("--source", action="append", help="source (training) domain; repeat")
+    p.add_argument("--target", action="append", help="held-out domain (the others are sources); repeat")
+    p.add_argument("--shots", type=int, default=None)
+    p.add_argument("--method", default=None,
+                   help=f"a registered method ({', '.join(METHODS)}) or parts joined by '+' "
+                        f"(see `clipood-kit methods`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any field: PART.FIELD (mms.margin_lambda=0.2, bma.alpha=0.1), train.FIELD or an "
+                        "experiment field; repeat")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--precision", choices=["no", "bf16", "fp16"], default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipood-kit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,35 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_zeroshot)
 
     p = sub.add_parser("finetune", help="fine-tune with one method under one protocol (writes a run folder)")
-    p.add_argument("--preset", default="tiny-world", help="experiment preset: tiny-world (default) or an official CLIPood recipe, clipood-{domain-shift,base-to-new,in-the-wild}-DATASET (see clipood_kit/presets.py)")
-    p.add_argument("--model", default=None)
-    p.add_argument("--pretrained", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--data", default=None, help="'world' or the root of a DomainBed-style folder tree")
-    p.add_argument("--per-cell", type=int, default=None)
-    p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None)
-    p.add_argument("--source", action="append", help="source (training) domain; repeat")
-    p.add_argument("--target", action="append", help="held-out domain (the others are sources); repeat")
-    p.add_argument("--shots", type=int, default=None)
-    p.add_argument("--method", default=None,
-                   help=f"a registered method ({', '.join(METHODS)}) or parts joined by '+' "
-                        f"(see `clipood-kit methods`)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="set any field: PART.FIELD (mms.margin_lambda=0.2, bma.alpha=0.1), train.FIELD or an "
-                        "experiment field; repeat")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--precision", choices=["no", "bf16", "fp16"], default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=None)
+    _add_experiment_args(p)
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (refused when "
                    "any setting differs from the checkpoint's)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run (or a stopped one) in --out")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("sweep", help="accuracy and OOD over lambda (runs, cached), BMA's (alpha, beta) or the WiSE-FT "
+                                     "mix (one run, no retraining); JSON and a report")
+    p.add_argument("kind", choices=["lambda", "bma", "wise"])
+    p.add_argument("--values", type=float, nargs="+", required=True,
+                   help="lambda values, BMA alphas, or WiSE-FT mixes")
+    p.add_argument("--betas", type=float, nargs="+", help="BMA betas (default: the alphas)")
+    _add_experiment_args(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for results.json and report.html")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("methods", help="list the methods, their parts and the parts' defaults")
     p.set_defaults(func=cmd_methods)

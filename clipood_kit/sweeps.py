@@ -114,3 +114,58 @@ def lambda_sweep(exp: ExperimentConfig, lambdas: Sequence[float], method: Method
         zero = zero_shot_scores(setup or prepare(exp))
         write_json(zero_path, zero)
     return {"lambdas": [float(x) for x in lambdas], "points": points, "zero_shot": zero}
+
+
+SWEEP_KINDS = ("lambda", "bma", "wise")
+
+
+def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: Sequence[float], out: Path,
+              progress: bool = True) -> dict:
+    """`clipood-kit sweep`: lambda (one run per value, cached), bma (`values` are the alphas, `betas` the betas,
+    one recorded run) or wise (`values` are the mixes, one recorded run). Writes results.json and report.html
+    into `out`; every point holds every cell and OOD score."""
+    from . import figures
+    from .io import write_text
+    from .widgets import cells_of
+    if kind not in SWEEP_KINDS:
+        raise ValueError(f"unknown sweep {kind!r}; choose one of {SWEEP_KINDS}")
+    if not values:
+        raise ValueError("a sweep needs at least one value")
+    label = "unseen styles / new"
+    sections = []
+    result: dict = {"kind": kind, "experiment": exp.to_dict()}
+    if kind == "lambda":
+        sweep = lambda_sweep(exp, values, exp.method, progress=progress)
+        zero = cells_of(sweep["zero_shot"])
+        result.update(sweep)
+        curves = {f"{model}: {label}": [cells_of(p["models"][model])[label] for p in sweep["points"]]
+                  for model in (sweep["points"][0]["primary"], "last")}
+        sections.append(("Accuracy against lambda", "", figures.curve_figure(
+            sweep["lambdas"], curves, f"{exp.method.name}: accuracy (%) against lambda", "lambda", "accuracy (%)",
+            references={"zero-shot": zero[label]})))
+    else:
+        setup = prepare(exp)
+        run = record_run(setup, exp.method, progress=progress)
+        scorer = StateScorer(setup)
+        zero, last = cells_of(scorer(setup.zero_shot_state)), cells_of(run["result"]["models"]["last"])
+        result.update(zero_shot=scorer(setup.zero_shot_state), last=run["result"]["models"]["last"])
+        refs = {"zero-shot": zero[label], "last step": last[label]}
+        if kind == "bma":
+            betas = list(betas) or list(values)
+            grid = bma_grid(run["trajectory"], scorer, values, betas, progress=progress)
+            result.update(alphas=list(values), betas=betas, grid=grid)
+            z = [[cells_of(s)[label] for s in row] for row in grid]
+            sections.append(("BMA over (alpha, beta)", "", figures.grid_heatmap(
+                z, values, betas, f"BMA: {label} (%)", "%", marks={"paper DG": (0.5, 0.5),
+                                                                  "paper open class": (0.1, 0.1)}, references=refs)))
+        else:
+            points = wise_curve(run["trajectory"], scorer, values)
+            result.update(mixes=list(values), points=points)
+            curves = {c: [cells_of(p)[c] for p in points] for c in (label, "train styles / base")}
+            sections.append(("WiSE-FT mix", "", figures.curve_figure(
+                values, curves, f"WiSE-FT of {exp.method.name}: accuracy (%) against the mix", "mix a "
+                "(0 = zero-shot, 1 = fine-tuned)", "accuracy (%)", references=refs)))
+    out = Path(out)
+    write_json(out / "results.json", result)
+    write_text(out / "report.html", figures.report_html(f"clipood-kit sweep: {kind}", sections))
+    return result

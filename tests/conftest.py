@@ -2,6 +2,8 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# sweeps cache their points on disk: the suite uses a fresh cache of its own (inherited by notebook kernels)
+os.environ["CLIPOOD_KIT_CACHE"] = __import__("tempfile").mkdtemp(prefix="clipood-kit-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
