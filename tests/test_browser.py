@@ -1,6 +1,6 @@
 """The notebooks in a real browser: JupyterLab (headless, localhost, temporary token) driven by Playwright in
 Debian's Chromium. Each notebook runs all its cells (fast parameters); no error output; plotly figures render;
-in notebooks 2 and 3 a slider moves and the figure changes; in notebook 6 a dropdown picks another score and the
+in notebooks 2, 3 and 4 a slider moves and a figure of what it reaches (accuracy of trained models) changes; in notebook 6 a dropdown picks another score and the
 figure changes. Screenshots go to test-artifacts/."""
 import json
 import os
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-SLIDER_FIGURE = {"02_margins.ipynb": "Class-adaptive margins, lambda", "03_beta_moving_average.ipynb": "Accuracy (%) and OOD AUROC"}
+SLIDER_FIGURE = {"02_margins.ipynb": "Trained with lambda", "03_beta_moving_average.ipynb": "Accuracy (%) and OOD AUROC",
+                 "04_fine_tuning.ipynb": "WiSE-FT at a ="}
 DROPDOWN_FIGURE = {"06_ood_detection.ipynb": ("OOD: ", "energy")}    # figure title start, option to pick
 
 

@@ -8,9 +8,9 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FAST = {
     "01_world_and_zero_shot.ipynb": {"PER_CELL": 3},
-    "02_margins.ipynb": {"PER_CELL": 1, "SWEEP": [0.0, 0.3], "SWEEP_PER_CELL": 3, "STEPS": 6},
+    "02_margins.ipynb": {"PER_CELL": 1, "SWEEP": [0.0, 0.3], "SWEEP_PER_CELL": 3, "STEPS": 6, "LAMBDA": 0.0},
     "03_beta_moving_average.ipynb": {"PER_CELL": 4, "STEPS": 12, "EVERY": 4, "GRID": [0.1, 0.5]},
-    "04_fine_tuning.ipynb": {"PER_CELL": 4, "STEPS": 10},
+    "04_fine_tuning.ipynb": {"PER_CELL": 4, "STEPS": 10, "MIXES": [0.0, 0.5, 1.0]},
     "05_features_umap.ipynb": {"PER_CELL": 4, "STEPS": 10, "POINTS": 150},
     "06_ood_detection.ipynb": {"PER_CELL": 4, "STEPS": 10, "METHODS": ["ce", "ogen"]},
 }
