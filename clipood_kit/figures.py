@@ -15,6 +15,11 @@ from plotly.subplots import make_subplots
 
 from .methods import beta_weights, class_margins, zero_shot_share
 
+# 26 distinguishable colours: every class of the world (25) and every row of the comparison get their own
+MANY_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                "#17becf", "#393b79", "#e7ba52", "#637939", "#843c39", "#7b4173", "#3182bd", "#f33d8a", "#31a354",
+                "#756bb1", "#636363", "#fd8d3c", "#9ecae1", "#a1d99b", "#fdd0a2", "#bcbddc", "#000000"]
+
 
 def image_grid(images: torch.Tensor, rows: int, row_names: Sequence[str], col_names: Sequence[str],
                title: str = "") -> go.Figure:
@@ -36,10 +41,13 @@ def accuracy_bars(summary: Dict[str, Dict[str, Dict[str, float]]], cells: Sequen
     `summary[method][cell] = {"mean": m, "std": s}`.
     """
     fig = go.Figure()
-    for method, row in summary.items():
+    low = min(row[c]["mean"] - row[c]["std"] for row in summary.values() for c in cells if c in row)
+    for i, (method, row) in enumerate(summary.items()):
         fig.add_bar(name=method, x=list(cells), y=[row[c]["mean"] for c in cells],
+                    marker_color=MANY_COLOURS[i % len(MANY_COLOURS)],
                     error_y=dict(type="data", array=[row[c]["std"] for c in cells], visible=True))
-    fig.update_layout(barmode="group", title=title, yaxis_title="accuracy (%)", legend_title="method")
+    fig.update_layout(barmode="group", title=title, yaxis=dict(title="accuracy (%)", range=[max(0, low - 5), 100]),
+                      legend_title="method", height=520)
     return fig
 
 
@@ -85,7 +93,8 @@ def class_heatmap(matrix: np.ndarray, classnames: Sequence[str], title: str, col
     for b in bounds:
         fig.add_shape(type="line", x0=b - 0.5, x1=b - 0.5, y0=-0.5, y1=edge, line=dict(color="white", width=2))
         fig.add_shape(type="line", y0=b - 0.5, y1=b - 0.5, x0=-0.5, x1=edge, line=dict(color="white", width=2))
-    fig.update_layout(title=title, yaxis=dict(autorange="reversed"), height=650, width=720)
+    fig.update_layout(title=title, yaxis=dict(autorange="reversed", dtick=1), xaxis=dict(dtick=1, tickangle=-60),
+                      height=max(500, 26 * len(names) + 160), width=max(560, 26 * len(names) + 260))
     return fig
 
 
@@ -101,37 +110,49 @@ def margin_heatmap(text_features: torch.Tensor, classnames: Sequence[str], margi
 
 
 def history_figure(histories: Dict[str, List[dict]]) -> go.Figure:
-    """Training loss per step of each method."""
-    fig = go.Figure()
+    """Training loss per step of each method. Methods that train identically (an averager changes the evaluated
+    model, not the training: ce, bma, ema and wise-ft) share one line, named for all of them."""
+    groups: Dict[tuple, List[str]] = {}
     for name, hist in histories.items():
-        fig.add_scatter(x=[r["step"] for r in hist], y=[r["loss"] for r in hist], name=name, mode="lines")
-    fig.update_layout(title="Training loss", xaxis_title="step", yaxis_title="loss")
+        groups.setdefault(tuple(round(r["loss"], 9) for r in hist), []).append(name)
+    fig = go.Figure()
+    for i, names in enumerate(groups.values()):
+        hist = histories[names[0]]
+        label = names[0] if len(names) == 1 else f"{names[0]} (= {', '.join(names[1:])}: same training)"
+        fig.add_scatter(x=[r["step"] for r in hist], y=[r["loss"] for r in hist], name=label, mode="lines",
+                        line=dict(color=MANY_COLOURS[i % len(MANY_COLOURS)]))
+    fig.update_layout(title="Training loss (methods that train alike share a line)", xaxis_title="step",
+                      yaxis_title="loss", legend=dict(orientation="h", y=-0.2))
     return fig
 
 
 def embedding_figure(coords: Dict[str, np.ndarray], labels: np.ndarray, domains: np.ndarray,
                      classnames: Sequence[str], domainnames: Sequence[str], anchors: Optional[Dict[str, np.ndarray]] = None,
                      colour_by: str = "class") -> go.Figure:
-    """Side-by-side 2-D projections (one panel per model) in one shared frame, coloured by class or domain;
-    class text embeddings as black anchors."""
+    """Side-by-side 2-D projections of the same images (one panel per model) in one shared frame, coloured by
+    class (26 distinct colours) or domain; class text embeddings as black crosses; the legend below the panels,
+    so they keep the page's width."""
     names = list(coords)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_xaxes=True, shared_yaxes=True)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_xaxes=True, shared_yaxes=True,
+                        horizontal_spacing=0.02)
     keys, key_names = (labels, classnames) if colour_by == "class" else (domains, domainnames)
-    palette = pio.templates["plotly"].layout.colorway
-    big = list(palette) + ["#7f7f7f", "#bcbd22", "#17becf", "#8c564b", "#e377c2", "#1f77b4", "#aec7e8", "#ffbb78",
-                           "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d"]
     for col, name in enumerate(names, start=1):
         xy = coords[name]
         for k in np.unique(keys):
             m = keys == k
-            fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", marker=dict(size=4, color=big[k % len(big)]),
+            fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers",
+                              marker=dict(size=5, color=MANY_COLOURS[int(k) % len(MANY_COLOURS)], opacity=0.8),
                               name=key_names[k], legendgroup=key_names[k], showlegend=col == 1, row=1, col=col)
         if anchors is not None and name in anchors:
             a = anchors[name]
-            fig.add_scatter(x=a[:, 0], y=a[:, 1], mode="markers+text", text=list(classnames), textposition="top center",
-                            marker=dict(symbol="x", size=8, color="black"), name="class text", showlegend=col == 1,
+            fig.add_scatter(x=a[:, 0], y=a[:, 1], mode="markers", text=list(classnames), hoverinfo="text",
+                            marker=dict(symbol="x", size=9, color="black"), name="class text", showlegend=col == 1,
                             legendgroup="text", row=1, col=col)
-    fig.update_layout(title=f"UMAP of image features (shared frame), coloured by {colour_by}", height=480)
+    fig.update_layout(title=f"UMAP of the same images' features under each model (one shared frame), coloured by "
+                            f"{colour_by}", height=620, legend=dict(orientation="h", y=-0.08, font=dict(size=10)),
+                      margin=dict(l=20, r=20, t=70, b=20))
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
     return fig
 
 
@@ -160,11 +181,14 @@ def table_html(rows: Dict[str, Dict[str, str]], columns: Sequence[str], first: s
 
 
 def score_heatmap(values: Dict[str, Dict[str, float]], metric: str) -> go.Figure:
-    """Methods (rows) x OOD scores (columns) heatmap of one metric, the value printed in each cell."""
+    """Methods (rows) x OOD scores (columns) heatmap of one metric, the value printed in each cell; bright is
+    better whatever the metric (the colour scale is reversed for FPR95, where lower is better)."""
     methods = list(values)
     scores = list(values[methods[0]])
     z = [[values[m][s] for s in scores] for m in methods]
-    fig = go.Figure(go.Heatmap(z=z, x=scores, y=methods, colorscale="Viridis", colorbar={"title": metric},
+    lower_better = metric.upper().startswith("FPR")
+    fig = go.Figure(go.Heatmap(z=z, x=scores, y=methods, colorscale="Viridis_r" if lower_better else "Viridis",
+                               colorbar={"title": metric + (" (lower is better)" if lower_better else "")},
                                text=[[f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}"))
     fig.update_layout(title=f"OOD detection: {metric} per method and score", yaxis={"autorange": "reversed"},
                       height=120 + 32 * len(methods), margin={"l": 160})
@@ -185,6 +209,7 @@ def ood_figure(id_scores: np.ndarray, ood_scores: np.ndarray, fpr: np.ndarray, t
     fig.add_hline(y=0.95, line={"dash": "dash", "color": "firebrick"}, row=1, col=2)
     fig.update_layout(barmode="overlay", title=title, height=420)
     fig.update_xaxes(title_text="score (higher = more in-distribution)", row=1, col=1)
+    fig.update_yaxes(title_text="density (each set's histogram has area 1)", row=1, col=1)
     fig.update_xaxes(title_text="false positive rate (OOD accepted)", range=[0, 1], row=1, col=2)
     fig.update_yaxes(title_text="true positive rate (ID kept)", range=[0, 1.02], row=1, col=2)
     return fig
@@ -203,14 +228,16 @@ def card_figure(card: Dict) -> go.Figure:
 
 
 def cells_figure(rows: Dict[str, Dict[str, float]], title: str, y_range: Optional[Sequence[float]] = None) -> go.Figure:
-    """Grouped bars: x = cells (accuracy per domain and class group, OOD AUROC), one colour per model, the value
-    printed on each bar. The notebooks' sliders replace one model's y values."""
+    """Grouped bars: x = cells (accuracy per domain and class group, OOD AUROC), one colour per model (zero-shot
+    grey, last step red); the last model's values printed on its bars (the one the notebooks' sliders move)."""
     fig = go.Figure()
     colours = {"zero-shot": "#7f7f7f", "last step": "#d62728"}
     others = iter(["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"])
-    for model, cells in rows.items():
-        fig.add_bar(name=model, x=list(cells), y=list(cells.values()), text=[f"{v:.1f}" for v in cells.values()],
-                    textposition="outside", marker_color=colours.get(model) or next(others))
+    for i, (model, cells) in enumerate(rows.items()):
+        last = i == len(rows) - 1
+        fig.add_bar(name=model, x=list(cells), y=list(cells.values()),
+                    text=[f"{v:.1f}" for v in cells.values()] if last else None, textposition="outside",
+                    marker_color=colours.get(model) or next(others))
     low = min(v for cells in rows.values() for v in cells.values())
     fig.update_layout(barmode="group", title=title, height=420, legend_title="model",
                       yaxis=dict(title="%", range=list(y_range) if y_range else [max(0.0, low - 10), 100]))

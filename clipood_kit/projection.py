@@ -10,16 +10,27 @@ from .scoring import encode
 
 
 def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], points: int, seed: int) -> dict:
-    """Image features of `points` evaluation images under each encoder state, projected by one UMAP fitted on
-    the first state's features (the zero-shot model) and applied to the others; class text features too."""
+    """The same `points` evaluation images (as many from every domain, seeded) under each encoder state, and the
+    class text features, projected by one UMAP fitted on all of them together: a shared frame in which a
+    model's change moves its points (a frame fitted on the zero-shot features alone maps every model's
+    features near the zero-shot neighbours it knows, hiding the movement)."""
+    import numpy as np
     import umap
     gen = torch.Generator().manual_seed(seed)
-    pick = setup.eval_idx[torch.randperm(len(setup.eval_idx), generator=gen)[:points]].sort().values
-    feats = {name: encode(setup, state, pick)["features"].numpy() for name, state in states.items()}
+    domains = setup.dataset.domain_ids[setup.eval_idx]
+    per_domain = max(1, points // max(1, len(domains.unique())))
+    pick = []
+    for d in domains.unique().tolist():
+        pool = setup.eval_idx[domains == d]
+        pick.append(pool[torch.randperm(len(pool), generator=gen)[:per_domain]])
+    pick = torch.cat(pick).sort().values
     names = list(states)
+    feats = [encode(setup, states[n], pick)["features"].numpy() for n in names]
+    text = setup.text_features.numpy()
     reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed, n_jobs=1)
-    coords = {names[0]: reducer.fit_transform(feats[names[0]])}
-    coords.update({n: reducer.transform(feats[n]) for n in names[1:]})
-    anchor = reducer.transform(setup.text_features.numpy())
-    return {"coords": coords, "anchors": {n: anchor for n in names},
+    joint = reducer.fit_transform(np.concatenate([*feats, text]))
+    n = len(pick)
+    coords = {name: joint[i * n:(i + 1) * n] for i, name in enumerate(names)}
+    anchor = joint[len(names) * n:]
+    return {"coords": coords, "anchors": {name: anchor for name in names},
             "labels": setup.dataset.labels[pick].numpy(), "domains": setup.dataset.domain_ids[pick].numpy()}

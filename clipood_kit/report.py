@@ -53,7 +53,7 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
              f"seeds. OOD: MCM scores of new-class images in the training styles against held-out base-class images "
              f"there (ID positive); FPR95 by the '{exp['fpr_rule']}' threshold rule. Run time "
              f"{results['seconds']:.0f} s.</p>")
-    accuracy_labels = [label(*c) for c in columns if c[0] != "ood"][:4]
+    accuracy_labels = [label(*c) for c in columns if c[0] != "ood"]
     sections = [("Accuracy per method", intro + figures.table_html(text_rows, labels),
                  figures.accuracy_bars(rows, accuracy_labels))]
     ood = {m: s["ood"][OOD_SHIFT] for m, s in summary.items() if OOD_SHIFT in s.get("ood", {})}

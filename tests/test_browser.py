@@ -55,6 +55,9 @@ def lab(tmp_path_factory):
     settings = folder / ".lab-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    news = folder / ".lab-settings" / "@jupyterlab" / "apputils-extension"     # no "news?" pop-up over the figures
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(folder / ".jupyter-config"), JUPYTER_RUNTIME_DIR=str(folder / ".rt"))
     server = subprocess.Popen(
@@ -96,6 +99,18 @@ def _figure_state(page, title_start: str):
                 return JSON.stringify([t, el.data.map(d => d.z || d.y)]);
         }
         return null; }""", title_start)
+
+
+def _shoot_figure(page, panel, title_start: str, path: Path) -> None:
+    """A screenshot of the figure whose title starts with `title_start` (the outcome a control reaches)."""
+    index = page.evaluate("""(start) => {
+        const plots = [...document.querySelectorAll('.js-plotly-plot')];
+        return plots.findIndex(el => { const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
+                                       return typeof t === 'string' && t.startsWith(start); }); }""", title_start)
+    plot = panel.locator(".js-plotly-plot").nth(index)
+    plot.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    plot.screenshot(path=str(path))
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
@@ -141,6 +156,7 @@ def test_notebook_in_jupyterlab(lab, name):
                 return false; }""", arg=[SLIDER_FIGURE[name], before], timeout=30_000)
             after = _figure_state(page, SLIDER_FIGURE[name])
             assert after != before
+            _shoot_figure(page, panel, SLIDER_FIGURE[name], ARTIFACTS / f"{Path(name).stem}_outcome.png")
         if name in DROPDOWN_FIGURE:
             start, option = DROPDOWN_FIGURE[name]
             before = _figure_state(page, start)
