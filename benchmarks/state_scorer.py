@@ -49,9 +49,29 @@ def main():
         for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, (t1 - t0) + (t4 - t3))):
             times[k].append(v)
     med = {k: round(statistics.median(v), 4) for k, v in times.items()}
+    # snapshots every k steps (the large-model path) against the exact average, for the paper's two settings
+    exact_traj = traj
+    snapshot_error = {}
+    for every in (5, 20):
+        sparse = Trajectory(exp.train.steps, every).start(setup.zero_shot_state, names)
+        sparse.steps, sparse.rows = [], []
+        for t in list(range(0, exp.train.steps + 1, every)) + ([exp.train.steps] if exp.train.steps % every else []):
+            k = exact_traj.steps.index(t)
+            sparse.steps.append(t)
+            sparse.rows.append(exact_traj.matrix[k])
+        sparse.template = exact_traj.template
+        for ab in (0.5, 0.1):
+            exact, approx = exact_traj.bma(ab, ab), sparse.bma(ab, ab)
+            err = max((exact[n] - approx[n]).abs().max().item() for n in names)
+            scale = max(exact[n].abs().max().item() for n in names)
+            acc = scorer(approx)["accuracy"]["unseen"]["new"] - scorer(exact)["accuracy"]["unseen"]["new"]
+            snapshot_error[f"every{every}_beta{ab:g}"] = {"max_abs_param_error": round(err, 6),
+                                                          "relative": round(err / scale, 6),
+                                                          "unseen_new_accuracy_change": round(acc, 2)}
     print(json.dumps({"benchmark": "state_scorer", "threads": torch.get_num_threads(), "images": len(scorer.labels),
                       "trajectory_states": len(traj.steps), "trajectory_mb": round(traj.nbytes / 1e6, 1),
-                      "scorer_setup_s": round(prepare_s, 3), **{f"{k}_s": v for k, v in med.items()}}))
+                      "scorer_setup_s": round(prepare_s, 3), **{f"{k}_s": v for k, v in med.items()},
+                      "snapshots_vs_exact": snapshot_error}))
 
 
 if __name__ == "__main__":

@@ -127,11 +127,9 @@ def history_figure(histories: Dict[str, List[dict]]) -> go.Figure:
 
 
 def embedding_figure(coords: Dict[str, np.ndarray], labels: np.ndarray, domains: np.ndarray,
-                     classnames: Sequence[str], domainnames: Sequence[str], anchors: Optional[Dict[str, np.ndarray]] = None,
-                     colour_by: str = "class") -> go.Figure:
+                     classnames: Sequence[str], domainnames: Sequence[str], colour_by: str = "class") -> go.Figure:
     """Side-by-side 2-D projections of the same images (one panel per model) in one shared frame, coloured by
-    class (26 distinct colours) or domain; class text embeddings as black crosses; the legend below the panels,
-    so they keep the page's width."""
+    class (26 distinct colours) or domain; the legend below the panels, so they keep the page's width."""
     names = list(coords)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_xaxes=True, shared_yaxes=True,
                         horizontal_spacing=0.02)
@@ -143,13 +141,8 @@ def embedding_figure(coords: Dict[str, np.ndarray], labels: np.ndarray, domains:
             fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers",
                               marker=dict(size=5, color=MANY_COLOURS[int(k) % len(MANY_COLOURS)], opacity=0.8),
                               name=key_names[k], legendgroup=key_names[k], showlegend=col == 1, row=1, col=col)
-        if anchors is not None and name in anchors:
-            a = anchors[name]
-            fig.add_scatter(x=a[:, 0], y=a[:, 1], mode="markers", text=list(classnames), hoverinfo="text",
-                            marker=dict(symbol="x", size=9, color="black"), name="class text", showlegend=col == 1,
-                            legendgroup="text", row=1, col=col)
-    fig.update_layout(title=f"UMAP of the same images' features under each model (one shared frame), coloured by "
-                            f"{colour_by}", height=620, legend=dict(orientation="h", y=-0.08, font=dict(size=10)),
+    fig.update_layout(title=f"UMAP of what the classifier reads (each image's cosines to the class texts): the same "
+                            f"images under each model, one shared frame, coloured by {colour_by}", height=620, legend=dict(orientation="h", y=-0.08, font=dict(size=10)),
                       margin=dict(l=20, r=20, t=70, b=20))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)

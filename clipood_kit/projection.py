@@ -10,10 +10,11 @@ from .scoring import encode
 
 
 def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], points: int, seed: int) -> dict:
-    """The same `points` evaluation images (as many from every domain, seeded) under each encoder state, and the
-    class text features, projected by one UMAP fitted on all of them together: a shared frame in which a
-    model's change moves its points (a frame fitted on the zero-shot features alone maps every model's
-    features near the zero-shot neighbours it knows, hiding the movement)."""
+    """The same `points` evaluation images (as many from every domain, seeded) under each encoder state, as the
+    classifier reads them (their cosines to the class text features), projected by one UMAP fitted on every
+    state's images together: a shared frame in which a model's change moves its points (a frame fitted on the
+    zero-shot features alone maps the others near the zero-shot neighbours it knows, hiding the movement).
+    Class text features are not drawn: read the same way they sit apart from every image (the modality gap)."""
     import numpy as np
     import umap
     gen = torch.Generator().manual_seed(seed)
@@ -25,12 +26,13 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
         pick.append(pool[torch.randperm(len(pool), generator=gen)[:per_domain]])
     pick = torch.cat(pick).sort().values
     names = list(states)
-    feats = [encode(setup, states[n], pick)["features"].numpy() for n in names]
-    text = setup.text_features.numpy()
-    reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed, n_jobs=1)
-    joint = reducer.fit_transform(np.concatenate([*feats, text]))
+    text = setup.text_features
+    # what the classifier reads: each image's cosines to the class text features (C numbers, not the D-dim
+    # feature, whose other directions (the shape's colour and size) dominate a UMAP of raw features)
+    evidence = [(encode(setup, states[n], pick)["features"] @ text.T).numpy() for n in names]
+    reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="euclidean", random_state=seed, n_jobs=1)
+    joint = reducer.fit_transform(np.concatenate(evidence))
     n = len(pick)
     coords = {name: joint[i * n:(i + 1) * n] for i, name in enumerate(names)}
-    anchor = joint[len(names) * n:]
-    return {"coords": coords, "anchors": {name: anchor for name in names},
+    return {"coords": coords,
             "labels": setup.dataset.labels[pick].numpy(), "domains": setup.dataset.domain_ids[pick].numpy()}

@@ -84,10 +84,9 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
     if umap_data is not None:
         for colour_by in ("class", "domain"):
             sections.append((f"Image features before and after fine-tuning (by {colour_by})",
-                             "<p>One UMAP fitted on the zero-shot features; the fine-tuned models' features are "
-                             "placed in the same frame. Crosses: class text features.</p>",
+                             "<p>The same images (as many per style) under each model, read as the classifier reads "
+                             "them (cosines to the class texts), in one UMAP fitted on all models together: movement "
+                             "between panels is what fine-tuning changed.</p>",
                              figures.embedding_figure(umap_data["coords"], umap_data["labels"], umap_data["domains"],
-                                                      setup.dataset.classes, setup.dataset.domains,
-                                                      umap_data["anchors"] if colour_by == "class" else None,
-                                                      colour_by)))
+                                                      setup.dataset.classes, setup.dataset.domains, colour_by)))
     return figures.report_html(results["config"]["title"], sections)
