@@ -56,20 +56,19 @@ def family_gap(features: torch.Tensor, classes: Sequence[str], families: Dict[st
 
 
 @torch.no_grad()
-def clip_card(loaded, dataset, templates: Sequence[str], is_world: bool = False,
-              batch_size: int = 256, device: str = "cpu") -> Dict:
+def clip_card(loaded, dataset, templates: Sequence[str], is_world: bool = False, batch_size: int = 256) -> Dict:
     """The card of one model on one dataset (JSON-ready); see the module docstring for each entry. `templates`:
     the zero-shot ensemble (`zeroshot.default_templates` gives the toolkit's choice)."""
     model, tokenizer = loaded.model, loaded.tokenizer
     classes, domains = list(dataset.classes), list(dataset.domains)
     templates = list(templates)
     enc = evaluation.encode_images(model.visual, TransformedSubset(dataset, range(len(dataset)), loaded.preprocess),
-                                   batch_size, device)
+                                   batch_size)
     feats, labels, doms = enc["features"], enc["labels"], enc["domains"]
-    ensemble = evaluation.text_classifier(model, tokenizer, classes, templates, device).cpu()
-    photo = evaluation.text_classifier(model, tokenizer, classes, [PHOTO_TEMPLATE], device).cpu()
+    ensemble = evaluation.text_classifier(model, tokenizer, classes, templates).cpu()
+    photo = evaluation.text_classifier(model, tokenizer, classes, [PHOTO_TEMPLATE]).cpu()
     ctx_templates = domain_templates(domains, is_world)
-    contexts = evaluation.context_classifier(model, tokenizer, classes, ctx_templates, device).cpu()
+    contexts = evaluation.context_classifier(model, tokenizer, classes, ctx_templates).cpu()
 
     class_acc = evaluation.accuracy_by_domain(evaluation.classify(feats, ensemble), labels, doms, domains)
     domain_pred = evaluation.classify(feats, contexts)
@@ -110,12 +109,12 @@ def image_image_cosine(features: torch.Tensor) -> float:
 
 
 def run_card(model: str = TINY_NAME, pretrained: Optional[str] = "default", data: str = WORLD, per_cell: int = 20,
-             seed: int = 1, templates: Optional[Sequence[str]] = None, device: str = "cpu") -> Dict:
+             seed: int = 1, templates: Optional[Sequence[str]] = None, device: str = "auto") -> Dict:
     """Load a model and a dataset and return their card (the `clipood-kit clip-card` command)."""
     loaded = load_clip(model, pretrained, device=device)
     dataset = open_dataset(data, per_cell, seed)
     templates = templates or default_templates(model, data)
-    return clip_card(loaded, dataset, templates, is_world=data == WORLD, device=device)
+    return clip_card(loaded, dataset, templates, is_world=data == WORLD)
 
 
 def format_card(card: Dict) -> str:

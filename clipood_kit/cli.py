@@ -18,7 +18,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default="default",
                    help="open_clip pretrained tag, a local checkpoint file, 'none' for random init, or "
                         "'default' (the shipped weights of the tiny model)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="'auto' (the GPU when present, else the CPU), 'cpu', 'cuda', 'cuda:1'")
 
 
 def _pretrained(value: str) -> Optional[str]:

@@ -22,8 +22,10 @@ DEFAULT_TEMPLATES = [
 
 @torch.no_grad()
 def text_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str],
-                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """C x D matrix of L2-normalised, template-ensembled class text features (no gradient)."""
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """C x D matrix of L2-normalised, template-ensembled class text features (no gradient), computed on `device`
+    (default: the model's)."""
+    device = device or next(model.parameters()).device
     if not templates:
         raise ValueError("templates is empty: give at least one prompt template such as 'a photo of a {}.'")
     bad = [t for t in templates if "{}" not in t]
@@ -39,8 +41,9 @@ def text_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[str]
 
 @torch.no_grad()
 def context_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str],
-                       device: torch.device | str = "cpu") -> torch.Tensor:
+                       device: torch.device | str | None = None) -> torch.Tensor:
     """M x D context classifier of CAR-FT: w_m = norm(mean_c norm(g(template_m(c)))), one row per template."""
+    device = device or next(model.parameters()).device
     rows = []
     for template in templates:
         feats = F.normalize(model.encode_text(tokenizer([template.format(c) for c in classnames]).to(device)).float(), dim=-1)
@@ -85,7 +88,7 @@ def local_image_features(visual: torch.nn.Module, images: torch.Tensor) -> Tuple
 
 
 @torch.no_grad()
-def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 256, device: torch.device | str = "cpu",
+def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 256, device: torch.device | str | None = None,
                   num_workers: int = 0, progress: bool = False, desc: str = "encode",
                   local_classifier: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """L2-normalised image features of an image tower (`model.visual`) with labels and domains:
@@ -94,6 +97,7 @@ def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 2
     With `local_classifier` (C x D class text features; ViT towers only), also 'local_mcm': per image the local
     part of GL-MCM, max over patches p and classes i of softmax_i(cos(local_p, t_i)) (see `ood.local_mcm`).
     """
+    device = device or next(visual.parameters()).device
     was_training = visual.training
     visual.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -139,7 +143,7 @@ def classify(features: torch.Tensor, classifier: torch.Tensor, class_ids: Option
 
 
 def zeroshot_accuracy(model, tokenizer, dataset: Dataset, classnames: Sequence[str], domain_names: Sequence[str],
-                      templates: Sequence[str], batch_size: int = 256, device="cpu", progress: bool = False,
+                      templates: Sequence[str], batch_size: int = 256, device=None, progress: bool = False,
                       class_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
     """Zero-shot accuracy per domain of `dataset` (items: image, label, domain)."""
     classifier = text_classifier(model, tokenizer, classnames, templates, device).cpu()

@@ -52,7 +52,7 @@ class ExperimentConfig:
     method: MethodConfig = field(default_factory=_default_method)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_batch_size: int = 256
-    device: str = "cpu"
+    device: str = "auto"                     # "auto": the accelerator when present, else the CPU
     fpr_rule: str = ood.DEFAULT_FPR_RULE     # FPR95 threshold rule: "at-least" (ours) or "nearest" (official MCM)
     gl_lambda: float = ood.GL_MCM_LAMBDA     # GL-MCM's weight of the local part (official ImageNet script: 0.5)
 
@@ -118,6 +118,11 @@ class Setup:
     _scratch: Optional[torch.nn.Module] = field(default=None, repr=False)
 
     @property
+    def device(self) -> torch.device:
+        """Where the model and evaluation live (the experiment's device, 'auto' resolved)."""
+        return next(self.loaded.model.parameters()).device
+
+    @property
     def logit_scale(self) -> float:
         return self.loaded.model.logit_scale.detach().exp().item()
 
@@ -179,7 +184,7 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     train_domains = dataset.domain_ids[train_idx]
     pools = [(train_domains == d).nonzero().squeeze(1) for d in source_ids]
     templates = cfg.templates or default_templates(cfg.model, cfg.data)
-    text = evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes, templates, cfg.device).cpu()
+    text = evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes, templates).cpu()
     zero_shot = {k: v.detach().clone() for k, v in loaded.model.visual.state_dict().items()}
     return Setup(cfg=cfg, loaded=loaded, dataset=dataset, train_idx=train_idx, eval_idx=eval_idx, domain_pools=pools,
                  source_ids=source_ids, target_ids=target_ids, base_ids=base_ids, new_ids=new_ids,

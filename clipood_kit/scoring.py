@@ -61,13 +61,33 @@ def encode(setup: Setup, state: Dict[str, torch.Tensor], indices: Optional[torch
            progress: bool = False) -> Dict[str, torch.Tensor]:
     """Image features of the evaluation images (or the given dataset indices) under an image-encoder state, on a
     private copy of the encoder (the setup's model is never touched). ViT towers also give 'local_mcm' (GL-MCM's
-    local part against the base classes)."""
+    local part against the base classes).
+
+    Under k processes (`accelerate launch`) each process encodes every k-th image and the shards are gathered,
+    in order, on every process: the result equals one process's (tests/test_training.py)."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
     visual = setup.encoder_with(state)
     subset = setup.eval_idx if indices is None else indices
     local = setup.text_features[setup.base_ids] if evaluation.has_local_features(visual) else None
-    return evaluation.encode_images(visual, TransformedSubset(setup.dataset, subset, setup.loaded.preprocess),
-                                    setup.cfg.eval_batch_size, setup.cfg.device, progress=progress,
-                                    local_classifier=local)
+    dist = PartialState()
+    world, rank = dist.num_processes, dist.process_index
+    shard = subset[rank::world] if world > 1 else subset
+    out = evaluation.encode_images(visual, TransformedSubset(setup.dataset, shard, setup.loaded.preprocess),
+                                   setup.cfg.eval_batch_size, setup.device, progress=progress and rank == 0,
+                                   local_classifier=local) if len(shard) else None
+    if world == 1:
+        return out
+    parts = gather_object([out])                      # one entry per process, in rank order
+    merged = {}
+    for key in next(p for p in parts if p is not None):
+        rows = [p[key] for p in parts if p is not None]
+        full = torch.empty((len(subset), *rows[0].shape[1:]), dtype=rows[0].dtype)
+        for r, p in enumerate(parts):
+            if p is not None:
+                full[r::world] = p[key]
+        merged[key] = full
+    return merged
 
 
 def _cells(setup: Setup, features, labels, in_group: torch.Tensor) -> Dict[str, float]:
@@ -185,7 +205,7 @@ class StateScorer:
 
     def features(self, state: Dict[str, torch.Tensor]) -> torch.Tensor:
         visual = self.setup.encoder_with(state).eval()
-        dtype, device = next(visual.parameters()).dtype, self.setup.cfg.device
+        dtype, device = next(visual.parameters()).dtype, self.setup.device
         with torch.inference_mode():
             out = [torch.nn.functional.normalize(visual(batch.to(device, dtype)).float(), dim=-1).cpu()
                    for batch in self.images.split(self.batch_size)]

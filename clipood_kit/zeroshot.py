@@ -20,7 +20,7 @@ class ZeroShotConfig:
     seed: int = 1                         # world only: seed of the evaluation images
     templates: Optional[List[str]] = None  # None: the world's templates for the tiny model or world data
     batch_size: int = 256
-    device: str = "cpu"
+    device: str = "auto"
 
 
 def default_templates(model: str, data: str) -> List[str]:
@@ -38,7 +38,7 @@ def run_zeroshot(cfg: ZeroShotConfig, progress: bool = True) -> Dict:
     templates = cfg.templates or default_templates(cfg.model, cfg.data)
     accuracy = evaluation.zeroshot_accuracy(
         loaded.model, loaded.tokenizer, TransformedSubset(dataset, range(len(dataset)), loaded.preprocess),
-        dataset.classes, dataset.domains, templates, cfg.batch_size, cfg.device, progress=progress)
+        dataset.classes, dataset.domains, templates, cfg.batch_size, progress=progress)
     return {
         "protocol": "zeroshot",
         "model_id": loaded.model_id,
@@ -56,14 +56,14 @@ def format_table(accuracy: Dict[str, float], title: str = "accuracy (%)") -> str
     return "\n".join(lines)
 
 
-def template_effect(loaded, dataset, template_sets: Dict[str, List[str]], batch_size: int = 256,
-                    device: str = "cpu") -> Dict[str, Dict[str, float]]:
+def template_effect(loaded, dataset, template_sets: Dict[str, List[str]],
+                    batch_size: int = 256) -> Dict[str, Dict[str, float]]:
     """Zero-shot accuracy per domain for several prompt-template sets; the images are encoded once."""
     enc = evaluation.encode_images(loaded.model.visual, TransformedSubset(dataset, range(len(dataset)), loaded.preprocess),
-                                   batch_size, device)
+                                   batch_size)
     out = {}
     for name, templates in template_sets.items():
-        clf = evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes, templates, device).cpu()
+        clf = evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes, templates).cpu()
         out[name] = evaluation.accuracy_by_domain(evaluation.classify(enc["features"], clf), enc["labels"],
                                                   enc["domains"], dataset.domains)
     return out

@@ -1,6 +1,8 @@
 """Run a tiny CLIPood fine-tune on N CPU processes (gloo) through Accelerate's debug_launcher.
 
     python tests/dist_worker.py N OUT_FILE [METHOD]
+    python tests/dist_worker.py N OUT_FILE evaluate
+
 
 The main process saves the evaluated encoder states to OUT_FILE (safetensors). With METHOD ogen every process
 also saves its feature generator to OUT_FILE.rank<r> (the generator is the method's own module, outside DDP).
@@ -49,7 +51,29 @@ def train(out_file, method_name):
         save_weights(out_file, flat, metadata={"processes": str(accelerator.num_processes)})
 
 
+
+
+def evaluate(out_file):
+    """The zero-shot model's features and scores on the evaluation images, under this launch's processes."""
+    torch.set_num_threads(1)
+    from accelerate import PartialState
+    from clipood_kit.experiment import ExperimentConfig, prepare
+    from clipood_kit.io import save_weights
+    from clipood_kit.scoring import encode, evaluate_state
+    import json
+    setup = prepare(ExperimentConfig(per_cell=3, eval_batch_size=7))
+    enc = encode(setup, setup.zero_shot_state)
+    scores = evaluate_state(setup, setup.zero_shot_state)
+    if PartialState().is_main_process:
+        save_weights(out_file, {k: v for k, v in enc.items()})
+        with open(f"{out_file}.json", "w") as f:
+            json.dump(scores, f)
+
+
 if __name__ == "__main__":
     from accelerate import debug_launcher
-    debug_launcher(train, args=(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "clipood"),
-                   num_processes=int(sys.argv[1]))
+    if len(sys.argv) > 3 and sys.argv[3] == "evaluate":
+        debug_launcher(evaluate, args=(sys.argv[2],), num_processes=int(sys.argv[1]))
+    else:
+        debug_launcher(train, args=(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "clipood"),
+                       num_processes=int(sys.argv[1]))

@@ -119,6 +119,8 @@ CASES = {
     "card-random-weights": (["clip-card", "--per-cell", "1", "--pretrained", "{random_bytes}"], "cannot load"),
     "export-onto-a-file": (["export-world", "{plain_file}", "--per-cell", "1"], "exists and is not empty|is a file"),
 }
+if not torch.cuda.is_available():       # where a GPU is present, --device cuda is a valid choice
+    CASES["device-cuda-without-gpu"] = (["finetune", "--device", "cuda"], "no CUDA device is available")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

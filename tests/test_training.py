@@ -153,3 +153,19 @@ def test_every_registered_method_trains_three_steps_and_is_scored(small, name):
     assert all(0 <= v <= 100 for row in cells.values() for v in row.values())
     assert {"new", "base"} <= set(r["headline"]["unseen"]) and {"new", "base"} <= set(r["headline"]["train"])
     assert r["method_config"] == METHODS[name].to_dict()    # results record the parts the method used, only those
+
+
+def test_evaluation_sharded_over_two_processes_equals_one_process(tmp_path):
+    """Each process encodes every 2nd image (a batch size of 7 leaves ragged shards); the gathered features,
+    in order, and the scores equal one process's."""
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"eval{n}.safetensors"
+        proc = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), str(n), str(out), "evaluate"],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[n] = (load_file(out), json.loads(Path(f"{out}.json").read_text()))
+    (one, s1), (two, s2) = outs[1], outs[2]
+    assert torch.equal(one["labels"], two["labels"]) and torch.equal(one["domains"], two["domains"])
+    assert torch.allclose(one["features"], two["features"], atol=1e-6)
+    assert s1["accuracy"] == s2["accuracy"]

@@ -47,7 +47,7 @@ class ContextKL(Regulariser):
         from ..evaluation import context_classifier
         names = [setup.dataset.classes[i] for i in setup.train_class_ids]
         self.context_features = context_classifier(setup.loaded.model, setup.loaded.tokenizer, names,
-                                                   setup.templates, setup.cfg.device).cpu()
+                                                   setup.templates).cpu()
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)

@@ -125,9 +125,21 @@ def tiny_tokenizer() -> WordTokenizer:
     return WordTokenizer.from_file(CONFIG_DIR / f"{TINY_NAME}.vocab.json", config["text_cfg"]["context_length"])
 
 
-def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", device: Union[str, torch.device] = "cpu",
+def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
+    """'auto': the accelerator when there is one (CUDA), else the CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but no CUDA device is available; use --device auto or cpu")
+    return device
+
+
+def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", device: Union[str, torch.device] = "auto",
               cache_dir: Optional[str] = None) -> LoadedCLIP:
-    """Build an open_clip model with its weights, tokenizer and eval preprocessing."""
+    """Build an open_clip model with its weights, tokenizer and eval preprocessing, on `device` ('auto': the
+    accelerator when present)."""
+    device = resolve_device(device)
     available = open_clip.list_models()
     if name not in available:
         raise ValueError(f"unknown architecture {name!r}; choose one of open_clip.list_models() "
