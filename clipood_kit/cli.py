@@ -165,13 +165,19 @@ def cmd_methods(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def _bench_overrides(cfg, args):
+    """--data, --per-cell, --cache-dir and --steps of demo and compare, applied to the bench's experiment."""
     from dataclasses import replace
+    top = {k: v for k, v in (("data", args.data), ("per_cell", args.per_cell), ("cache_dir", args.cache_dir))
+           if v is not None}
+    train = {"steps": args.steps} if args.steps is not None else {}
+    cfg.experiment = replace(cfg.experiment, **top, train=replace(cfg.experiment.train, **train))
+    return cfg
+
+
+def cmd_demo(args) -> int:
     from .presets import demo_bench
-    cfg = demo_bench(args.seeds)
-    if args.steps is not None:
-        cfg.experiment = replace(cfg.experiment, train=replace(cfg.experiment.train, steps=args.steps))
-    return _run_and_print(cfg, args.out)
+    return _run_and_print(_bench_overrides(demo_bench(args.seeds), args), args.out)
 
 
 def _run_and_print(cfg, out) -> int:
@@ -185,7 +191,8 @@ def _run_and_print(cfg, out) -> int:
 
 def cmd_compare(args) -> int:
     from .presets import compare_bench
-    return _run_and_print(compare_bench(args.seeds, fast=args.fast, ablation=args.ablation), args.out)
+    return _run_and_print(_bench_overrides(compare_bench(args.seeds, fast=args.fast, ablation=args.ablation), args),
+                          args.out)
 
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
@@ -213,6 +220,14 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
+
+
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="'world' (default) or the root of a DomainBed-style folder tree")
+    p.add_argument("--per-cell", type=int, default=None, help="world: images per (style, class)")
+    p.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps (fast runs)")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache folder (default ~/.cache/clipood-kit/features; 'off' to disable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: zero-shot, CE, ablations and CLIPood on the world + report")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps (fast runs)")
+    _add_bench_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("compare", help="every method x (domains, classes, OOD with MCM), mean and std over seeds")
@@ -281,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="tiny data and 8 steps (tests)")
     p.add_argument("--ablation", default=None, metavar="METHOD",
                    help="instead of all methods: CE, METHOD and its ablated variants (ogen)")
+    _add_bench_args(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export-world", help="write the world as a DomainBed-style image folder")

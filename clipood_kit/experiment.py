@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 import torch
 
 from . import evaluation, ood
+from .cache import FeatureCache
 from .data import WORLD, open_dataset, splits
 from .methods import MethodConfig, compose, method_from_dict
 from .models.loader import TINY_NAME, load_clip
@@ -53,6 +54,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_batch_size: int = 256
     device: str = "auto"                     # "auto": the accelerator when present, else the CPU
+    cache_dir: Optional[str] = None          # feature cache (None: ~/.cache/clipood-kit/features; "off": none)
     fpr_rule: str = ood.DEFAULT_FPR_RULE     # FPR95 threshold rule: "at-least" (ours) or "nearest" (official MCM)
     gl_lambda: float = ood.GL_MCM_LAMBDA     # GL-MCM's weight of the local part (official ImageNet script: 0.5)
 
@@ -115,6 +117,8 @@ class Setup:
     text_features: torch.Tensor              # all classes, C x D
     templates: List[str]
     zero_shot_state: Dict[str, torch.Tensor]
+    inputs: dict = field(default_factory=dict)   # inputs_identity(cfg): the weights and data behind the config
+    cache: Optional[object] = field(default=None, repr=False)   # cache.FeatureCache
     _scratch: Optional[torch.nn.Module] = field(default=None, repr=False)
 
     @property
@@ -184,11 +188,17 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     train_domains = dataset.domain_ids[train_idx]
     pools = [(train_domains == d).nonzero().squeeze(1) for d in source_ids]
     templates = cfg.templates or default_templates(cfg.model, cfg.data)
-    text = evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes, templates).cpu()
+    cache = FeatureCache(cfg.cache_dir)
+    inputs = inputs_identity(cfg)
+    text = cache.get("text", {"model": loaded.model_id, "weights": inputs["model"], "classes": dataset.classes,
+                              "templates": templates},
+                     lambda: {"text": evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes,
+                                                                 templates).cpu()})["text"]
     zero_shot = {k: v.detach().clone() for k, v in loaded.model.visual.state_dict().items()}
     return Setup(cfg=cfg, loaded=loaded, dataset=dataset, train_idx=train_idx, eval_idx=eval_idx, domain_pools=pools,
                  source_ids=source_ids, target_ids=target_ids, base_ids=base_ids, new_ids=new_ids,
-                 train_class_ids=base_ids, text_features=text, templates=templates, zero_shot_state=zero_shot)
+                 train_class_ids=base_ids, text_features=text, templates=templates, zero_shot_state=zero_shot,
+                 inputs=inputs, cache=cache)
 
 
 __all__ = ["ExperimentConfig", "Setup", "prepare", "PROTOCOLS"]

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from . import evaluation, ood
+from .cache import tensor_digest
 from .data import TransformedSubset
 from .experiment import Setup
 
@@ -64,11 +65,21 @@ def encode(setup: Setup, state: Dict[str, torch.Tensor], indices: Optional[torch
     local part against the base classes).
 
     Under k processes (`accelerate launch`) each process encodes every k-th image and the shards are gathered,
-    in order, on every process: the result equals one process's (tests/test_training.py)."""
+    in order, on every process: the result equals one process's (tests/test_training.py). The zero-shot
+    state's features come from the setup's feature cache (`cache.FeatureCache`) when they were computed before."""
+    subset = setup.eval_idx if indices is None else indices
+    if state is setup.zero_shot_state and setup.cache is not None:
+        key = {"model": setup.loaded.model_id, "weights": setup.inputs.get("model"), "data": setup.dataset.describe(),
+               "data_files": setup.inputs.get("data"), "indices": tensor_digest(subset), "n": len(subset),
+               "transform": repr(setup.loaded.preprocess)}
+        return setup.cache.get("zero-shot-images", key, lambda: _encode(setup, state, subset, progress))
+    return _encode(setup, state, subset, progress)
+
+
+def _encode(setup: Setup, state: Dict[str, torch.Tensor], subset: torch.Tensor, progress: bool) -> Dict[str, torch.Tensor]:
     from accelerate import PartialState
     from accelerate.utils import gather_object
     visual = setup.encoder_with(state)
-    subset = setup.eval_idx if indices is None else indices
     local = setup.text_features[setup.base_ids] if evaluation.has_local_features(visual) else None
     dist = PartialState()
     world, rank = dist.num_processes, dist.process_index
