@@ -36,7 +36,7 @@ def _clipood(margin_lambda: float, b: float) -> MethodConfig:
 def _official(protocol: str, lr: float, epochs: int, margin_lambda: float, b: float, batch_per_domain: int = 0,
               batch: int = 36, shots: Optional[int] = None) -> ExperimentConfig:
     train = TrainConfig(steps=epochs * ITERS_PER_EPOCH, batch_size=batch, batch_per_domain=batch_per_domain or None,
-                        lr=lr, weight_decay=0.1, precision="bf16", num_workers=8, checkpoint_every=500)
+                        lr=lr, weight_decay=0.1, precision="bf16", checkpoint_every=500)
     return ExperimentConfig(model="ViT-B-16", pretrained="openai", device="auto", protocol=protocol, shots=shots,
                             holdout_fraction=0.2, templates=list(PHOTO), method=_clipood(margin_lambda, b), train=train)
 

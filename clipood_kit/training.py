@@ -50,7 +50,7 @@ class TrainConfig:
     precision: str = "no"              # "no", "bf16" or "fp16" (autocast; fp32 master weights)
     seed: int = 0
     checkpoint_every: int = 0          # steps between checkpoints; 0: only when stopped early
-    num_workers: int = 0
+    num_workers: Optional[int] = None   # loader worker processes; None: min(8, cores) on CUDA, 0 on a CPU (loader_options)
 
     def validate(self, num_processes: int = 1) -> None:
         if self.batch_per_domain is not None and self.batch_per_domain < 1:
@@ -221,6 +221,18 @@ def _save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, method:
     return final
 
 
+def loader_options(num_workers: Optional[int], device: torch.device) -> dict:
+    """DataLoader settings that feed the device: on CUDA min(8, cores) workers by default, pinned memory and
+    persistent workers; on a CPU no workers by default, since they would take the cores the training step uses
+    (benchmarks/loader_throughput.py). Every image keeps its own augmentation seed, so the batches are the same
+    with any number of workers, processes or resumptions."""
+    cuda = torch.device(device).type == "cuda"
+    workers = num_workers if num_workers is not None else (min(8, os.cpu_count() or 1) if cuda else 0)
+    if workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {workers}")
+    return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": cuda and workers > 0}
+
+
 @dataclass
 class TrainTask:
     """What one fine-tuning run needs: the model, the data, the method and the training config.
@@ -299,7 +311,7 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
     view = AugmentedView(task.train_set, task.transform)
     loader = DataLoader(view, batch_sampler=StepBatches(cfg, task.domain_pools, start, accelerator.process_index,
                                                           accelerator.num_processes),
-                        num_workers=cfg.num_workers)
+                        **loader_options(cfg.num_workers, device))
     bar = tqdm(total=cfg.steps, initial=start, desc=f"fine-tune {method.name}",
                disable=not (progress and accelerator.is_local_main_process))
     step = start

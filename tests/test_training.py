@@ -1,7 +1,9 @@
 import json
+import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,17 @@ def test_evaluation_sharded_over_two_processes_equals_one_process(tmp_path):
     assert torch.equal(one["labels"], two["labels"]) and torch.equal(one["domains"], two["domains"])
     assert torch.allclose(one["features"], two["features"], atol=1e-6)
     assert s1["accuracy"] == s2["accuracy"]
+
+
+def test_loader_workers_do_not_change_the_batches(small):
+    """With 2 loader workers the run equals the run without: each image's augmentation has its own seed."""
+    exp, setup = small
+    base = TrainConfig(steps=3, batch_size=8, lr=1e-4, seed=6)
+    r0 = run_method(setup, compose("ce"), replace(base, num_workers=0), progress=False)
+    r2 = run_method(setup, compose("ce"), replace(base, num_workers=2), progress=False)
+    for k, v in r0["states"]["last"].items():
+        assert torch.equal(v, r2["states"]["last"][k]), k
+    from clipood_kit.training import loader_options
+    assert loader_options(None, torch.device("cuda")) == {"num_workers": min(8, os.cpu_count()), "pin_memory": True,
+                                                         "persistent_workers": True}
+    assert loader_options(None, torch.device("cpu"))["num_workers"] == 0
