@@ -3,7 +3,6 @@ objects the notebooks build."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional

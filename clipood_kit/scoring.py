@@ -13,7 +13,7 @@ H is the harmonic mean of base and new. `label(...)` makes the display strings.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 

@@ -64,11 +64,9 @@ def bma_over_training(traj: Trajectory, scorer: StateScorer, alpha: float, beta:
     for step in sorted(set(range(0, traj.total_steps + 1, every)) | {traj.total_steps}):
         if step not in traj.steps:
             continue
-        k = traj.steps.index(step)
         upto = traj.row_weights([x if t <= step else 0.0 for t, x in enumerate(w)])
         last = traj.row_weights([1.0 if t == step else 0.0 for t in range(traj.total_steps + 1)])
-        rows.append({"step": step, "last": scorer(traj.weighted(last)), "average": scorer(traj.weighted(upto)),
-                     "row": k})
+        rows.append({"step": step, "last": scorer(traj.weighted(last)), "average": scorer(traj.weighted(upto))})
     return rows
 
 
