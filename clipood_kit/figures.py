@@ -127,12 +127,17 @@ def history_figure(histories: Dict[str, List[dict]]) -> go.Figure:
 
 
 def embedding_figure(coords: Dict[str, np.ndarray], labels: np.ndarray, domains: np.ndarray,
-                     classnames: Sequence[str], domainnames: Sequence[str], colour_by: str = "class") -> go.Figure:
-    """Side-by-side 2-D projections of the same images (one panel per model) in one shared frame, coloured by
-    class (26 distinct colours) or domain; the legend below the panels, so they keep the page's width."""
+                     classnames: Sequence[str], domainnames: Sequence[str], colour_by: str = "class",
+                     moved: Optional[Dict[str, Dict[str, float]]] = None) -> go.Figure:
+    """2-D projections of the same images, one full-width panel per model (stacked) in one shared frame,
+    coloured by class (26 distinct colours) or domain. `moved` ({model: {group: mean distance}}) puts each
+    model's mean displacement from the first model's positions in its panel title."""
     names = list(coords)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_xaxes=True, shared_yaxes=True,
-                        horizontal_spacing=0.02)
+    titles = [n if not moved or n not in moved else
+              f"{n}: points moved {', '.join(f'{g} {d:.2f}' for g, d in moved[n].items())} (mean distance from "
+              f"{names[0]})" for n in names]
+    fig = make_subplots(rows=len(names), cols=1, subplot_titles=titles, shared_xaxes=True, shared_yaxes=True,
+                        vertical_spacing=0.05)
     keys, key_names = (labels, classnames) if colour_by == "class" else (domains, domainnames)
     for col, name in enumerate(names, start=1):
         xy = coords[name]
@@ -140,9 +145,10 @@ def embedding_figure(coords: Dict[str, np.ndarray], labels: np.ndarray, domains:
             m = keys == k
             fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers",
                               marker=dict(size=5, color=MANY_COLOURS[int(k) % len(MANY_COLOURS)], opacity=0.8),
-                              name=key_names[k], legendgroup=key_names[k], showlegend=col == 1, row=1, col=col)
+                              name=key_names[k], legendgroup=key_names[k], showlegend=col == 1, row=col, col=1)
     fig.update_layout(title=f"UMAP of what the classifier reads (each image's cosines to the class texts): the same "
-                            f"images under each model, one shared frame, coloured by {colour_by}", height=620, legend=dict(orientation="h", y=-0.08, font=dict(size=10)),
+                            f"images under each model, one shared frame, coloured by {colour_by}",
+                      height=420 * len(names) + 120, legend=dict(orientation="h", y=-0.04, font=dict(size=10)),
                       margin=dict(l=20, r=20, t=70, b=20))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)

@@ -34,5 +34,10 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
     joint = reducer.fit_transform(np.concatenate(evidence))
     n = len(pick)
     coords = {name: joint[i * n:(i + 1) * n] for i, name in enumerate(names)}
-    return {"coords": coords,
+    labels, domains = setup.dataset.labels[pick].numpy(), setup.dataset.domain_ids[pick].numpy()
+    unseen = np.isin(domains, setup.target_ids)
+    moved = {name: {"unseen styles": float(np.linalg.norm(coords[name] - coords[names[0]], axis=1)[unseen].mean()),
+                    "training styles": float(np.linalg.norm(coords[name] - coords[names[0]], axis=1)[~unseen].mean())}
+             for name in names[1:] if unseen.any() and (~unseen).any()}
+    return {"coords": coords, "moved": moved,
             "labels": setup.dataset.labels[pick].numpy(), "domains": setup.dataset.domain_ids[pick].numpy()}

@@ -88,5 +88,6 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
                              "them (cosines to the class texts), in one UMAP fitted on all models together: movement "
                              "between panels is what fine-tuning changed.</p>",
                              figures.embedding_figure(umap_data["coords"], umap_data["labels"], umap_data["domains"],
-                                                      setup.dataset.classes, setup.dataset.domains, colour_by)))
+                                                      setup.dataset.classes, setup.dataset.domains, colour_by,
+                                                      umap_data.get("moved"))))
     return figures.report_html(results["config"]["title"], sections)

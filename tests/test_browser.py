@@ -145,8 +145,8 @@ def test_notebook_in_jupyterlab(lab, name):
             handle = panel.locator(".widget-slider .noUi-handle").first
             handle.scroll_into_view_if_needed()
             handle.focus()
-            for _ in range(3):
-                page.keyboard.press("ArrowRight")
+            pressed = time.perf_counter()
+            page.keyboard.press("ArrowRight")           # one move; its latency: key press to the new figure
             page.wait_for_function("""([start, before]) => {
                 for (const el of document.querySelectorAll('.js-plotly-plot')) {
                     const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
@@ -154,8 +154,14 @@ def test_notebook_in_jupyterlab(lab, name):
                         return JSON.stringify([t, el.data.map(d => d.z || d.y)]) !== before;
                 }
                 return false; }""", arg=[SLIDER_FIGURE[name], before], timeout=30_000)
+            latency = time.perf_counter() - pressed
             after = _figure_state(page, SLIDER_FIGURE[name])
             assert after != before
+            record = ARTIFACTS / "slider_latency.json"
+            latencies = json.loads(record.read_text()) if record.exists() else {}
+            latencies[name] = round(latency, 3)
+            record.write_text(json.dumps(latencies, indent=1))
+            assert latency < 10, f"{name}: a slider move took {latency:.1f} s to reach its figure"
             _shoot_figure(page, panel, SLIDER_FIGURE[name], ARTIFACTS / f"{Path(name).stem}_outcome.png")
         if name in DROPDOWN_FIGURE:
             start, option = DROPDOWN_FIGURE[name]
