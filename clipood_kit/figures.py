@@ -131,11 +131,11 @@ def embedding_figure(coords: Dict[str, np.ndarray], labels: np.ndarray, domains:
                      moved: Optional[Dict[str, Dict[str, float]]] = None) -> go.Figure:
     """2-D projections of the same images, one full-width panel per model (stacked) in one shared frame,
     coloured by class (26 distinct colours) or domain. `moved` ({model: {group: mean distance}}) puts each
-    model's mean displacement from the first model's positions in its panel title."""
+    model's mean displacement of the features from the first model's in its panel title."""
     names = list(coords)
     titles = [n if not moved or n not in moved else
-              f"{n}: points moved {', '.join(f'{g} {d:.2f}' for g, d in moved[n].items())} (mean distance from "
-              f"{names[0]})" for n in names]
+              f"{n}: features moved {', '.join(f'{g} {d:.3f}' for g, d in moved[n].items())} "
+              f"(mean 1 - cos to {names[0]}'s)" for n in names]
     fig = make_subplots(rows=len(names), cols=1, subplot_titles=titles, shared_xaxes=True, shared_yaxes=True,
                         vertical_spacing=0.05)
     keys, key_names = (labels, classnames) if colour_by == "class" else (domains, domainnames)
@@ -146,8 +146,8 @@ def embedding_figure(coords: Dict[str, np.ndarray], labels: np.ndarray, domains:
             fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers",
                               marker=dict(size=5, color=MANY_COLOURS[int(k) % len(MANY_COLOURS)], opacity=0.8),
                               name=key_names[k], legendgroup=key_names[k], showlegend=col == 1, row=col, col=1)
-    fig.update_layout(title=f"UMAP of what the classifier reads (each image's cosines to the class texts): the same "
-                            f"images under each model, one shared frame, coloured by {colour_by}",
+    fig.update_layout(title=f"UMAP of what the classifier reads (cosines to the class texts), one frame; colour: "
+                            f"{colour_by}",
                       height=420 * len(names) + 120, legend=dict(orientation="h", y=-0.04, font=dict(size=10)),
                       margin=dict(l=20, r=20, t=70, b=20))
     fig.update_xaxes(showticklabels=False)
@@ -197,7 +197,7 @@ def score_heatmap(values: Dict[str, Dict[str, float]], metric: str) -> go.Figure
 def ood_figure(id_scores: np.ndarray, ood_scores: np.ndarray, fpr: np.ndarray, tpr: np.ndarray, title: str,
                ood_name: str = "OOD") -> go.Figure:
     """Left: histograms of one score for ID and OOD images; right: the ROC curve (ID positive)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("score histogram", "ROC curve"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("score histogram", "ROC curve"), horizontal_spacing=0.16)
     fig.add_histogram(x=np.asarray(id_scores), name="ID", opacity=0.6, histnorm="probability density",
                       nbinsx=40, row=1, col=1)
     fig.add_histogram(x=np.asarray(ood_scores), name=ood_name, opacity=0.6, histnorm="probability density",

@@ -29,15 +29,20 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
     text = setup.text_features
     # what the classifier reads: each image's cosines to the class text features (C numbers, not the D-dim
     # feature, whose other directions (the shape's colour and size) dominate a UMAP of raw features)
-    evidence = [(encode(setup, states[n], pick)["features"] @ text.T).numpy() for n in names]
+    features = [encode(setup, states[n], pick)["features"] for n in names]
+    evidence = [(f @ text.T).numpy() for f in features]
     reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="euclidean", random_state=seed, n_jobs=1)
     joint = reducer.fit_transform(np.concatenate(evidence))
     n = len(pick)
     coords = {name: joint[i * n:(i + 1) * n] for i, name in enumerate(names)}
     labels, domains = setup.dataset.labels[pick].numpy(), setup.dataset.domain_ids[pick].numpy()
     unseen = np.isin(domains, setup.target_ids)
-    moved = {name: {"unseen styles": float(np.linalg.norm(coords[name] - coords[names[0]], axis=1)[unseen].mean()),
-                    "training styles": float(np.linalg.norm(coords[name] - coords[names[0]], axis=1)[~unseen].mean())}
-             for name in names[1:] if unseen.any() and (~unseen).any()}
+    # how far each model moved the images' features from the first model's (in the features, not in UMAP's
+    # layout, whose distances are not to be read): mean 1 - cos(f_model, f_first), per group of styles
+    moved = {}
+    if unseen.any() and (~unseen).any():
+        for i, name in enumerate(names[1:], start=1):
+            dist = (1 - (features[i] * features[0]).sum(1)).numpy()
+            moved[name] = {"unseen styles": float(dist[unseen].mean()), "training styles": float(dist[~unseen].mean())}
     return {"coords": coords, "moved": moved,
             "labels": setup.dataset.labels[pick].numpy(), "domains": setup.dataset.domain_ids[pick].numpy()}
