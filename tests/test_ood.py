@@ -54,9 +54,9 @@ def test_scores_follow_their_formulas():
 
 def test_protocol_scores_ood_detection_for_every_shift():
     from clipood_kit.experiment import ExperimentConfig, prepare
-    from clipood_kit.scoring import zero_shot_scores as zero_shot_cells
+    from clipood_kit.scoring import zero_shot_scores
     setup = prepare(ExperimentConfig(per_cell=4))
-    cells = zero_shot_cells(setup)
+    cells = zero_shot_scores(setup)
     assert set(cells["ood"]) == {"semantic", "covariate", "both"}
     for shift in cells["ood"].values():
         assert set(shift) == {"MCM", "MSP", "max-logit", "energy", "entropy"}
@@ -81,7 +81,7 @@ def test_gl_mcm_adds_the_best_local_softmax_to_mcm():
 def test_local_features_of_a_vit_tower_and_gl_mcm_in_the_protocol(world_tree):
     from clipood_kit import evaluation
     from clipood_kit.experiment import ExperimentConfig, prepare
-    from clipood_kit.scoring import zero_shot_scores as zero_shot_cells
+    from clipood_kit.scoring import zero_shot_scores
     setup = prepare(ExperimentConfig(model="ViT-S-32", pretrained=None, data=str(world_tree), eval_batch_size=64))
     visual = setup.loaded.model.visual.eval()
     images = torch.stack([setup.loaded.preprocess(setup.dataset[i][0]) for i in range(3)])
@@ -89,7 +89,7 @@ def test_local_features_of_a_vit_tower_and_gl_mcm_in_the_protocol(world_tree):
         pooled, local = evaluation.local_image_features(visual, images)
         assert torch.allclose(pooled, visual(images), atol=1e-5)      # the hand-run trunk is the tower's own
         assert local.shape == (3, (224 // 32) ** 2, pooled.shape[1])
-    cells = zero_shot_cells(setup)
+    cells = zero_shot_scores(setup)
     assert set(cells["ood"]["semantic"]) == {"MCM", "MSP", "max-logit", "energy", "entropy", "GL-MCM"}
     assert 0 <= cells["ood"]["semantic"]["GL-MCM"]["AUROC"] <= 100
 
