@@ -323,12 +323,15 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
         with accelerator.autocast():
             features = model(images)
         loss, metrics = method.loss(Batch(step, features.to(text_features.dtype), labels, images))
-        if not torch.isfinite(loss.detach()):
+        # the mean over processes: one NaN anywhere makes it NaN, so every process stops at the same step (a
+        # check on the local loss alone would stop one process and leave the others waiting in backward)
+        mean_loss = accelerator.reduce(loss.detach(), "mean")
+        if not torch.isfinite(mean_loss):
             bar.close()
             raise NonFiniteLossError(
-                f"step {step + 1}: the loss is {loss.item()} (not finite), so training stopped and no results were "
-                f"written; likely cause: a learning rate too large for this model (lr={cfg.lr:g}, a previous step "
-                f"diverged) or a method hyperparameter out of range; lower --lr and run again")
+                f"step {step + 1}: the loss is {mean_loss.item()} (not finite), so training stopped and no results "
+                f"were written; likely cause: a learning rate too large for this model (lr={cfg.lr:g}, a previous "
+                f"step diverged) or a method hyperparameter out of range; lower --lr and run again")
         accelerator.backward(loss)
         if extra and accelerator.num_processes > 1:   # the method's own modules are not wrapped for DDP
             for p in extra:
@@ -337,7 +340,7 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        row = {"step": step, "loss": accelerator.reduce(loss.detach(), "mean").item(), "lr": lr}
+        row = {"step": step, "loss": mean_loss.item(), "lr": lr}
         row.update(_floats(metrics))
         row.update(_floats(method.after_step(unwrapped)))
         history.append(row)

@@ -2,6 +2,7 @@
 
     python tests/dist_worker.py N OUT_FILE [METHOD]
     python tests/dist_worker.py N OUT_FILE evaluate
+    python tests/dist_worker.py N OUT_FILE diverge
 
 
 The main process saves the evaluated encoder states to OUT_FILE (safetensors). With METHOD ogen every process
@@ -70,9 +71,42 @@ def evaluate(out_file):
             json.dump(scores, f)
 
 
+def diverge(out_file):
+    """Process 1 alone gets a NaN loss at step 2: every process must stop with NonFiniteLossError (none hangs)."""
+    torch.set_num_threads(1)
+    from accelerate import Accelerator
+    from clipood_kit.experiment import prepare
+    from clipood_kit.methods import Method
+    from clipood_kit.runs import build_task
+    from clipood_kit.training import NonFiniteLossError, fine_tune
+    exp = experiment("ce")
+    setup = prepare(exp)
+    accelerator = Accelerator(cpu=True)
+    method = Method(exp.method)
+    method.prepare(setup)
+    original = method.loss
+
+    def loss(batch):
+        value, metrics = original(batch)
+        if batch.step == 1 and accelerator.process_index == 1:
+            value = value * float("nan")
+        return value, metrics
+
+    method.loss = loss
+    try:
+        fine_tune(build_task(setup, method, exp.train), progress=False, accelerator=accelerator)
+        outcome = "finished"
+    except NonFiniteLossError as e:
+        outcome = str(e).split(":")[0]
+    with open(f"{out_file}.rank{accelerator.process_index}", "w") as f:
+        f.write(outcome)
+
+
 if __name__ == "__main__":
     from accelerate import debug_launcher
-    if len(sys.argv) > 3 and sys.argv[3] == "evaluate":
+    if len(sys.argv) > 3 and sys.argv[3] == "diverge":
+        debug_launcher(diverge, args=(sys.argv[2],), num_processes=int(sys.argv[1]))
+    elif len(sys.argv) > 3 and sys.argv[3] == "evaluate":
         debug_launcher(evaluate, args=(sys.argv[2],), num_processes=int(sys.argv[1]))
     else:
         debug_launcher(train, args=(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "clipood"),

@@ -185,3 +185,11 @@ def test_loader_workers_do_not_change_the_batches(small):
     assert loader_options(None, torch.device("cuda")) == {"num_workers": min(8, os.cpu_count()), "pin_memory": True,
                                                          "persistent_workers": True}
     assert loader_options(None, torch.device("cpu"))["num_workers"] == 0
+
+
+def test_a_nan_on_one_process_stops_every_process_at_the_same_step(tmp_path):
+    out = tmp_path / "nan"
+    proc = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), "2", str(out), "diverge"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [Path(f"{out}.rank{r}").read_text() for r in (0, 1)] == ["step 2", "step 2"]
