@@ -4,5 +4,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-for script in ("world_render.py", "step_overhead.py", "trainer_overhead.py", "state_scorer.py", "widget_callbacks.py"):
+for script in ("world_render.py", "step_overhead.py", "trainer_overhead.py", "state_scorer.py", "loader_throughput.py",
+               "widget_callbacks.py"):
     subprocess.run([sys.executable, str(HERE / script)], check=True)
