@@ -78,23 +78,28 @@ class ExperimentConfig:
         return out
 
 
-def inputs_identity(cfg: ExperimentConfig) -> dict:
-    """What the experiment's inputs are, beyond its config: the weights file's digest (shipped or local) and,
-    for a folder dataset, a digest of its file list with sizes and modification times. Cache keys use it."""
+def inputs_identity(cfg: ExperimentConfig, loaded=None, dataset=None) -> dict:
+    """What the experiment's inputs are, beyond its config: the weights (a weights file's digest, or the tag) and,
+    for a folder dataset, a digest of its image files with sizes and modification times. Cache keys use it.
+    A model and dataset already built (`prepare`) are read, so the weights file is not hashed twice (`load_clip`
+    made `model_id` from its digest) and the folder is not listed twice."""
     import hashlib
     from pathlib import Path
     from .models.loader import file_digest, tiny_weights_path
-    weights = cfg.pretrained
-    if weights == "default" and cfg.model == TINY_NAME:
-        weights = str(tiny_weights_path())
-    model = f"file:{file_digest(weights)}" if weights and Path(weights).is_file() else str(weights)
+    if loaded is not None:
+        model = loaded.model_id
+    else:
+        weights = cfg.pretrained
+        if weights == "default" and cfg.model == TINY_NAME:
+            weights = str(tiny_weights_path())
+        model = f"file:{file_digest(weights)}" if weights and Path(weights).is_file() else str(weights)
     data = cfg.data
-    if cfg.data != WORLD and Path(cfg.data).is_dir():
+    if cfg.data != WORLD:
+        dataset = dataset if dataset is not None else open_dataset(cfg.data, cfg.per_cell, cfg.data_seed)
         h = hashlib.sha256()
-        for f in sorted(Path(cfg.data).rglob("*")):
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f.relative_to(cfg.data)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        for f in dataset.paths:
+            st = f.stat()
+            h.update(f"{f.relative_to(dataset.root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         data = f"folder:{h.hexdigest()[:16]}"
     return {"model": model, "data": data}
 
@@ -189,9 +194,8 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     pools = [(train_domains == d).nonzero().squeeze(1) for d in source_ids]
     templates = cfg.templates or default_templates(cfg.model, cfg.data)
     cache = FeatureCache(cfg.cache_dir)
-    inputs = inputs_identity(cfg)
-    text = cache.get("text", {"model": loaded.model_id, "weights": inputs["model"], "classes": dataset.classes,
-                              "templates": templates},
+    inputs = inputs_identity(cfg, loaded, dataset)
+    text = cache.get("text", {"model": inputs["model"], "classes": dataset.classes, "templates": templates},
                      lambda: {"text": evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes,
                                                                  templates).cpu()})["text"]
     zero_shot = {k: v.detach().clone() for k, v in loaded.model.visual.state_dict().items()}

@@ -44,5 +44,4 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
         for i, name in enumerate(names[1:], start=1):
             dist = (1 - (features[i] * features[0]).sum(1)).numpy()
             moved[name] = {"unseen styles": float(dist[unseen].mean()), "training styles": float(dist[~unseen].mean())}
-    return {"coords": coords, "moved": moved,
-            "labels": setup.dataset.labels[pick].numpy(), "domains": setup.dataset.domain_ids[pick].numpy()}
+    return {"coords": coords, "moved": moved, "labels": labels, "domains": domains}

@@ -69,9 +69,8 @@ def encode(setup: Setup, state: Dict[str, torch.Tensor], indices: Optional[torch
     state's features come from the setup's feature cache (`cache.FeatureCache`) when they were computed before."""
     subset = setup.eval_idx if indices is None else indices
     if state is setup.zero_shot_state and setup.cache is not None:
-        key = {"model": setup.loaded.model_id, "weights": setup.inputs.get("model"), "data": setup.dataset.describe(),
-               "data_files": setup.inputs.get("data"), "indices": tensor_digest(subset), "n": len(subset),
-               "transform": repr(setup.loaded.preprocess)}
+        key = {"model": setup.inputs["model"], "data": setup.dataset.describe(), "data_files": setup.inputs["data"],
+               "indices": tensor_digest(subset), "n": len(subset), "transform": repr(setup.loaded.preprocess)}
         return setup.cache.get("zero-shot-images", key, lambda: _encode(setup, state, subset, progress))
     return _encode(setup, state, subset, progress)
 
@@ -91,9 +90,8 @@ def _encode(setup: Setup, state: Dict[str, torch.Tensor], subset: torch.Tensor, 
         return out
     parts = gather_object([out])                      # one entry per process, in rank order
     merged = {}
-    for key in next(p for p in parts if p is not None):
-        rows = [p[key] for p in parts if p is not None]
-        full = torch.empty((len(subset), *rows[0].shape[1:]), dtype=rows[0].dtype)
+    for key, first in next(p for p in parts if p is not None).items():
+        full = torch.empty((len(subset), *first.shape[1:]), dtype=first.dtype)
         for r, p in enumerate(parts):
             if p is not None:
                 full[r::world] = p[key]

@@ -58,20 +58,33 @@ def split_setting(item: str) -> Tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _part_field(method: MethodConfig, key: str) -> Tuple[Any, str, Any]:
+    """(part config, field name, field type) of a 'PART.FIELD' key, or a named error; the part is None when the
+    method lacks it."""
+    kind, _, name = key.partition(".")
+    part = method.part(kind)
+    if part is None:
+        return None, name, None
+    fields = _fields(part)
+    if name not in fields:
+        raise ValueError(f"--set {key}: part {kind!r} has no field {name!r}; its fields are {list(fields)}")
+    return part, name, fields[name]
+
+
+def _no_part(method: MethodConfig, key: str) -> ValueError:
+    return ValueError(f"--set {key}: method {method.name!r} has no part {key.partition('.')[0]!r}; its parts are "
+                      f"{method.describe()}; other keys: train.FIELD or an experiment field")
+
+
 def set_method_fields(method: MethodConfig, values: Dict[str, Any], only_present: bool = False) -> MethodConfig:
     """A copy of `method` with `{'PART.FIELD': value}` set (values already typed). `only_present` skips parts the
     method lacks (a bench setting such as 'ema.decay' applies to the methods that average with EMA)."""
     for key, value in values.items():
-        kind, _, name = key.partition(".")
-        part = method.part(kind)
+        part, name, _ = _part_field(method, key)
         if part is None:
             if only_present:
                 continue
-            raise ValueError(f"--set {key}: method {method.name!r} has no part {kind!r}; its parts are "
-                             f"{method.describe()} (and train.FIELD sets the training config)")
-        allowed = [f.name for f in dataclasses.fields(part)]
-        if name not in allowed:
-            raise ValueError(f"--set {key}: part {kind!r} has no field {name!r}; its fields are {allowed}")
+            raise _no_part(method, key)
         method = method.replace_part(replace(part, **{name: value}))
     method.validate()
     return method
@@ -91,15 +104,10 @@ def apply_settings(exp, items: Iterable[str]):
                 raise ValueError(f"--set {key}: the training config has no field {name!r}; its fields are {list(fields)}")
             train[name] = parse_value(key, text, fields[name])
         elif name:
-            part = method.part(head)
+            part, _, kind = _part_field(method, key)
             if part is None:
-                raise ValueError(f"--set {key}: method {method.name!r} has no part {head!r}; its parts are "
-                                 f"{method.describe()}; other keys: train.FIELD or an experiment field")
-            fields = typing.get_type_hints(type(part))
-            if name not in [f.name for f in dataclasses.fields(part)]:
-                raise ValueError(f"--set {key}: part {head!r} has no field {name!r}; its fields are "
-                                 f"{[f.name for f in dataclasses.fields(part)]}")
-            method = set_method_fields(method, {key: parse_value(key, text, fields[name])})
+                raise _no_part(method, key)
+            method = set_method_fields(method, {key: parse_value(key, text, kind)})
         else:
             fields = _fields(exp)
             if key not in fields:

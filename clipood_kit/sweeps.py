@@ -88,12 +88,13 @@ def lambda_sweep(exp: ExperimentConfig, lambdas: Sequence[float], method: Method
     points = []
     for lam in tqdm(list(lambdas), desc="lambda sweep", disable=not progress):
         m = set_method_fields(method, {"mms.margin_lambda": float(lam)})
-        payload = {"version": CACHE_VERSION, "experiment": exp.to_dict() | {"method": m.to_dict()}, "inputs": inputs}
+        payload = json.loads(json.dumps({"version": CACHE_VERSION, "experiment": exp.to_dict() | {"method": m.to_dict()},
+                                         "inputs": inputs}, default=str))     # as it reads back from the file
         path = cache / f"lambda-{_key(payload)}.json"
         if path.is_file():
             try:
                 point = json.loads(path.read_text())
-                if point.get("payload") == json.loads(json.dumps(payload, default=str)):
+                if point.get("payload") == payload:
                     points.append(point["point"])
                     continue
             except ValueError:
@@ -102,7 +103,7 @@ def lambda_sweep(exp: ExperimentConfig, lambdas: Sequence[float], method: Method
         r = run_method(setup, m, exp.train, progress=False)
         point = {"lambda": float(lam), "primary": r["primary"],
                  "models": {k: v for k, v in r["models"].items() if k in (r["primary"], "last")}}
-        write_json(path, {"payload": json.loads(json.dumps(payload, default=str)), "point": point})
+        write_json(path, {"payload": payload, "point": point})
         points.append(point)
     zero_key = _key({"version": CACHE_VERSION, "experiment": exp.to_dict(), "inputs": inputs})
     zero_path = cache / f"zero-shot-{zero_key}.json"
@@ -145,8 +146,8 @@ def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: 
         setup = prepare(exp)
         run = record_run(setup, exp.method, progress=progress)
         scorer = StateScorer(setup)
-        zero, last = cells_of(scorer(setup.zero_shot_state)), cells_of(run["result"]["models"]["last"])
         result.update(zero_shot=scorer(setup.zero_shot_state), last=run["result"]["models"]["last"])
+        zero, last = cells_of(result["zero_shot"]), cells_of(result["last"])
         refs = {"zero-shot": zero[label], "last step": last[label]}
         if kind == "bma":
             betas = list(betas) or list(values)

@@ -238,7 +238,7 @@ class TrainTask:
     """What one fine-tuning run needs: the model, the data, the method and the training config.
 
     `domain_pools` hold the train_set indices of each source domain; `label_map` maps dataset labels to rows of
-    `text_features` (the training classes, frozen). `experiment.Setup.task(method, train)` builds one.
+    `text_features` (the training classes, frozen). `runs.build_task(setup, method, train)` builds one.
     """
 
     encoder: torch.nn.Module

@@ -235,7 +235,8 @@ class Method:
         return out
 
     def state_dict(self) -> dict:
-        return {p.cfg.kind: p.state_dict() for p in self.parts if p.state_dict()}
+        states = {p.cfg.kind: p.state_dict() for p in self.parts}     # each part's state copied once
+        return {kind: state for kind, state in states.items() if state}
 
     def load_state_dict(self, state: dict) -> None:
         for p in self.parts:
@@ -247,10 +248,6 @@ class Method:
         for p in self.parts:
             states.update(p.final_states(zero_shot, last))
         return states
-
-
-def part_field_names(cfg: PartConfig) -> List[str]:
-    return [f.name for f in dataclasses.fields(cfg)]
 
 
 __all__ = ["PartConfig", "Part", "Loss", "Regulariser", "Averager", "MethodConfig", "Method", "RunContext", "Batch",
