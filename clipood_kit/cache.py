@@ -27,7 +27,8 @@ Tensors = Dict[str, torch.Tensor]
 
 def default_dir() -> Path:
     """$CLIPOOD_KIT_CACHE/features, else ~/.cache/clipood-kit/features."""
-    return Path(os.environ.get("CLIPOOD_KIT_CACHE") or Path.home() / ".cache" / "clipood-kit") / "features"
+    from .store import cache_root
+    return cache_root() / "features"
 
 
 def tensor_digest(t: torch.Tensor) -> str:

@@ -31,12 +31,15 @@ def text_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[str]
     bad = [t for t in templates if "{}" not in t]
     if bad:
         raise ValueError(f"template(s) {bad} lack the '{{}}' placeholder for the class name")
-    rows = []
-    for name in classnames:
-        tokens = tokenizer([t.format(name) for t in templates]).to(device)
-        feats = F.normalize(model.encode_text(tokens).float(), dim=-1)
-        rows.append(F.normalize(feats.mean(0), dim=-1))
-    return torch.stack(rows)
+    per_class = [model.encode_text(tokenizer([t.format(name) for t in templates]).to(device)).float()
+                 for name in classnames]
+    return ensemble_text_features(torch.stack(per_class, dim=1))
+
+
+def ensemble_text_features(per_template: torch.Tensor) -> torch.Tensor:
+    """CLIP's prompt ensemble (Radford et al. 2021, Sec. 3.1.4): T x C x D text features (one slice per template)
+    -> C x D, each template's feature normalised, averaged over templates, normalised again."""
+    return F.normalize(F.normalize(per_template, dim=-1).mean(0), dim=-1)
 
 
 @torch.no_grad()

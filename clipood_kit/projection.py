@@ -9,6 +9,11 @@ from .experiment import Setup
 from .scoring import encode
 
 
+def mean_displacement(reference: torch.Tensor, moved: torch.Tensor) -> float:
+    """Mean over images of 1 - cos(f_reference, f_moved): how far a model moved the same images' features."""
+    return float((1 - torch.nn.functional.cosine_similarity(reference.double(), moved.double(), dim=-1)).mean())
+
+
 def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], points: int, seed: int) -> dict:
     """The same `points` evaluation images (as many from every domain, seeded) under each encoder state, as the
     classifier reads them (their cosines to the class text features), projected by one UMAP fitted on every
@@ -42,6 +47,6 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
     moved = {}
     if unseen.any() and (~unseen).any():
         for i, name in enumerate(names[1:], start=1):
-            dist = (1 - (features[i] * features[0]).sum(1)).numpy()
-            moved[name] = {"unseen styles": float(dist[unseen].mean()), "training styles": float(dist[~unseen].mean())}
+            moved[name] = {"unseen domains": mean_displacement(features[0][unseen], features[i][unseen]),
+                           "training domains": mean_displacement(features[0][~unseen], features[i][~unseen])}
     return {"coords": coords, "moved": moved, "labels": labels, "domains": domains}

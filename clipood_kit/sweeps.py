@@ -4,14 +4,12 @@ cell and OOD (`scoring.StateScorer`); `clipood-kit sweep` writes them as JSON an
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from . import store
 from .experiment import ExperimentConfig, Setup, inputs_identity, prepare
 from .io import write_json
 from .methods import MethodConfig
@@ -19,18 +17,6 @@ from .posthoc import Trajectory
 from .runs import run_method
 from .scoring import StateScorer, zero_shot_scores
 from .settings import set_method_fields
-
-CACHE_VERSION = 1        # bump when a change alters what a cached sweep point holds
-
-
-def cache_dir() -> Path:
-    """Where sweep points are cached: $CLIPOOD_KIT_CACHE, else ~/.cache/clipood-kit."""
-    return Path(os.environ.get("CLIPOOD_KIT_CACHE") or Path.home() / ".cache" / "clipood-kit") / "sweeps"
-
-
-def _key(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
 
 def record_run(setup: Setup, method: MethodConfig, every: int = 1, progress: bool = False) -> Dict:
     """One run of `method` with its trajectory recorded: {'result', 'trajectory'}."""
@@ -82,36 +68,23 @@ def lambda_sweep(exp: ExperimentConfig, lambdas: Sequence[float], method: Method
     Returns {'lambdas', 'points': [{'lambda', 'primary', 'models': {name: scores}}], 'zero_shot': scores}."""
     if method.part("mms") is None:
         raise ValueError(f"a lambda sweep needs a method with the mms loss; {method.name!r} has {method.describe()}")
-    cache = Path(cache) if cache is not None else cache_dir()
     inputs = inputs_identity(exp)
     setup: Optional[Setup] = None
+
+    def train(m: MethodConfig) -> dict:
+        nonlocal setup
+        setup = setup or prepare(exp)
+        r = run_method(setup, m, exp.train, progress=False)
+        return {"lambda": m.part("mms").margin_lambda, "primary": r["primary"],
+                "models": {k: v for k, v in r["models"].items() if k in (r["primary"], "last")}}
+
     points = []
     for lam in tqdm(list(lambdas), desc="lambda sweep", disable=not progress):
         m = set_method_fields(method, {"mms.margin_lambda": float(lam)})
-        payload = json.loads(json.dumps({"version": CACHE_VERSION, "experiment": exp.to_dict() | {"method": m.to_dict()},
-                                         "inputs": inputs}, default=str))     # as it reads back from the file
-        path = cache / f"lambda-{_key(payload)}.json"
-        if path.is_file():
-            try:
-                point = json.loads(path.read_text())
-                if point.get("payload") == payload:
-                    points.append(point["point"])
-                    continue
-            except ValueError:
-                pass                    # a damaged cache entry is recomputed
-        setup = setup or prepare(exp)
-        r = run_method(setup, m, exp.train, progress=False)
-        point = {"lambda": float(lam), "primary": r["primary"],
-                 "models": {k: v for k, v in r["models"].items() if k in (r["primary"], "last")}}
-        write_json(path, {"payload": payload, "point": point})
-        points.append(point)
-    zero_key = _key({"version": CACHE_VERSION, "experiment": exp.to_dict(), "inputs": inputs})
-    zero_path = cache / f"zero-shot-{zero_key}.json"
-    if zero_path.is_file():
-        zero = json.loads(zero_path.read_text())
-    else:
-        zero = zero_shot_scores(setup or prepare(exp))
-        write_json(zero_path, zero)
+        payload = {"experiment": exp.to_dict() | {"method": m.to_dict()}, "inputs": inputs}
+        points.append(store.cached("lambda-point", payload, lambda: train(m), cache))
+    zero = store.cached("zero-shot", {"experiment": exp.to_dict(), "inputs": inputs},
+                        lambda: zero_shot_scores(setup or prepare(exp)), cache)
     return {"lambdas": [float(x) for x in lambdas], "points": points, "zero_shot": zero}
 
 

@@ -1,0 +1,114 @@
+"""The lessons' self-checks: a correct answer written independently of the library passes; each common mistake
+fails with a message that names it; a missing answer fails and says so."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipood_kit.lessons import exercises as ex
+
+
+# correct answers, written from the papers' formulas without the library
+def ensemble(per_template):
+    return F.normalize(F.normalize(per_template, dim=-1).mean(0), dim=-1)
+
+
+def mms_logits(f, t, y, lam, scale):
+    cos = F.normalize(f, dim=-1) @ F.normalize(t, dim=-1).T
+    tt = F.normalize(t, dim=-1) @ F.normalize(t, dim=-1).T
+    return scale * (cos + lam * (1 - tt[y]))
+
+
+def bma_weights(T, a, b):
+    x = torch.tensor([(t + 0.5) / (T + 1) for t in range(T + 1)], dtype=torch.float64)
+    w = x ** (a - 1) * (1 - x) ** (b - 1)
+    return w / w.sum()
+
+
+CORRECT = {
+    "ensemble": ensemble, "mms_logits": mms_logits, "bma_weights": bma_weights,
+    "harmonic_mean": lambda a, b: 0.0 if a + b == 0 else 2 * a * b / (a + b),
+    "wise_ft": lambda z, f, a: {k: (1 - a) * z[k] + a * f[k] for k in z},
+    "mean_displacement": lambda r, m: float((1 - F.cosine_similarity(r, m, dim=-1)).mean()),
+    "mcm": lambda s, T: torch.softmax(s / T, dim=1).max(1).values,
+    "auroc": lambda i, o: float(((i[:, None] > o[None]).double() + 0.5 * (i[:, None] == o[None]).double()).mean()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ex.IMPLEMENT_CHECKS))
+def test_a_correct_answer_passes(name):
+    ex.IMPLEMENT_CHECKS[name](CORRECT[name])
+
+
+@pytest.mark.parametrize("name", sorted(ex.IMPLEMENT_CHECKS))
+def test_an_unwritten_answer_fails_and_says_so(name):
+    def todo(*args):
+        ...
+    with pytest.raises(AssertionError, match="replace the ... with your answer|must return a dict"):
+        ex.IMPLEMENT_CHECKS[name](todo)
+
+
+MISTAKES = [
+    ("mms_logits", lambda f, t, y, lam, s: s * (F.normalize(f, dim=-1) @ F.normalize(t, dim=-1).T)
+     + lam * (1 - F.normalize(t, dim=-1) @ F.normalize(t, dim=-1).T)[y], "inside the temperature"),
+    ("mms_logits", lambda f, t, y, lam, s: s * (f @ t.T + lam * (1 - F.normalize(t, dim=-1) @ F.normalize(t, dim=-1).T)[y]),
+     "use cosines"),
+    ("mms_logits", lambda f, t, y, lam, s: mms_logits(f, t, y, -lam, s), "not subtracted"),
+    ("mms_logits", lambda f, t, y, lam, s: mms_logits(f, t, y, lam, s) + s * lam * F.one_hot(y, t.shape[0]),
+     "target class gets no margin"),
+    ("ensemble", lambda x: F.normalize(x.mean(0), dim=-1), "before averaging"),
+    ("ensemble", lambda x: F.normalize(x, dim=-1).mean(0), "normalise again"),
+    ("harmonic_mean", lambda a, b: (a + b) / 2, "arithmetic mean"),
+    ("bma_weights", lambda T, a, b: bma_weights(T, b, a), "swapped"),
+    ("bma_weights", lambda T, a, b: bma_weights(T - 1, a, b), "T \\+ 1"),
+    ("bma_weights", lambda T, a, b: bma_weights(T, a, b) * 7, "divide by their sum"),
+    ("wise_ft", lambda z, f, a: {k: a * z[k] + (1 - a) * f[k] for k in z}, "swapped"),
+    ("wise_ft", lambda z, f, a: [z, f], "must return a dict"),
+    ("mean_displacement", lambda r, m: float(F.cosine_similarity(r, m, dim=-1).mean()), "1 - cos"),
+    ("mean_displacement", lambda r, m: float((1 - (r * m).sum(-1)).mean()), "normalise"),
+    ("mcm", lambda s, T: s.max(1).values, "max-logit"),
+    ("mcm", lambda s, T: torch.softmax(s, 1).max(1).values, "temperature"),
+    ("auroc", lambda i, o: 100 * CORRECT["auroc"](i, o), "percentage"),
+    ("auroc", lambda i, o: CORRECT["auroc"](o, i), "positive class"),
+    ("auroc", lambda i, o: float((i[:, None] > o[None]).double().mean()), "ties"),
+]
+
+
+@pytest.mark.parametrize("name, wrong, hint", MISTAKES)
+def test_a_common_mistake_fails_with_its_hint(name, wrong, hint):
+    with pytest.raises(AssertionError, match=hint):
+        ex.IMPLEMENT_CHECKS[name](wrong)
+
+
+def test_a_crashing_or_misshapen_answer_is_reported_not_raised():
+    with pytest.raises(AssertionError, match="raised ZeroDivisionError"):
+        ex.check_harmonic_mean(lambda a, b: 1 / 0)
+    with pytest.raises(AssertionError, match=r"has shape \(5,\), expected \(5, 4\)"):
+        ex.check_mms_logits(lambda f, t, y, lam, s: torch.zeros(5))
+    with pytest.raises(AssertionError, match="is not a function"):
+        ex.check_mcm(3)
+
+
+def test_predictions_must_be_committed_and_valid():
+    with pytest.raises(AssertionError, match="commit to a prediction first"):
+        ex.check_choice(..., ["a", "b"], "guess")
+    with pytest.raises(AssertionError, match="must be one of"):
+        ex.check_choice("c", ["a", "b"])
+    ex.check_choice("a", ["a", "b"])
+    with pytest.raises(AssertionError, match="commit to a prediction first"):
+        ex.check_number(None, 0, 1)
+    with pytest.raises(AssertionError, match="a fraction, not a percentage"):
+        ex.check_number(40, 0, 1)
+    with pytest.raises(AssertionError, match="must be a number"):
+        ex.check_number("0.3", 0, 1)
+    with pytest.raises(AssertionError, match="must be a number"):
+        ex.check_number(math.nan, 0, 1)
+    ex.check_number(0.4, 0, 1)
+
+
+def test_reveal_sets_the_prediction_beside_the_answer():
+    assert "Right." in ex.reveal("a", "a") and "Not this time" in ex.reveal("b", "a")
+    assert "off by 0.05" in ex.reveal(0.30, 0.35, tolerance=0.1) and "Right." in ex.reveal(0.30, 0.35, tolerance=0.1)
+    assert "Close." in ex.reveal(0.2, 0.35, tolerance=0.1)
+    assert "not predicted yet" in ex.reveal(..., "a")
