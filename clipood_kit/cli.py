@@ -298,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_args(p)
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("lessons", help="class-room tools: precompute what the lesson notebooks train, or write the "
+                                       "student versions (solutions stripped, self-checks kept)")
+    p.add_argument("action", choices=["prepare", "student"],
+                   help="prepare: run every lesson once in its default setting into --cache; student: write the "
+                        "student notebooks (otter-grader) into --out")
+    p.add_argument("--cache", default="runs/lessons-cache", help="prepare: the result store to fill (default: %(default)s)")
+    p.add_argument("--out", default="runs/student", help="student: where the student notebooks go (default: %(default)s)")
+    p.add_argument("--autograder", action="store_true", help="student: also write autograder versions (solutions "
+                                                             "and hidden tests) under OUT/autograder")
+    p.add_argument("--notebooks", type=Path, default=None, help="the instructor notebooks (default: the repository's "
+                                                                "notebooks/)")
+    p.set_defaults(func=cmd_lessons)
+
     p = sub.add_parser("export-world", help="write the world as a DomainBed-style image folder")
     p.add_argument("root", type=Path)
     p.add_argument("--per-cell", type=int, default=40)
@@ -305,6 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export_world)
     return parser
+
+
+def cmd_lessons(args) -> int:
+    from .lessons.build import prepare_store, student_versions
+    if args.action == "prepare":
+        times = prepare_store(Path(args.cache), args.notebooks)
+        for name, seconds in times.items():
+            print(f"{name}: {seconds:.1f} s")
+        print(f"the lessons' results are in {args.cache}: set CLIPOOD_KIT_CACHE={args.cache} for the students "
+              f"(read-only is enough), and CLIPOOD_KIT_NO_TRAINING=1 to refuse any training on the server")
+    else:
+        for path in student_versions(Path(args.out), args.notebooks, autograder=args.autograder):
+            print(path)
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -15,10 +15,40 @@ from plotly.subplots import make_subplots
 
 from .methods import beta_weights, class_margins, zero_shot_share
 
-# 26 distinguishable colours: every class of the world (25) and every row of the comparison get their own
-MANY_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-                "#17becf", "#393b79", "#e7ba52", "#637939", "#843c39", "#7b4173", "#3182bd", "#f33d8a", "#31a354",
-                "#756bb1", "#636363", "#fd8d3c", "#9ecae1", "#a1d99b", "#fdd0a2", "#bcbddc", "#000000"]
+# 26 distinguishable colours (Green-Armytage's alphabet, as plotly's qualitative.Alphabet): every class of the
+# world (25) and every row of the comparison get their own
+MANY_COLOURS = ["#AA0DFE", "#3283FE", "#85660D", "#782AB6", "#565656", "#1C8356", "#16FF32", "#F7E1A0", "#E2E2E2",
+                "#1CBE4F", "#C4451C", "#DEA0FD", "#FE00FA", "#325A9B", "#FEAF16", "#F8A19F", "#90AD1C", "#F6222E",
+                "#1CFFCE", "#2ED9FF", "#B10DA1", "#C075A6", "#FC1CBF", "#B00068", "#FBE426", "#FA0087"]
+# one colour per model across every figure of a notebook (matched by the start of its display name) ...
+MODEL_COLOURS = (("zero-shot", "#7f7f7f"), ("CE", "#d62728"), ("MMS", "#ff7f0e"), ("CLIPood", "#1f77b4"),
+                 ("WiSE-FT", "#2ca02c"), ("BMA", "#9467bd"), ("EMA", "#8c564b"), ("CAR-FT", "#e377c2"),
+                 ("OGEN", "#17becf"))
+# ... and one per cell (domain group / class group), from another palette than the models'
+CELL_COLOURS = {("train", "base"): "#00798c", ("train", "new"): "#66a182", ("unseen", "base"): "#edae49",
+                ("unseen", "new"): "#8e3b46", ("unseen", "H"): "#2e4057", ("train", "H"): "#5f4b8b"}
+# the world's four families, then a fallback for folder datasets
+FAMILY_COLOURS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+
+
+def model_colour(name: str) -> str:
+    """The colour of a model by its display name ('CE (last step)' -> CE's red); unknown names get black."""
+    for start, colour in MODEL_COLOURS:
+        if name.startswith(start) or name.lower().startswith(start.lower() + " "):
+            return colour
+    return "#000000"
+
+
+def cell_colour(cell: str) -> str:
+    """The colour of a cell by its label ('unseen domains / new', 'unseen styles / new')."""
+    group, _, cls = cell.partition(" / ")
+    key = ("unseen" if group.startswith("unseen") else "train", cls.strip())
+    return CELL_COLOURS.get(key, "#000000")
+
+
+def chance_line(fig: go.Figure, y: float = 50.0, **where) -> None:
+    fig.add_hline(y=y, line=dict(dash="dot", color="#999999"), annotation_text="chance",
+                  annotation_position="bottom right", **where)
 
 
 def image_grid(images: torch.Tensor, rows: int, row_names: Sequence[str], col_names: Sequence[str],
@@ -35,18 +65,26 @@ def image_grid(images: torch.Tensor, rows: int, row_names: Sequence[str], col_na
 
 
 def accuracy_bars(summary: Dict[str, Dict[str, Dict[str, float]]], cells: Sequence[str],
-                  title: str = "Accuracy (%) per method") -> go.Figure:
-    """Grouped bars: x = cells ('unseen domains / new', ...), one bar per method, error bar = std over seeds.
+                  title: str = "Accuracy (%) per method", seeds: int = 1) -> go.Figure:
+    """Grouped bars from 0: x = cells ('unseen domains / new', ...), one bar per method; error bars (std over
+    seeds) only where there are several seeds. Methods whose numbers are identical in every cell share one bar,
+    named for all of them.
 
     `summary[method][cell] = {"mean": m, "std": s}`.
     """
+    groups: Dict[tuple, List[str]] = {}
+    for method, row in summary.items():
+        groups.setdefault(tuple(round(row[c]["mean"], 9) if c in row else None for c in cells), []).append(method)
     fig = go.Figure()
-    low = min(row[c]["mean"] - row[c]["std"] for row in summary.values() for c in cells if c in row)
-    for i, (method, row) in enumerate(summary.items()):
-        fig.add_bar(name=method, x=list(cells), y=[row[c]["mean"] for c in cells],
+    for i, names in enumerate(groups.values()):
+        row = summary[names[0]]
+        label = names[0] if len(names) == 1 else f"{names[0]} (= {', '.join(names[1:])})"
+        fig.add_bar(name=label, x=list(cells), y=[row[c]["mean"] if c in row else None for c in cells],
                     marker_color=MANY_COLOURS[i % len(MANY_COLOURS)],
-                    error_y=dict(type="data", array=[row[c]["std"] for c in cells], visible=True))
-    fig.update_layout(barmode="group", title=title, yaxis=dict(title="accuracy (%)", range=[max(0, low - 5), 100]),
+                    error_y=dict(type="data", array=[row[c]["std"] if c in row else 0 for c in cells],
+                                 visible=seeds > 1))
+    note = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
+    fig.update_layout(barmode="group", title=f"{title} ({note})", yaxis=dict(title="accuracy (%)", range=[0, 100]),
                       legend_title="method", height=520)
     return fig
 
@@ -62,7 +100,8 @@ def beta_weights_figure(total_steps: int, alpha: float, beta: float) -> go.Figur
     fig.update_layout(title=f"Beta moving average: Beta({alpha:g}, {beta:g}) over {total_steps} steps",
                       xaxis_title="step t (0 = zero-shot model)")
     fig.update_yaxes(title_text="weight", secondary_y=False)
-    fig.update_yaxes(title_text="zero-shot share", range=[0, 1], secondary_y=True)
+    fig.update_yaxes(title_text="zero-shot share", range=[0, 1], tickvals=[0, 0.25, 0.5, 0.75, 1],
+                     tickformat=".0%", secondary_y=True)
     return fig
 
 
@@ -99,14 +138,31 @@ def class_heatmap(matrix: np.ndarray, classnames: Sequence[str], title: str, col
 
 
 def margin_heatmap(text_features: torch.Tensor, classnames: Sequence[str], margin_lambda: float,
-                   families: Optional[Dict[str, Sequence[str]]] = None) -> go.Figure:
-    """The MMS margin matrix lambda * (1 - cos(t_i, t_j)) of the class text features, ordered by family; the colour
-    range follows the off-diagonal values."""
+                   families: Optional[Dict[str, Sequence[str]]] = None, largest_lambda: Optional[float] = None) -> go.Figure:
+    """The MMS margin matrix lambda * (1 - cos(t_i, t_j)) of the class text features, ordered by family, on a
+    fixed colour scale from 0 to the largest margin at `largest_lambda` (default: this lambda), so that moving
+    lambda visibly scales every margin."""
     m = class_margins(text_features, margin_lambda).numpy()
-    off = m[~np.eye(len(m), dtype=bool)]
+    top = class_margins(text_features, largest_lambda if largest_lambda is not None else margin_lambda).numpy().max()
     return class_heatmap(m, classnames, f"Class-adaptive margins, lambda = {margin_lambda:g} "
                          "(row: true class y, column: class j)", "margin", families, colorscale="Viridis",
-                         zmin=float(off.min()), zmax=float(max(off.max(), off.min() + 1e-6)))
+                         zmin=0.0, zmax=float(max(top, 1e-6)))
+
+
+def loss_figure(histories: Dict[str, List[dict]], names: Dict[str, str], live: bool = False) -> go.Figure:
+    """Each method's training loss in its own panel (different objectives are not on one axis), in the
+    method's colour; `names` maps a method key to its display name."""
+    keys = list(names)
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[f"{names[k]} loss" for k in keys],
+                        horizontal_spacing=0.08)
+    for i, key in enumerate(keys, start=1):
+        hist = histories.get(key, [])
+        fig.add_scatter(x=[r["step"] for r in hist], y=[r["loss"] for r in hist], mode="lines", name=names[key],
+                        line=dict(color=model_colour(names[key])), row=1, col=i)
+        fig.update_xaxes(title_text="step", row=1, col=i)
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_layout(title="Training loss" + (" (live)" if live else ""), height=360, showlegend=False)
+    return fig
 
 
 def history_figure(histories: Dict[str, List[dict]]) -> go.Figure:
@@ -128,30 +184,59 @@ def history_figure(histories: Dict[str, List[dict]]) -> go.Figure:
 
 def embedding_figure(coords: Dict[str, np.ndarray], labels: np.ndarray, domains: np.ndarray,
                      classnames: Sequence[str], domainnames: Sequence[str], colour_by: str = "class",
-                     moved: Optional[Dict[str, Dict[str, float]]] = None) -> go.Figure:
+                     moved: Optional[Dict[str, Dict[str, float]]] = None,
+                     families: Optional[Dict[str, Sequence[str]]] = None, reference: str = "zero-shot") -> go.Figure:
     """2-D projections of the same images, one full-width panel per model (stacked) in one shared frame,
-    coloured by class (26 distinct colours) or domain. `moved` ({model: {group: mean distance}}) puts each
-    model's mean displacement of the features from the first model's in its panel title."""
+    coloured by family (few colours, the semantic groups), class (26 distinct colours) or domain. `moved`
+    ({model: {group: mean 1 - cos}}) puts each model's displacement from `reference` in its panel title."""
     names = list(coords)
     titles = [n if not moved or n not in moved else
-              f"{n}: features moved {', '.join(f'{g} {d:.3f}' for g, d in moved[n].items())} "
-              f"(mean 1 - cos to {names[0]}'s)" for n in names]
+              f"{n}: moved {', '.join(f'{g} {d:.3f}' for g, d in moved[n].items())} (mean 1 - cos to {reference})"
+              for n in names]
     fig = make_subplots(rows=len(names), cols=1, subplot_titles=titles, shared_xaxes=True, shared_yaxes=True,
-                        vertical_spacing=0.05)
-    keys, key_names = (labels, classnames) if colour_by == "class" else (domains, domainnames)
-    for col, name in enumerate(names, start=1):
+                        vertical_spacing=0.06)
+    if colour_by == "family" and families:
+        family_of = {classnames.index(c): i for i, members in enumerate(families.values()) for c in members
+                     if c in classnames}
+        keys = np.array([family_of.get(int(k), len(families)) for k in labels])
+        key_names, palette = list(families) + ["other"], FAMILY_COLOURS
+    elif colour_by == "domain":
+        keys, key_names, palette = domains, list(domainnames), FAMILY_COLOURS
+    else:
+        keys, key_names, palette = labels, list(classnames), MANY_COLOURS
+    for row, name in enumerate(names, start=1):
         xy = coords[name]
         for k in np.unique(keys):
             m = keys == k
             fig.add_scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers",
-                              marker=dict(size=5, color=MANY_COLOURS[int(k) % len(MANY_COLOURS)], opacity=0.8),
-                              name=key_names[k], legendgroup=key_names[k], showlegend=col == 1, row=col, col=1)
-    fig.update_layout(title=f"UMAP of what the classifier reads (cosines to the class texts), one frame; colour: "
-                            f"{colour_by}",
-                      height=420 * len(names) + 120, legend=dict(orientation="h", y=-0.04, font=dict(size=10)),
-                      margin=dict(l=20, r=20, t=70, b=20))
+                              marker=dict(size=5, color=palette[int(k) % len(palette)], opacity=0.8),
+                              name=key_names[k], legendgroup=key_names[k], showlegend=row == 1, row=row, col=1)
+    fig.update_layout(title=f"UMAP of what the classifier reads (each image's cosines to the class texts), one frame "
+                            f"for all models; colour: {colour_by}",
+                      height=400 * len(names) + 140, legend=dict(orientation="h", y=-0.04, font=dict(size=11)),
+                      margin=dict(l=20, r=20, t=90, b=20))
+    fig.update_annotations(font_size=13)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
+    return fig
+
+
+def displacement_figure(per_class: Dict[str, Sequence[float]], classnames: Sequence[str],
+                        scale: Dict[str, float], families: Optional[Dict[str, Sequence[str]]] = None) -> go.Figure:
+    """How far each model moved each class's image features (mean 1 - cos to the zero-shot features of the same
+    images), classes in family order, against the yardstick: the mean 1 - cos between two images of one class
+    and of two classes under the zero-shot model."""
+    order, _ = family_order(list(classnames), families)
+    x = [classnames[i] for i in order]
+    fig = go.Figure()
+    for model, values in per_class.items():
+        fig.add_bar(name=model, x=x, y=[values[i] for i in order], marker_color=model_colour(model))
+    for i, (name, value) in enumerate(scale.items()):
+        fig.add_hline(y=value, line=dict(dash=["dash", "dot"][i % 2], color="#444444"),
+                      annotation_text=f"two images of {name}: {value:.3f}", annotation_position="top left")
+    fig.update_layout(barmode="group", title="How far fine-tuning moved each class's image features, against the "
+                      "distance between images", yaxis_title="mean 1 - cos to the zero-shot features",
+                      xaxis=dict(tickangle=-60), height=460, legend_title="model")
     return fig
 
 
@@ -179,34 +264,47 @@ def table_html(rows: Dict[str, Dict[str, str]], columns: Sequence[str], first: s
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def score_heatmap(values: Dict[str, Dict[str, float]], metric: str) -> go.Figure:
+def score_heatmap(values: Dict[str, Dict[str, float]], metric: str, title: Optional[str] = None) -> go.Figure:
     """Methods (rows) x OOD scores (columns) heatmap of one metric, the value printed in each cell; bright is
-    better whatever the metric (the colour scale is reversed for FPR95, where lower is better)."""
+    better whatever the metric (the colour scale is reversed for FPR95, where lower is better); `metric` names
+    the colour bar, `title` the figure (default: the metric)."""
     methods = list(values)
     scores = list(values[methods[0]])
     z = [[values[m][s] for s in scores] for m in methods]
     lower_better = metric.upper().startswith("FPR")
     fig = go.Figure(go.Heatmap(z=z, x=scores, y=methods, colorscale="Viridis_r" if lower_better else "Viridis",
-                               colorbar={"title": metric + (" (lower is better)" if lower_better else "")},
-                               text=[[f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}"))
-    fig.update_layout(title=f"OOD detection: {metric} per method and score", yaxis={"autorange": "reversed"},
-                      height=120 + 32 * len(methods), margin={"l": 160})
+                               colorbar=dict(title=metric, nticks=5, thickness=14, len=0.9),
+                               text=[[f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}",
+                               textfont=dict(size=13)))
+    better = "lower is better" if lower_better else "higher is better"
+    fig.update_layout(title=title or f"OOD detection: {metric} per model and score ({better})",
+                      yaxis={"autorange": "reversed"}, height=170 + 48 * len(methods), margin={"l": 170})
     return fig
 
 
 def ood_figure(id_scores: np.ndarray, ood_scores: np.ndarray, fpr: np.ndarray, tpr: np.ndarray, title: str,
-               ood_name: str = "OOD") -> go.Figure:
-    """Left: histograms of one score for ID and OOD images; right: the ROC curve (ID positive)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("score histogram", "ROC curve"), horizontal_spacing=0.16)
+               ood_name: str = "OOD", fpr95: Optional[float] = None) -> go.Figure:
+    """Left: histograms of one score for ID and OOD images on the same bins; right: the ROC curve (ID positive)
+    with the FPR95 point (the FPR where TPR reaches 95 %), `fpr95` as a fraction."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("score histogram (shared bins)", "ROC curve"),
+                        horizontal_spacing=0.16)
+    both = np.concatenate([np.asarray(id_scores, dtype=float), np.asarray(ood_scores, dtype=float)])
+    low, high = float(both.min()), float(both.max())
+    bins = dict(start=low, end=high + 1e-12, size=max((high - low) / 40, 1e-12))
     fig.add_histogram(x=np.asarray(id_scores), name="ID", opacity=0.6, histnorm="probability density",
-                      nbinsx=40, row=1, col=1)
+                      xbins=bins, autobinx=False, marker_color="#1f77b4", row=1, col=1)
     fig.add_histogram(x=np.asarray(ood_scores), name=ood_name, opacity=0.6, histnorm="probability density",
-                      nbinsx=40, row=1, col=1)
-    fig.add_scatter(x=np.asarray(fpr), y=np.asarray(tpr), mode="lines", name="ROC", row=1, col=2)
+                      xbins=bins, autobinx=False, marker_color="#ff7f0e", row=1, col=1)
+    fig.add_scatter(x=np.asarray(fpr), y=np.asarray(tpr), mode="lines", name="ROC", line=dict(color="#2ca02c"),
+                    row=1, col=2)
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance",
                     row=1, col=2)
     fig.add_hline(y=0.95, line={"dash": "dash", "color": "firebrick"}, row=1, col=2)
-    fig.update_layout(barmode="overlay", title=title, height=420)
+    if fpr95 is not None:
+        fig.add_scatter(x=[fpr95], y=[0.95], mode="markers+text", marker=dict(size=11, color="firebrick"),
+                        text=[f"FPR95 = {100 * fpr95:.1f} %"], textposition="bottom right", name="FPR95",
+                        row=1, col=2)
+    fig.update_layout(barmode="overlay", title=title, height=440)
     fig.update_xaxes(title_text="score (higher = more in-distribution)", row=1, col=1)
     fig.update_yaxes(title_text="density (each set's histogram has area 1)", row=1, col=1)
     fig.update_xaxes(title_text="false positive rate (OOD accepted)", range=[0, 1], row=1, col=2)
@@ -220,31 +318,68 @@ def card_figure(card: Dict) -> go.Figure:
     fig = go.Figure()
     for key, name in (("class_accuracy", "class (which shape?)"), ("domain_accuracy", "domain (which style?)")):
         acc = card[key]
-        fig.add_bar(name=name, x=list(acc), y=list(acc.values()), text=[f"{v:.0f}" for v in acc.values()])
+        fig.add_bar(name=name, x=list(acc), y=list(acc.values()), text=[f"{v:.0f}" for v in acc.values()],
+                    textposition="outside", cliponaxis=False)
     fig.update_layout(barmode="group", title="Zero-shot accuracy (%) per domain: class and domain (context)",
-                      yaxis=dict(title="accuracy (%)", range=[0, 100]), legend_title="predicting the")
+                      yaxis=dict(title="accuracy (%)", range=[0, 112], tickvals=[0, 20, 40, 60, 80, 100]),
+                      legend_title="predicting the")
     return fig
 
 
-def cells_figure(rows: Dict[str, Dict[str, float]], title: str, y_range: Optional[Sequence[float]] = None) -> go.Figure:
-    """Grouped bars: x = cells (accuracy per domain and class group, OOD AUROC), one colour per model (zero-shot
-    grey, last step red); the last model's values printed on its bars (the one the notebooks' sliders move)."""
-    fig = go.Figure()
-    colours = {"zero-shot": "#7f7f7f", "last step": "#d62728"}
-    others = iter(["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"])
-    for i, (model, cells) in enumerate(rows.items()):
-        last = i == len(rows) - 1
-        fig.add_bar(name=model, x=list(cells), y=list(cells.values()),
-                    text=[f"{v:.1f}" for v in cells.values()] if last else None, textposition="outside",
-                    marker_color=colours.get(model) or next(others))
-    low = min(v for cells in rows.values() for v in cells.values())
-    fig.update_layout(barmode="group", title=title, height=420, legend_title="model",
-                      yaxis=dict(title="%", range=list(y_range) if y_range else [max(0.0, low - 10), 100]))
+def cells_figure(rows: Dict[str, Dict[str, float]], title: str, labelled: Optional[str] = None) -> go.Figure:
+    """A dot plot of each model's numbers: left, accuracy per cell (domain group / class group) from 0 to 100;
+    right, on its own axis, OOD AUROC (chance at 50). One row of dots per model and cell, in the model's
+    colour; the values of `labelled` (default: the last model, the one the notebooks' sliders move) printed
+    beside its dots, so no two labels share a line."""
+    labelled = labelled or list(rows)[-1]
+    models = list(rows)
+    first = next(iter(rows.values()))
+    accuracy = [c for c in first if not c.startswith("OOD")]
+    auroc = [c for c in first if c.startswith("OOD")]
+    fig = make_subplots(rows=1, cols=2 if auroc else 1, column_widths=[0.72, 0.28] if auroc else None,
+                        subplot_titles=["accuracy (%)"] + (["OOD AUROC (%)"] if auroc else []),
+                        horizontal_spacing=0.14)
+    step = 0.8 / max(1, len(models))
+    for panel, cells in enumerate((accuracy, auroc), start=1):
+        if not cells:
+            continue
+        for i, (model, values) in enumerate(rows.items()):
+            y = [k + 0.4 - step * (i + 0.5) for k in range(len(cells))]
+            fig.add_scatter(x=[values[c] for c in cells], y=y, mode="markers+text" if model == labelled else "markers",
+                            marker=dict(size=11, color=model_colour(model), symbol="circle" if i else "diamond"),
+                            text=[f"{values[c]:.1f}" for c in cells] if model == labelled else None,
+                            textposition="middle right", textfont=dict(size=12), cliponaxis=False, name=model,
+                            legendgroup=str(i), showlegend=panel == 1, meta={"model": i, "cells": cells},
+                            row=1, col=panel)
+        fig.update_yaxes(tickvals=list(range(len(cells))), ticktext=cells, autorange="reversed", row=1, col=panel,
+                         range=[len(cells) - 0.5, -0.5])
+        fig.update_xaxes(range=[0, 108], dtick=20, row=1, col=panel)
+    if auroc:
+        fig.add_vline(x=50, line=dict(dash="dot", color="#999999"), row=1, col=2)
+    fig.update_xaxes(title_text="accuracy (%)", row=1, col=1)
+    if auroc:
+        fig.update_xaxes(title_text="AUROC (%), chance 50", row=1, col=2)
+    fig.update_layout(title=title, height=140 + 60 * max(len(accuracy), 1), legend_title="model",
+                      margin=dict(l=170, r=40))
     return fig
+
+
+def set_cells(fig: go.Figure, index: int, values: Dict[str, float], name: Optional[str] = None) -> None:
+    """Put new values into the dots of the `index`-th model of a `cells_figure` (both panels, labels too), and
+    rename it (a slider's update of a FigureWidget)."""
+    for trace in fig.data:
+        if trace.meta and trace.meta["model"] == index:
+            trace.x = [values[c] for c in trace.meta["cells"]]
+            if trace.text is not None:
+                trace.text = [f"{values[c]:.1f}" for c in trace.meta["cells"]]
+            if name is not None:
+                trace.name = name
+                trace.marker.color = model_colour(name)
 
 
 def grid_heatmap(z: Sequence[Sequence[float]], alphas: Sequence[float], betas: Sequence[float], title: str,
-                 colorbar: str, marks: Dict[str, tuple] = (), references: Dict[str, float] = ()) -> go.Figure:
+                 colorbar: str, marks: Dict[str, tuple] = (), references: Dict[str, float] = (),
+                 images: Optional[int] = None) -> go.Figure:
     """A value over an (alpha, beta) grid (alpha down, beta across, on log-spaced category axes), each cell
     printed; `marks` {label: (alpha, beta)} outlined (the paper's settings); `references` {label: value} named
     in the title (the last-step and zero-shot models)."""
@@ -258,27 +393,33 @@ def grid_heatmap(z: Sequence[Sequence[float]], alphas: Sequence[float], betas: S
             fig.add_annotation(x=j, y=i + 0.32, text=label, showarrow=False, font=dict(color="red", size=11),
                                bgcolor="white")
     refs = ", ".join(f"{k} {v:.1f}" for k, v in dict(references).items())
-    fig.update_layout(title=title + (f" (for reference: {refs})" if refs else ""), height=460,
-                      xaxis_title="beta", yaxis_title="alpha")
+    notes = ([f"for reference: {refs}"] if refs else []) + (
+        [f"{images} images: one image = {100 / images:.2f} points"] if images else [])
+    fig.update_layout(title=title + (f"<br><sup>{'; '.join(notes)}</sup>" if notes else ""), height=480,
+                      xaxis_title="beta", yaxis_title="alpha", margin=dict(t=90))
     return fig
 
 
 def curve_figure(x: Sequence[float], curves: Dict[str, Sequence[float]], title: str, x_title: str, y_title: str,
                  references: Dict[str, float] = (), marker_x: Optional[float] = None, log_x: bool = False,
-                 dotted: str = "") -> go.Figure:
+                 dotted: str = "", y_range: Optional[Sequence[float]] = None) -> go.Figure:
     """Lines of y against x, horizontal dashed reference lines (zero-shot, last step), and an optional vertical
-    marker at the slider's value. `log_x` puts x on a log axis ticked at the x values; curves whose name starts
-    with `dotted` are drawn dotted (e.g. the last-step model beside its average)."""
+    marker at the slider's value. A curve named 'MODEL: CELL' takes its cell's colour (so the average and the
+    last step of one cell share a colour), else its model's; curves whose name starts with `dotted` are drawn
+    dotted (e.g. the last-step model beside its average). `log_x` puts x on a log axis ticked at the x values."""
     fig = go.Figure()
     for name, y in curves.items():
+        cell = name.split(": ", 1)[-1]
+        colour = cell_colour(cell) if cell_colour(cell) != "#000000" else model_colour(name)
         fig.add_scatter(x=list(x), y=list(y), name=name, mode="lines+markers",
-                        line=dict(dash="dot") if dotted and name.startswith(dotted) else None)
+                        line=dict(color=colour, dash="dot" if dotted and name.startswith(dotted) else None))
     if log_x:
         fig.update_xaxes(type="log", tickvals=list(x), ticktext=[f"{v:g}" for v in x])
-    for i, (name, value) in enumerate(dict(references).items()):
-        fig.add_hline(y=value, line=dict(dash="dash", color=["#7f7f7f", "#d62728", "#9467bd"][i % 3]),
+    for name, value in dict(references).items():
+        fig.add_hline(y=value, line=dict(dash="dash", color=model_colour(name)),
                       annotation_text=f"{name} {value:.1f}", annotation_position="bottom right")
     if marker_x is not None:
         fig.add_vline(x=marker_x, line=dict(color="black", width=1))
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=420)
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=440,
+                      legend=dict(orientation="h", y=-0.22), yaxis=dict(range=list(y_range) if y_range else None))
     return fig

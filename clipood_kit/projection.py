@@ -43,10 +43,24 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
     labels, domains = setup.dataset.labels[pick].numpy(), setup.dataset.domain_ids[pick].numpy()
     unseen = np.isin(domains, setup.target_ids)
     # how far each model moved the images' features from the first model's (in the features, not in UMAP's
-    # layout, whose distances are not to be read): mean 1 - cos(f_model, f_first), per group of styles
-    moved = {}
-    if unseen.any() and (~unseen).any():
-        for i, name in enumerate(names[1:], start=1):
+    # layout, whose distances are not to be read): mean 1 - cos(f_model, f_first), per group of domains and per
+    # class; and the scale to judge it by: how far apart two images of one class, and of two classes, are
+    moved, per_class = {}, {}
+    classes = np.unique(labels)
+    for i, name in enumerate(names[1:], start=1):
+        if unseen.any() and (~unseen).any():
             moved[name] = {"unseen domains": mean_displacement(features[0][unseen], features[i][unseen]),
                            "training domains": mean_displacement(features[0][~unseen], features[i][~unseen])}
-    return {"coords": coords, "moved": moved, "labels": labels, "domains": domains}
+        per_class[name] = [mean_displacement(features[0][labels == c], features[i][labels == c]) for c in classes]
+    return {"coords": coords, "moved": moved, "labels": labels, "domains": domains, "classes": classes,
+            "per_class": per_class, "scale": pair_distances(features[0], torch.as_tensor(labels))}
+
+
+def pair_distances(features: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Mean 1 - cos between two different images of the same class, and of different classes: the yardstick
+    for a displacement (a model that moves features by much less than the same-class spread keeps the layout)."""
+    f = torch.nn.functional.normalize(features.double(), dim=-1)
+    dist = 1 - f @ f.T
+    same = labels[:, None] == labels[None]
+    off = ~torch.eye(len(labels), dtype=torch.bool)
+    return {"same class": float(dist[same & off].mean()), "different classes": float(dist[~same].mean())}

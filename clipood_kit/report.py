@@ -31,11 +31,17 @@ def text_table(results: dict) -> str:
     labels = [label(*c) for c in columns]
     short = [s.replace(" domains", "").replace("OOD ", "") for s in labels]
     width = max(len(k) for k in rows) + 2
+    seeds = len(results["config"]["seeds"])
     lines = [f"{'method':<{width}}" + "".join(f"{s:>20}" for s in short)]
     for name, cells in rows.items():
         lines.append(f"{name:<{width}}" + "".join(
-            f"{cells[c]['mean']:>14.1f} ±{cells[c]['std']:4.1f}" if c in cells else f"{'-':>20}" for c in labels))
-    return "\n".join(lines)
+            f"{mean_std(cells[c], seeds):>20}" if c in cells else f"{'-':>20}" for c in labels))
+    return "\n".join(lines + [f"({seeds} seed{'s' if seeds > 1 else ''}" + (": mean ± std)" if seeds > 1 else ")")])
+
+
+def mean_std(cell: dict, seeds: int) -> str:
+    """'87.2 ± 0.4' over several seeds; '87.2' for one seed (whose std is no spread, not a zero one)."""
+    return f"{cell['mean']:.1f} ± {cell['std']:.1f}" if seeds > 1 else f"{cell['mean']:.1f}"
 
 
 def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
@@ -44,18 +50,20 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
     columns = [tuple(c) for c in results["config"]["columns"]]
     rows = display_rows(summary, columns)
     labels = [label(*c) for c in columns]
-    text_rows = {m: {c: f"{v['mean']:.1f} ± {v['std']:.1f}" for c, v in cells.items()} for m, cells in rows.items()}
+    seeds = len(results["config"]["seeds"])
+    text_rows = {m: {c: mean_std(v, seeds) for c, v in cells.items()} for m, cells in rows.items()}
     d = setup.describe()
-    intro = (f"<p>{len(results['config']['seeds'])} seed(s), model <code>{d['model_id']}</code>, "
+    spread = "Mean ± std over seeds." if seeds > 1 else "One seed: no spread is shown."
+    intro = (f"<p>{seeds} seed{'s' if seeds > 1 else ''}, model <code>{d['model_id']}</code>, "
              f"{len(d['base_classes'])} base and {len(d['new_classes'])} new classes; trained on base classes of "
-             f"{', '.join(d['source_domains'])}; unseen styles: {', '.join(d['target_domains'])}. Base images are "
-             f"classified among base names, new images among new names; H is their harmonic mean. Mean ± std over "
-             f"seeds. OOD: MCM scores of new-class images in the training styles against held-out base-class images "
+             f"{', '.join(d['source_domains'])}; unseen domains: {', '.join(d['target_domains'])}. Base images are "
+             f"classified among base names, new images among new names; H is their harmonic mean. {spread} "
+             f"OOD: MCM scores of new-class images in the training domains against held-out base-class images "
              f"there (ID positive); FPR95 by the '{exp['fpr_rule']}' threshold rule. Run time "
              f"{results['seconds']:.0f} s.</p>")
     accuracy_labels = [label(*c) for c in columns if c[0] != "ood"]
     sections = [("Accuracy per method", intro + figures.table_html(text_rows, labels),
-                 figures.accuracy_bars(rows, accuracy_labels))]
+                 figures.accuracy_bars(rows, accuracy_labels, seeds=seeds))]
     ood = {m: s["ood"][OOD_SHIFT] for m, s in summary.items() if OOD_SHIFT in s.get("ood", {})}
     if ood:
         auroc = {m: {score: v[score]["AUROC"]["mean"] for score in v} for m, v in ood.items()}

@@ -84,12 +84,27 @@ def build_task(setup: Setup, method: Method, train: TrainConfig) -> TrainTask:
                      method=method, config=train)
 
 
+NO_TRAINING = "CLIPOOD_KIT_NO_TRAINING"
+
+
+def check_training_allowed(what: str) -> None:
+    """Refuse to train where the server says so (`CLIPOOD_KIT_NO_TRAINING=1`, a class-room hub whose lessons read
+    a prepared result store): the message says which command fills the store instead of training for every
+    student."""
+    if os.environ.get(NO_TRAINING, "") not in ("", "0"):
+        from .store import store_dir
+        raise RuntimeError(f"training {what!r} is switched off here ({NO_TRAINING} is set), and the result store "
+                           f"({store_dir()}) has no entry for this setting: keep the notebook's default parameters, "
+                           f"or run `clipood-kit lessons prepare --cache DIR` for them")
+
+
 def run_method(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, run_dir: Optional[Path] = None,
                resume: bool = False, progress: bool = True, on_step: Optional[Callable] = None,
                stop_after: Optional[int] = None, accelerator=None, overwrite: bool = False) -> dict:
     """Fine-tune with one method; score its models; write the run when `run_dir` is given (see
     `check_run_dir` for what a run folder may hold, `write_run` for how it is written)."""
     start = time.perf_counter()
+    check_training_allowed(method_cfg.name)
     if run_dir is not None:
         check_run_dir(run_dir, resume, overwrite)
     method = Method(method_cfg)

@@ -70,6 +70,7 @@ def ood_view(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], method: 
     fpr, tpr = ood.roc_curve(id_s, ood_s)
     metrics = {name: 100.0 * fn(id_s, ood_s) for name, fn in ood.metrics(fpr_rule).items()}
     return {"id": id_s.numpy(), "ood": ood_s.numpy(), "fpr": fpr.numpy(), "tpr": tpr.numpy(), **metrics,
+            "fpr95": metrics["FPR95"] / 100.0,
             "title": f"OOD: {method}, {score}, {shift} shift: AUROC {metrics['AUROC']:.1f}, "
                      f"FPR95 {metrics['FPR95']:.1f}"}
 

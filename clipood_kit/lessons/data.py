@@ -1,0 +1,121 @@
+"""What the lesson notebooks train and score, computed once and kept in the result store (`clipood_kit.store`).
+
+Each function takes the notebook's experiment and parameters, and returns plain data (scores, histories, score
+sets, projections); the store key holds every setting and the identity of the weights and data, so a changed
+parameter computes anew and an unchanged one is read back. `clipood-kit lessons prepare --cache DIR` runs every
+notebook once in its default setting into DIR: with `CLIPOOD_KIT_CACHE=DIR` (read-only is enough) the lessons
+then open without training anything.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .. import store
+from ..experiment import ExperimentConfig, inputs_identity, prepare
+from ..methods import compose
+from ..presets import demo_experiment
+from ..posthoc import Trajectory
+from ..projection import umap_projection
+from ..runs import run_method
+from ..scoring import StateScorer, ood_score_sets, zero_shot_scores
+from ..sweeps import bma_grid, bma_over_training, record_run, wise_curve
+
+def lesson_experiment(model: str, pretrained: str, data: str, per_cell: int, steps: int) -> ExperimentConfig:
+    """The demo's experiment (lambda 0.3, Beta(0.5, 0.5), batch 32, lr 1e-4) on the notebook's model, data and
+    budget: the one setup every lesson shares."""
+    exp = demo_experiment()
+    return replace(exp, model=model, pretrained=pretrained, data=data, per_cell=per_cell,
+                   train=replace(exp.train, steps=steps))
+
+
+def _cached(kind: str, exp: ExperimentConfig, params: dict, compute: Callable[[], dict]) -> dict:
+    payload = {"experiment": exp.to_dict(), "inputs": inputs_identity(exp), "params": params}
+
+    return store.cached(f"lesson-{kind}", payload, compute)
+
+
+def cell_images(setup, labels: torch.Tensor, domains: torch.Tensor) -> dict:
+    """How many evaluation images each cell (domain group x class group) is scored on: one image is 100 / n
+    points of accuracy there."""
+    source = torch.isin(domains, torch.tensor(setup.source_ids))
+    base = torch.isin(labels, torch.tensor(setup.base_ids))
+    return {group: {"base": int((inside & base).sum()), "new": int((inside & ~base).sum())}
+            for group, inside in (("train", source), ("unseen", ~source))}
+
+
+def bma_lesson(exp: ExperimentConfig, grid: Sequence[float], every: int, alpha: float, beta: float,
+               progress: bool = True) -> dict:
+    """Notebook 3: one CLIPood run with every step kept, scored after the fact. Returns the zero-shot and last-step
+    scores, `grid[i][j]` (the BMA model with Beta(grid[i], grid[j])), `over_training` (the running BMA with
+    Beta(alpha, beta) and the last-step model every `every` steps) and the number of evaluation images."""
+    def compute() -> dict:
+        setup = prepare(exp)
+        run = record_run(setup, exp.method, every=1, progress=progress)
+        traj = run["trajectory"]
+        scorer = StateScorer(setup)
+        return {"zero_shot": scorer(setup.zero_shot_state), "last": run["result"]["models"]["last"],
+                "grid": bma_grid(traj, scorer, grid, grid, progress=progress),
+                "over_training": bma_over_training(traj, scorer, alpha, beta, every=every),
+                "eval_images": len(scorer.labels), "cell_images": cell_images(setup, scorer.labels, scorer.domains),
+                "trajectory_mb": traj.nbytes / 1e6}
+    return _cached("bma", exp, {"grid": list(grid), "every": every, "alpha": alpha, "beta": beta}, compute)
+
+
+def fine_tuning_lesson(exp: ExperimentConfig, methods: Sequence[str], mixes: Sequence[float],
+                       on_step: Optional[Callable[[str, dict], None]] = None) -> dict:
+    """Notebook 4: each method trained once (`on_step(method, row)` sees every history row while it trains);
+    returns `histories`, `scores` (zero-shot and each method's primary model) and `wise` (the WiSE-FT mix of
+    the first method's last step with the zero-shot model at every mix)."""
+    def compute() -> dict:
+        setup = prepare(exp)
+        names = [n for n, _ in setup.loaded.model.visual.named_parameters()]
+        ends = Trajectory(exp.train.steps, every=exp.train.steps).start(setup.zero_shot_state, names)  # t = 0, T
+        scores, histories = {"zero-shot": zero_shot_scores(setup)}, {}
+        for i, name in enumerate(methods):
+            record = ends.recorder() if i == 0 else None
+
+            def hook(row, encoder, method, name=name, record=record):
+                if on_step is not None:
+                    on_step(name, row)
+                if record is not None:
+                    record(row, encoder, method)
+            result = run_method(setup, compose(name), exp.train, progress=False, on_step=hook)
+            histories[name] = result["history"]
+            scores[name] = result["models"][result["primary"]]
+        wise = wise_curve(ends, StateScorer(setup), mixes)
+        return {"histories": histories, "scores": scores, "wise": wise, "mixes": list(mixes)}
+    return _cached("fine-tuning", exp, {"methods": list(methods), "mixes": list(mixes)}, compute)
+
+
+def features_lesson(exp: ExperimentConfig, points: int, seed: int = 0) -> dict:
+    """Notebook 5: CE (last step) and CLIPood (BMA) trained once; the same `points` images under the zero-shot
+    and both models, projected in one UMAP frame, with how far each model moved the features (overall, per
+    domain group, per class) and the scale to judge it by (`projection.umap_projection`)."""
+    def compute() -> dict:
+        setup = prepare(exp)
+        ce = run_method(setup, compose("ce"), exp.train, progress=False)
+        clipood = run_method(setup, compose("clipood"), exp.train, progress=False)
+        states = {"zero-shot": setup.zero_shot_state, "CE": ce["states"]["last"],
+                  "CLIPood (BMA)": clipood["states"]["bma"]}
+        return umap_projection(setup, states, points, seed=seed)
+    return _cached("features", exp, {"points": points, "seed": seed}, compute)
+
+
+def ood_lesson(exp: ExperimentConfig, methods: Sequence[str]) -> dict:
+    """Notebook 6: `score_sets`, every OOD score of every image set (ID and each shift) after zero-shot and each
+    method's primary model (`scoring.ood_score_sets`), keyed by 'zero-shot' and 'METHOD (MODEL)'; and the two
+    properties of the model that explain them: its logit scale and the mean cosine between class text features."""
+    def compute() -> dict:
+        setup = prepare(exp)
+        sets = {"zero-shot": ood_score_sets(setup, setup.zero_shot_state)}
+        for name in methods:
+            result = run_method(setup, compose(name), exp.train, progress=False)
+            sets[f"{name} ({result['primary']})"] = ood_score_sets(setup, result["states"][result["primary"]])
+        t = setup.text_features[setup.base_ids]
+        cos = t @ t.T
+        off = cos[~torch.eye(len(t), dtype=torch.bool)]
+        return {"score_sets": sets, "logit_scale": setup.logit_scale, "text_cosine_mean": float(off.mean())}
+    return _cached("ood", exp, {"methods": list(methods)}, compute)

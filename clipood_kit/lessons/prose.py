@@ -1,0 +1,150 @@
+"""The lessons' findings as Markdown rendered from the run, and the answers to their predictions.
+
+A number or claim that the run decides is never typed into a notebook's prose: these functions compute it from
+the results and say it. Each `*_answer` returns the option a prediction question is checked against.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import numpy as np
+
+from ..methods import beta_weights
+
+TREND_OPTIONS = ("better", "worse", "within a point")
+SHAPE_OPTIONS = ("start-heavy (alpha < beta)", "symmetric (alpha = beta)", "end-heavy (alpha > beta)")
+WISE_OPTIONS = ("below CE", "between CE and zero-shot", "above zero-shot")
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1f} %"
+
+
+def template_finding(table: Dict[str, Dict[str, float]]) -> str:
+    """Notebook 1: which prompt set gives the best and worst mean zero-shot accuracy, and by how much."""
+    means = {name: acc["mean"] for name, acc in table.items()}
+    best, worst = max(means, key=means.get), min(means, key=means.get)
+    return (f"Best mean accuracy: **{best}** ({_pct(means[best])}); worst: **{worst}** ({_pct(means[worst])}), "
+            f"a spread of {means[best] - means[worst]:.1f} points. The CLIP paper found the ensemble best on "
+            f"ImageNet; " + ("the same holds here." if best.startswith("ensemble") else
+                             "here it does not: the tiny CLIP was pretrained on captions of one form (\"a sketch of a "
+                             "small red star\"), so the prompt closest to its captions can beat an average over "
+                             "templates it never saw. Prompt engineering is a property of the pretraining data."))
+
+
+def best_template(table: Dict[str, Dict[str, float]]) -> str:
+    return max(table, key=lambda name: table[name]["mean"])
+
+
+def family_finding(cosine: np.ndarray, classnames: Sequence[str], families: Dict[str, Sequence[str]] | None) -> str:
+    """Notebook 2: mean text cosine within and between families (the block structure MMS reads)."""
+    if not families:
+        return "This dataset has no taxonomy: look for blocks of similar classes yourself."
+    fam = {c: f for f, members in families.items() for c in members}
+    within, between = [], []
+    for i, a in enumerate(classnames):
+        for j, b in enumerate(classnames):
+            if i != j:
+                (within if fam.get(a) == fam.get(b) else between).append(cosine[i, j])
+    w, b = float(np.mean(within)), float(np.mean(between))
+    return (f"Mean text cosine within a family: **{w:.2f}**; between families: **{b:.2f}**. "
+            + ("Classes of one family are closer, so MMS gives them the smaller margins." if w > b else
+               "There is no family structure here: MMS's margins carry no semantics."))
+
+
+def trend_answer(start: float, end: float) -> str:
+    """'better' / 'worse' / 'within a point' for a change from `start` to `end` (accuracy in %)."""
+    if abs(end - start) < 1.0:
+        return TREND_OPTIONS[2]
+    return TREND_OPTIONS[0] if end > start else TREND_OPTIONS[1]
+
+
+def lambda_finding(lambdas: Sequence[float], curves: Dict[str, Sequence[float]], zero_shot: float) -> str:
+    """Notebook 2: how each model's accuracy moves from the smallest to the largest lambda."""
+    parts = [f"{name} goes from {_pct(y[0])} at lambda = {lambdas[0]:g} to {_pct(y[-1])} at lambda = "
+             f"{lambdas[-1]:g} ({trend_answer(y[0], y[-1])})" for name, y in curves.items()]
+    return "; ".join(parts) + f". Zero-shot: {_pct(zero_shot)}."
+
+
+def zero_shot_share(steps: int, alpha: float, beta: float) -> float:
+    """The zero-shot model's (t = 0) share of the final BMA average."""
+    w = np.array(beta_weights(steps, alpha, beta))
+    return float(w[0] / w.sum())
+
+
+def shape_of(alpha: float, beta: float) -> str:
+    return SHAPE_OPTIONS[0] if alpha < beta else SHAPE_OPTIONS[1] if alpha == beta else SHAPE_OPTIONS[2]
+
+
+def grid_best(z: Sequence[Sequence[float]], grid: Sequence[float]) -> tuple:
+    """(alpha, beta, value) of the best cell of an alpha x beta grid (the first on ties)."""
+    arr = np.asarray(z, dtype=float)
+    i, j = np.unravel_index(int(arr.argmax()), arr.shape)
+    return grid[i], grid[j], float(arr[i, j])
+
+
+def grid_finding(tables: Dict[str, Sequence[Sequence[float]]], grid: Sequence[float],
+                 references: Dict[str, Dict[str, float]], images: Dict[str, int]) -> str:
+    """Notebook 3: the best (alpha, beta) for each cell, against the zero-shot and last-step models, and whether
+    one setting is best in both (within one image's worth of accuracy)."""
+    lines, best = [], {}
+    for cell, z in tables.items():
+        a, b, v = grid_best(z, grid)
+        best[cell] = (a, b)
+        refs = ", ".join(f"{k} {_pct(r[cell])}" for k, r in references.items())
+        lines.append(f"- **{cell}**: best Beta({a:g}, {b:g}) = {_pct(v)} ({shape_of(a, b)}); {refs}; one image is "
+                     f"{100 / images[cell]:.2f} points here, so differences of that size are noise.")
+    cells = list(tables)
+    both = [(i, j) for i in range(len(grid)) for j in range(len(grid))
+            if all(tables[c][i][j] >= grid_best(tables[c], grid)[2] - 100 / images[c] for c in cells)]
+    if both:
+        i, j = both[0]
+        lines.append(f"- Beta({grid[i]:g}, {grid[j]:g}) is within one image of the best on every cell shown.")
+    else:
+        lines.append("- No setting of the grid is within one image of the best on every cell: the Beta's shape "
+                     "trades what the average keeps for what it gains.")
+    return "\n".join(lines)
+
+
+def wise_answer(wise: float, ce: float, zero_shot: float) -> str:
+    """Where a WiSE-FT mix lands against CE and zero-shot on one cell."""
+    low, high = min(ce, zero_shot), max(ce, zero_shot)
+    return WISE_OPTIONS[0] if wise < low else WISE_OPTIONS[2] if wise > high else WISE_OPTIONS[1]
+
+
+def wise_finding(mixes: Sequence[float], curve: Sequence[float], ce: float, zero_shot: float, cell: str) -> str:
+    arr = np.asarray(curve)
+    k = int(arr.argmax())
+    return (f"On **{cell}**: zero-shot {_pct(zero_shot)}, CE {_pct(ce)}; the best mix is a = {mixes[k]:g} with "
+            f"{_pct(arr[k])}, " + ("above both ends." if arr[k] > max(ce, zero_shot) else "not above both ends."))
+
+
+def movement_answer(moved: Dict[str, Dict[str, float]]) -> str:
+    """The model whose features moved furthest from zero-shot (mean over domain groups)."""
+    return max(moved, key=lambda m: float(np.mean(list(moved[m].values()))))
+
+
+def movement_finding(moved: Dict[str, Dict[str, float]], scale: Dict[str, float]) -> str:
+    """Notebook 5: each model's displacement in units of the same-class spread."""
+    same = scale["same class"]
+    parts = [f"**{m}** moved the features by {v['unseen domains']:.4f} (unseen domains) and "
+             f"{v['training domains']:.4f} (training domains), {100 * v['unseen domains'] / same:.0f} % and "
+             f"{100 * v['training domains'] / same:.0f} % of the distance between two images of one class "
+             f"({same:.3f})" for m, v in moved.items()]
+    return "; ".join(parts) + "."
+
+
+def best_score(table: Dict[str, float]) -> str:
+    return max(table, key=table.get)
+
+
+def ood_reading(table: Dict[str, Dict[str, float]], logit_scale: float, text_cosine: float) -> str:
+    """Notebook 6: the best score per model, how far MCM sits from chance, and the model properties that explain
+    it (all from the run)."""
+    lines = [f"- The model's logit scale is **{logit_scale:.0f}** (MSP's temperature is its inverse); the mean "
+             f"cosine between the ID classes' text features is **{text_cosine:.2f}**."]
+    for model, row in table.items():
+        b = best_score(row)
+        lines.append(f"- **{model}**: best score {b} (AUROC {row[b]:.1f}); MCM {row['MCM']:.1f}"
+                     + (" (within 5 points of chance)" if abs(row["MCM"] - 50) < 5 else ""))
+    return "\n".join(lines)
