@@ -1,7 +1,10 @@
-"""The notebooks in a real browser: JupyterLab (headless, localhost, temporary token) driven by Playwright in
-Debian's Chromium. Each notebook runs all its cells (fast parameters); no error output; plotly figures render;
-in notebooks 2, 3 and 4 a slider moves and a figure of what it reaches (accuracy of trained models) changes; in notebook 6 a dropdown picks another score and the
-figure changes. Screenshots go to test-artifacts/."""
+"""The notebooks in a real browser, as a lecturer opens them: every notebook at its DEFAULT setting, cold, with the
+class-room store prepared once (`lessons.build.prepare_store`) and training switched off on the server (so a
+run that trained would fail). JupyterLab (headless, localhost, temporary token) and Voila (the notebook as an
+app, no code shown), driven by Playwright in Debian's Chromium. Each notebook runs all its cells; no error
+output; plotly figures render; in notebooks 2, 3 and 4 a slider moves and a figure of what it reaches (accuracy
+of trained models) changes; in notebook 6 a dropdown picks another score and the figure changes. Screenshots of
+the key figures and the Voila app go to test-artifacts/ (with the run and open times in timings.json)."""
 import json
 import os
 import secrets
@@ -21,8 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-SLIDER_FIGURE = {"02_margins.ipynb": "Trained with lambda", "03_beta_moving_average.ipynb": "Accuracy (%) and OOD AUROC",
+SLIDER_FIGURE = {"02_margins.ipynb": "Trained with lambda", "03_beta_moving_average.ipynb": "BMA model",
                  "04_fine_tuning.ipynb": "WiSE-FT at a ="}
+# the figure each notebook is about (its screenshot is looked at before a release), by title start
+KEY_FIGURES = {"01_world_and_zero_shot.ipynb": ["Zero-shot accuracy (%) per style and prompt set",
+                                                "Zero-shot accuracy (%) per domain: class and domain"],
+               "02_margins.ipynb": ["cos(t_i, t_j)", "Class-adaptive margins", "Accuracy (%) against lambda",
+                                    "the chosen image: class probabilities"],
+               "03_beta_moving_average.ipynb": ["BMA weights", "BMA: unseen styles / new", "BMA: train styles / base",
+                                                "Accuracy over training"],
+               "04_fine_tuning.ipynb": ["Training loss", "WiSE-FT: accuracy (%) against the mix"],
+               "05_features_umap.ipynb": ["How far fine-tuning moved", "UMAP of what the classifier reads"],
+               "06_ood_detection.ipynb": ["Semantic shift: AUROC", "Semantic shift: FPR95", "OOD: "]}
 DROPDOWN_FIGURE = {"06_ood_detection.ipynb": ("OOD: ", "energy")}    # figure title start, option to pick
 
 
@@ -32,25 +45,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _fast_copy(name: str, folder: Path) -> None:
-    """The notebook with its parameters cell set to the fast values."""
-    nb = json.loads((ROOT / "notebooks" / name).read_text())
-    for cell in nb["cells"]:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            lines = "".join(cell["source"]).splitlines()
-            for key, value in FAST[name].items():
-                lines = [f"{key} = {value!r}" if line.split("=")[0].strip() == key else line for line in lines]
-            cell["source"] = "\n".join(lines)
-    (folder / name).write_text(json.dumps(nb))
+def _wait_for(url: str, server: subprocess.Popen, log: Path, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError(f"the server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def classroom(tmp_path_factory):
+    """The result store of every notebook's default setting, prepared once (as a lecturer would before class)."""
+    from clipood_kit.lessons.build import prepare_store
+    cache = tmp_path_factory.mktemp("classroom-store")
+    ARTIFACTS.mkdir(exist_ok=True)
+    times = prepare_store(cache, ROOT / "notebooks", progress=False)
+    _record("prepare (default setting, computing)", times)
+    return cache
+
+
+def _record(key: str, values: dict) -> None:
+    record = ARTIFACTS / "timings.json"
+    data = json.loads(record.read_text()) if record.exists() else {}
+    data.setdefault(key, {}).update(values)
+    record.write_text(json.dumps(data, indent=1))
+
+
+def _serving_env(folder: Path, cache: Path) -> dict:
+    return dict(os.environ, JUPYTER_CONFIG_DIR=str(folder / ".jupyter-config"), JUPYTER_RUNTIME_DIR=str(folder / ".rt"),
+                CLIPOOD_KIT_CACHE=str(cache), CLIPOOD_KIT_NO_TRAINING="1")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, classroom):
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed: apt-get install chromium (make test installs it)"
     folder = tmp_path_factory.mktemp("lab")
     for name in FAST:
-        _fast_copy(name, folder)
+        shutil.copyfile(ROOT / "notebooks" / name, folder / name)
     # render every cell (no windowing), so each cell's prompt can be read after Run All
     settings = folder / ".lab-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
@@ -59,22 +95,14 @@ def lab(tmp_path_factory):
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
     port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(folder / ".jupyter-config"), JUPYTER_RUNTIME_DIR=str(folder / ".rt"))
+    env = _serving_env(folder, classroom)
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--ServerApp.open_browser=False", "--allow-root",
          f"--LabApp.user_settings_dir={folder / '.lab-settings'}", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         cwd=folder, env=env, stdout=open(folder / "jupyterlab.log", "w"), stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("JupyterLab did not start: " + (folder / "jupyterlab.log").read_text()[-2000:])
-                time.sleep(0.5)
+        _wait_for(f"http://127.0.0.1:{port}/api/status?token={token}", server, folder / "jupyterlab.log")
         from playwright.sync_api import sync_playwright
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -96,7 +124,7 @@ def _figure_state(page, title_start: str):
         for (const el of document.querySelectorAll('.js-plotly-plot')) {
             const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
             if (typeof t === 'string' && t.startsWith(start))
-                return JSON.stringify([t, el.data.map(d => d.z || d.y)]);
+                return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z])]);
         }
         return null; }""", title_start)
 
@@ -127,11 +155,13 @@ def test_notebook_in_jupyterlab(lab, name):
         page.wait_for_timeout(2000)
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        started = time.perf_counter()
         deadline = time.time() + 240
         while True:
             prompts = panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
             done = prompts and all(p.strip() not in ("[*]:", "[ ]:", "") for p in prompts)
             if done:
+                _record("run all in JupyterLab with the store (s)", {name: round(time.perf_counter() - started, 1)})
                 break
             assert time.time() < deadline, f"{name}: cells still running: {prompts}"
             page.wait_for_timeout(1000)
@@ -151,7 +181,7 @@ def test_notebook_in_jupyterlab(lab, name):
                 for (const el of document.querySelectorAll('.js-plotly-plot')) {
                     const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
                     if (typeof t === 'string' && t.startsWith(start))
-                        return JSON.stringify([t, el.data.map(d => d.z || d.y)]) !== before;
+                        return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z])]) !== before;
                 }
                 return false; }""", arg=[SLIDER_FIGURE[name], before], timeout=30_000)
             latency = time.perf_counter() - pressed
@@ -177,6 +207,61 @@ def test_notebook_in_jupyterlab(lab, name):
                 }
                 return false; }""", arg=[start, option], timeout=30_000)
             assert _figure_state(page, start) != before
+        for i, title in enumerate(KEY_FIGURES[name]):
+            assert _figure_state(page, title) is not None, f"{name}: the figure {title!r} did not render"
+            _shoot_figure(page, panel, title, ARTIFACTS / f"{Path(name).stem}_key{i}.png")
         page.screenshot(path=str(ARTIFACTS / f"{Path(name).stem}.png"), full_page=True)
     finally:
         page.close()
+
+
+@pytest.mark.parametrize("name", ["03_beta_moving_average.ipynb", "04_fine_tuning.ipynb"])
+def test_notebook_as_a_voila_app(classroom, tmp_path, name):
+    """The notebook served by Voila (no code cells shown): it renders its figures from the class-room store, and a
+    slider reaches its outcome figure."""
+    chromium = shutil.which("chromium")
+    shutil.copyfile(ROOT / "notebooks" / name, tmp_path / name)
+    port = _free_port()
+    env = _serving_env(tmp_path, classroom)
+    server = subprocess.Popen([sys.executable, "-m", "voila", name, f"--port={port}", "--no-browser",
+                               "--Voila.ip=127.0.0.1", "--theme=light"], cwd=tmp_path, env=env,
+                              stdout=open(tmp_path / "voila.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/", server, tmp_path / "voila.log", seconds=120)
+        from playwright.sync_api import sync_playwright
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                started = time.perf_counter()
+                page.goto(f"http://127.0.0.1:{port}/", timeout=180_000)
+                page.locator(".js-plotly-plot").first.wait_for(timeout=180_000)
+                page.wait_for_function("""(start) => [...document.querySelectorAll('.js-plotly-plot')].some(el => {
+                    const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
+                    return typeof t === 'string' && t.startsWith(start); })""", arg=SLIDER_FIGURE[name], timeout=180_000)
+                _record("Voila: first figure (s)", {name: round(time.perf_counter() - started, 1)})
+                page.wait_for_timeout(3000)
+                text = page.locator("body").inner_text()
+                assert "Traceback" not in text and "Error" not in text, text[-2000:]
+                assert "import " not in text, "Voila shows code"
+                before = _figure_state(page, SLIDER_FIGURE[name])
+                handle = page.locator(".widget-slider .noUi-handle").first
+                handle.scroll_into_view_if_needed()
+                handle.focus()
+                page.keyboard.press("ArrowRight")
+                page.wait_for_function("""([start, before]) => {
+                    for (const el of document.querySelectorAll('.js-plotly-plot')) {
+                        const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
+                        if (typeof t === 'string' && t.startsWith(start))
+                            return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z])]) !== before;
+                    }
+                    return false; }""", arg=[SLIDER_FIGURE[name], before], timeout=30_000)
+                page.screenshot(path=str(ARTIFACTS / f"voila_{Path(name).stem}.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -1,0 +1,162 @@
+"""The lessons as a course uses them.
+
+- Student versions (otter assign): solutions stripped, checks kept; a student notebook runs top to bottom without
+  an error and every check in it fails; with the instructor's answers filled in, every check passes.
+- Class-room mode: `prepare_store` fills a result store; with the store read-only and training switched off,
+  every notebook runs (so nothing trains); with an empty store the same switch refuses to train and says how
+  to fill it.
+"""
+import json
+import os
+import stat
+from pathlib import Path
+
+import papermill
+import pytest
+
+from clipood_kit import store
+from clipood_kit.lessons.build import prepare_store, student_versions
+from test_notebooks import FAST, NOTEBOOKS
+
+
+def _execute(src: Path, out: Path, params: dict, env: dict = None) -> dict:
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        papermill.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(src.parent),
+                                   progress_bar=False, execution_timeout=300)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return json.loads(out.read_text())
+
+
+def _check_outputs(nb: dict) -> dict:
+    """{question: passed?} from the outputs of the notebook's `grader.check("question")` cells."""
+    results = {}
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        if cell["cell_type"] == "code" and src.startswith("grader.check("):
+            name = src.split('"')[1]
+            text = "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
+                           for o in cell["outputs"])
+            assert text, f"check {name} printed nothing"
+            results[name] = "passed" in text and "failed" not in text.lower()
+    return results
+
+
+def _solutions(instructor: Path) -> list:
+    """The instructor's solution cells, in order (the cells between '# BEGIN SOLUTION' and '# END SOLUTION')."""
+    cells, inside, out = json.loads(instructor.read_text())["cells"], False, []
+    for cell in cells:
+        src = "".join(cell["source"])
+        if cell["cell_type"] == "raw" and src.startswith("# BEGIN SOLUTION"):
+            inside = True
+        elif cell["cell_type"] == "raw" and src.startswith("# END SOLUTION"):
+            inside = False
+        elif inside and cell["cell_type"] == "code":
+            out.append(src)
+    return out
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory):
+    return student_versions(tmp_path_factory.mktemp("student"), NOTEBOOKS, autograder=True)
+
+
+def test_every_lesson_has_both_kinds_of_exercise():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        assert "# ASSIGNMENT CONFIG" in "".join(cells[0]["source"]), path.name
+        questions = [c for c in cells if c["cell_type"] == "raw" and "".join(c["source"]).startswith("# BEGIN QUESTION")]
+        prompts = [("".join(cells[i + 1]["source"])) for i, c in enumerate(cells) if c in questions]
+        kinds = {p.split(".")[0].strip("*") for p in prompts}
+        assert {"Predict", "Implement"} <= kinds, f"{path.name} has {kinds}"
+
+
+def test_student_versions_strip_the_solutions(students):
+    assert [p.name for p in students] == sorted(FAST)
+    for path in students:
+        text = path.read_text()
+        assert "BEGIN SOLUTION" not in text and "# SOLUTION" not in text, path.name
+        nb = json.loads(text)
+        answers = [c for c in nb["cells"] if "otter_answer_cell" in c["metadata"].get("tags", [])]
+        assert answers and all("..." in "".join(c["source"]) for c in answers), path.name
+        assert (path.parent / "autograder" / path.name).exists()
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_a_student_notebook_runs_and_its_checks_fail_until_solved(students, name, tmp_path):
+    student = next(p for p in students if p.name == name)
+    work = tmp_path / name
+    work.write_text(student.read_text())
+    ran = _execute(work, tmp_path / "out.ipynb", FAST[name])
+    errors = [o for c in ran["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert not errors, errors[:1]
+    before = _check_outputs(ran)
+    assert len(before) >= 2 and not any(before.values()), before
+    # the instructor's answers, pasted into the answer cells: every check passes
+    nb = json.loads(student.read_text())
+    answers = [c for c in nb["cells"] if "otter_answer_cell" in c["metadata"].get("tags", [])]
+    solutions = _solutions(NOTEBOOKS / name)
+    assert len(answers) == len(solutions)
+    for cell, solution in zip(answers, solutions):
+        cell["source"] = "\n".join(line.replace("  # SOLUTION", "") for line in solution.splitlines()
+                                   if "BEGIN SOLUTION" not in line and "END SOLUTION" not in line)
+    work.write_text(json.dumps(nb))
+    after = _check_outputs(_execute(work, tmp_path / "solved.ipynb", FAST[name]))
+    assert after == {q: True for q in before}, after
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("classroom")
+    times = prepare_store(cache, NOTEBOOKS, parameters=FAST, progress=False)
+    assert sorted(times) == sorted(FAST)
+    for path in cache.rglob("*"):                     # read-only, as a hub mounts it
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    yield cache
+    for path in [cache, *cache.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_with_the_classroom_store_no_notebook_trains(prepared, name, tmp_path):
+    nb = _execute(NOTEBOOKS / name, tmp_path / name, FAST[name],
+                  env={"CLIPOOD_KIT_CACHE": str(prepared), "CLIPOOD_KIT_NO_TRAINING": "1"})
+    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert not errors, errors[:1]
+
+
+def test_without_the_store_training_is_refused_and_the_fix_named(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match="lessons prepare --cache"):
+        _execute(NOTEBOOKS / "03_beta_moving_average.ipynb", tmp_path / "out.ipynb", FAST["03_beta_moving_average.ipynb"],
+                 env={"CLIPOOD_KIT_CACHE": str(tmp_path / "empty"), "CLIPOOD_KIT_NO_TRAINING": "1"})
+
+
+def test_the_store_round_trips_and_refuses_stale_entries(tmp_path):
+    import numpy as np
+    import torch
+    value = {"t": torch.tensor([[1.5, -2.25]], dtype=torch.float32), "a": np.arange(3, dtype=np.int64),
+             "x": [0.1, {"y": 7}]}
+    calls = []
+    first = store.cached("unit", {"k": 1}, lambda: calls.append(1) or value, tmp_path)
+    again = store.cached("unit", {"k": 1}, lambda: calls.append(1) or value, tmp_path)
+    assert len(calls) == 1 and torch.equal(again["t"], value["t"]) and again["t"].dtype == torch.float32
+    assert np.array_equal(again["a"], value["a"]) and again["x"] == value["x"] and first is value
+    store.cached("unit", {"k": 2}, lambda: calls.append(1) or value, tmp_path)
+    assert len(calls) == 2                                   # another payload, another entry
+    entry = next(tmp_path.glob("unit-*.json"))
+    entry.write_text("{damaged")
+    store.cached("unit", {"k": 1}, lambda: calls.append(1) or value, tmp_path)
+    store.cached("unit", {"k": 2}, lambda: calls.append(1) or value, tmp_path)
+    assert len(calls) == 3                                   # only the damaged one was recomputed
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.warns(UserWarning, match="not writable"):
+            assert store.cached("unit", {"k": 3}, lambda: 5, tmp_path) == 5
+    finally:
+        tmp_path.chmod(0o755)
