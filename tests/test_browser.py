@@ -5,6 +5,7 @@ app, no code shown), driven by Playwright in Debian's Chromium. Each notebook ru
 output; plotly figures render; in notebooks 2, 3 and 4 a slider moves and a figure of what it reaches (accuracy
 of trained models) changes; in notebook 6 a dropdown picks another score and the figure changes. Screenshots of
 the key figures and the Voila app go to test-artifacts/ (with the run and open times in timings.json)."""
+import contextlib
 import json
 import os
 import secrets
@@ -45,16 +46,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for(url: str, server: subprocess.Popen, log: Path, seconds: float = 90) -> None:
-    deadline = time.time() + seconds
-    while True:
+@contextlib.contextmanager
+def _serving(command: list, cwd: Path, env: dict, log: Path, url: str, seconds: float = 120):
+    """A local server (JupyterLab or Voila) started, awaited until `url` answers, and stopped afterwards."""
+    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + seconds
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"the server did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        server.terminate()
         try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError(f"the server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _move_slider(page, scope, title_start: str) -> float:
+    """Press ArrowRight on the first slider in `scope` and wait until the figure titled `title_start` changes;
+    returns the latency from the key press to the changed figure (s)."""
+    before = _figure_state(page, title_start)
+    assert before is not None, f"the interactive figure {title_start!r} did not render"
+    handle = scope.locator(".widget-slider .noUi-handle").first
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    pressed = time.perf_counter()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("""([start, before]) => {
+        for (const el of document.querySelectorAll('.js-plotly-plot')) {
+            const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
+            if (typeof t === 'string' && t.startsWith(start))
+                return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z])]) !== before;
+        }
+        return false; }""", arg=[title_start, before], timeout=30_000)
+    latency = time.perf_counter() - pressed
+    assert _figure_state(page, title_start) != before
+    return latency
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +129,12 @@ def lab(tmp_path_factory, classroom):
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
     port, token = _free_port(), secrets.token_hex(16)
-    env = _serving_env(folder, classroom)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--ServerApp.open_browser=False", "--allow-root",
-         f"--LabApp.user_settings_dir={folder / '.lab-settings'}", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=folder, env=env, stdout=open(folder / "jupyterlab.log", "w"), stderr=subprocess.STDOUT)
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/api/status?token={token}", server, folder / "jupyterlab.log")
+    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--ServerApp.open_browser=False",
+               "--allow-root", f"--LabApp.user_settings_dir={folder / '.lab-settings'}", "--LabApp.news_url=",
+               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    with _serving(command, folder, _serving_env(folder, classroom), folder / "jupyterlab.log",
+                  f"http://127.0.0.1:{port}/api/status?token={token}"):
         from playwright.sync_api import sync_playwright
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -110,12 +142,6 @@ def lab(tmp_path_factory, classroom):
                 yield browser, f"http://127.0.0.1:{port}", token
             finally:
                 browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def _figure_state(page, title_start: str):
@@ -170,27 +196,8 @@ def test_notebook_in_jupyterlab(lab, name):
         assert "Traceback" not in outputs and "Error:" not in outputs, outputs[-2000:]
         assert panel.locator(".js-plotly-plot").count() > 0, f"{name}: no plotly figure rendered"
         if name in SLIDER_FIGURE:
-            before = _figure_state(page, SLIDER_FIGURE[name])
-            assert before is not None, f"{name}: the interactive figure did not render"
-            handle = panel.locator(".widget-slider .noUi-handle").first
-            handle.scroll_into_view_if_needed()
-            handle.focus()
-            pressed = time.perf_counter()
-            page.keyboard.press("ArrowRight")           # one move; its latency: key press to the new figure
-            page.wait_for_function("""([start, before]) => {
-                for (const el of document.querySelectorAll('.js-plotly-plot')) {
-                    const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
-                    if (typeof t === 'string' && t.startsWith(start))
-                        return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z])]) !== before;
-                }
-                return false; }""", arg=[SLIDER_FIGURE[name], before], timeout=30_000)
-            latency = time.perf_counter() - pressed
-            after = _figure_state(page, SLIDER_FIGURE[name])
-            assert after != before
-            record = ARTIFACTS / "slider_latency.json"
-            latencies = json.loads(record.read_text()) if record.exists() else {}
-            latencies[name] = round(latency, 3)
-            record.write_text(json.dumps(latencies, indent=1))
+            latency = _move_slider(page, panel, SLIDER_FIGURE[name])
+            _record("slider latency in JupyterLab (s)", {name: round(latency, 3)})
             assert latency < 10, f"{name}: a slider move took {latency:.1f} s to reach its figure"
             _shoot_figure(page, panel, SLIDER_FIGURE[name], ARTIFACTS / f"{Path(name).stem}_outcome.png")
         if name in DROPDOWN_FIGURE:
@@ -222,12 +229,10 @@ def test_notebook_as_a_voila_app(classroom, tmp_path, name):
     chromium = shutil.which("chromium")
     shutil.copyfile(ROOT / "notebooks" / name, tmp_path / name)
     port = _free_port()
-    env = _serving_env(tmp_path, classroom)
-    server = subprocess.Popen([sys.executable, "-m", "voila", name, f"--port={port}", "--no-browser",
-                               "--Voila.ip=127.0.0.1", "--theme=light"], cwd=tmp_path, env=env,
-                              stdout=open(tmp_path / "voila.log", "w"), stderr=subprocess.STDOUT)
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/", server, tmp_path / "voila.log", seconds=120)
+    command = [sys.executable, "-m", "voila", name, f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1",
+               "--theme=light"]
+    with _serving(command, tmp_path, _serving_env(tmp_path, classroom), tmp_path / "voila.log",
+                  f"http://127.0.0.1:{port}/"):
         from playwright.sync_api import sync_playwright
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -235,7 +240,6 @@ def test_notebook_as_a_voila_app(classroom, tmp_path, name):
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 started = time.perf_counter()
                 page.goto(f"http://127.0.0.1:{port}/", timeout=180_000)
-                page.locator(".js-plotly-plot").first.wait_for(timeout=180_000)
                 page.wait_for_function("""(start) => [...document.querySelectorAll('.js-plotly-plot')].some(el => {
                     const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
                     return typeof t === 'string' && t.startsWith(start); })""", arg=SLIDER_FIGURE[name], timeout=180_000)
@@ -244,24 +248,7 @@ def test_notebook_as_a_voila_app(classroom, tmp_path, name):
                 text = page.locator("body").inner_text()
                 assert "Traceback" not in text and "Error" not in text, text[-2000:]
                 assert "import " not in text, "Voila shows code"
-                before = _figure_state(page, SLIDER_FIGURE[name])
-                handle = page.locator(".widget-slider .noUi-handle").first
-                handle.scroll_into_view_if_needed()
-                handle.focus()
-                page.keyboard.press("ArrowRight")
-                page.wait_for_function("""([start, before]) => {
-                    for (const el of document.querySelectorAll('.js-plotly-plot')) {
-                        const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
-                        if (typeof t === 'string' && t.startsWith(start))
-                            return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z])]) !== before;
-                    }
-                    return false; }""", arg=[SLIDER_FIGURE[name], before], timeout=30_000)
+                _record("Voila: slider latency (s)", {name: round(_move_slider(page, page, SLIDER_FIGURE[name]), 3)})
                 page.screenshot(path=str(ARTIFACTS / f"voila_{Path(name).stem}.png"), full_page=True)
             finally:
                 browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()

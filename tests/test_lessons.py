@@ -8,7 +8,6 @@
 """
 import json
 import os
-import stat
 from pathlib import Path
 
 import papermill
@@ -116,19 +115,23 @@ def prepared(tmp_path_factory):
     cache = tmp_path_factory.mktemp("classroom")
     times = prepare_store(cache, NOTEBOOKS, parameters=FAST, progress=False)
     assert sorted(times) == sorted(FAST)
-    for path in cache.rglob("*"):                     # read-only, as a hub mounts it
-        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-    yield cache
-    for path in [cache, *cache.rglob("*")]:
-        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    return cache
+
+
+def _listing(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_with_the_classroom_store_no_notebook_trains(prepared, name, tmp_path):
+    """Training is switched off (a run would raise), and the store is left exactly as it was: every result
+    was read, none computed (so a read-only store serves; as root here, write bits would not show it)."""
+    before = _listing(prepared)
     nb = _execute(NOTEBOOKS / name, tmp_path / name, FAST[name],
                   env={"CLIPOOD_KIT_CACHE": str(prepared), "CLIPOOD_KIT_NO_TRAINING": "1"})
     errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert not errors, errors[:1]
+    assert _listing(prepared) == before
 
 
 def test_without_the_store_training_is_refused_and_the_fix_named(tmp_path):
@@ -154,9 +157,7 @@ def test_the_store_round_trips_and_refuses_stale_entries(tmp_path):
     store.cached("unit", {"k": 1}, lambda: calls.append(1) or value, tmp_path)
     store.cached("unit", {"k": 2}, lambda: calls.append(1) or value, tmp_path)
     assert len(calls) == 3                                   # only the damaged one was recomputed
-    tmp_path.chmod(0o555)
-    try:
-        with pytest.warns(UserWarning, match="not writable"):
-            assert store.cached("unit", {"k": 3}, lambda: 5, tmp_path) == 5
-    finally:
-        tmp_path.chmod(0o755)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the store's folder should be: no entry can be written")
+    with pytest.warns(UserWarning, match="not writable"):
+        assert store.cached("unit", {"k": 3}, lambda: 5, blocked / "store") == 5
