@@ -327,22 +327,24 @@ def card_figure(card: Dict) -> go.Figure:
 
 
 def cells_figure(rows: Dict[str, Dict[str, float]], title: str, labelled: Optional[str] = None) -> go.Figure:
-    """A dot plot of each model's numbers: left, accuracy per cell (domain group / class group) from 0 to 100;
-    right, on its own axis, OOD AUROC (chance at 50). One row of dots per model and cell, in the model's
-    colour; the values of `labelled` (default: the last model, the one the notebooks' sliders move) printed
-    beside its dots, so no two labels share a line."""
+    """A dot plot of each model's numbers against the zero-shot model's (the first row, drawn as diamonds): left,
+    accuracy per cell (domain group / class group); right, on its own axis, OOD AUROC with chance (50) marked.
+    One line of dots per model and cell, in the model's colour; the values of `labelled` (default: the last
+    model, the one the notebooks' sliders move) printed beside its dots, so no two labels share a line. The
+    accuracy axis is zoomed to the values (a dot plot needs no zero baseline; the reference is the diamonds)."""
     labelled = labelled or list(rows)[-1]
     models = list(rows)
     first = next(iter(rows.values()))
     accuracy = [c for c in first if not c.startswith("OOD")]
     auroc = [c for c in first if c.startswith("OOD")]
     fig = make_subplots(rows=1, cols=2 if auroc else 1, column_widths=[0.72, 0.28] if auroc else None,
-                        subplot_titles=["accuracy (%)"] + (["OOD AUROC (%)"] if auroc else []),
-                        horizontal_spacing=0.14)
+                        subplot_titles=["accuracy (%)"] + ([f"{auroc[0]} (%)"] if auroc else []),
+                        horizontal_spacing=0.05)
     step = 0.8 / max(1, len(models))
     for panel, cells in enumerate((accuracy, auroc), start=1):
         if not cells:
             continue
+        values_here = [v[c] for v in rows.values() for c in cells]
         for i, (model, values) in enumerate(rows.items()):
             y = [k + 0.4 - step * (i + 0.5) for k in range(len(cells))]
             fig.add_scatter(x=[values[c] for c in cells], y=y, mode="markers+text" if model == labelled else "markers",
@@ -351,16 +353,19 @@ def cells_figure(rows: Dict[str, Dict[str, float]], title: str, labelled: Option
                             textposition="middle right", textfont=dict(size=12), cliponaxis=False, name=model,
                             legendgroup=str(i), showlegend=panel == 1, meta={"model": i, "cells": cells},
                             row=1, col=panel)
-        fig.update_yaxes(tickvals=list(range(len(cells))), ticktext=cells, autorange="reversed", row=1, col=panel,
-                         range=[len(cells) - 0.5, -0.5])
-        fig.update_xaxes(range=[0, 108], dtick=20, row=1, col=panel)
-    if auroc:
-        fig.add_vline(x=50, line=dict(dash="dot", color="#999999"), row=1, col=2)
-    fig.update_xaxes(title_text="accuracy (%)", row=1, col=1)
-    if auroc:
-        fig.update_xaxes(title_text="AUROC (%), chance 50", row=1, col=2)
-    fig.update_layout(title=title, height=140 + 60 * max(len(accuracy), 1), legend_title="model",
-                      margin=dict(l=170, r=40))
+        fig.update_yaxes(tickvals=list(range(len(cells))), ticktext=cells, range=[len(cells) - 0.5, -0.5],
+                         showticklabels=panel == 1, row=1, col=panel)
+        if panel == 1:
+            low = 5 * int(max(0.0, min(values_here) - 6) // 5)
+            fig.update_xaxes(range=[low, 101], dtick=5 if 100 - low <= 30 else 10, title_text="accuracy (%)",
+                             row=1, col=1)
+        else:
+            low = 10 * int(min(40.0, min(values_here) - 5) // 10)
+            high = min(100, 10 * -int(-(max(60.0, max(values_here) + 8)) // 10))
+            fig.update_xaxes(range=[low, high], dtick=10, title_text="AUROC (%), chance 50", row=1, col=2)
+            fig.add_vline(x=50, line=dict(dash="dot", color="#999999"), row=1, col=2)
+    fig.update_layout(title=title, height=160 + 60 * max(len(accuracy), 1), margin=dict(l=160, r=30, t=130),
+                      legend=dict(orientation="h", y=1.14, yanchor="bottom", x=0, xanchor="left", title=None))
     return fig
 
 

@@ -93,3 +93,32 @@ def cells_of(scores: dict) -> Dict[str, float]:
     if "semantic" in scores.get("ood", {}):
         out["OOD AUROC (MCM)"] = scores["ood"]["semantic"]["MCM"]["AUROC"]
     return out
+
+
+def page_wide(figure, delay: float = 0.5):
+    """A plotly FigureWidget drawn at the page's width. Its view draws before the page attaches it, so plotly
+    falls back to 700 px; once a view reports that it has drawn (its first trace deltas), an autosize relayout
+    sent `delay` seconds later makes plotly measure the attached view. Window resizes are followed afterwards
+    (plotly's `responsive`). Returns the figure."""
+    import threading
+    figure._config = {**figure._config, "responsive": True}
+    state = {"sent": False}
+
+    def drawn(change):
+        if change["new"] and not state["sent"]:
+            state["sent"] = True
+            timer = threading.Timer(delay, lambda: setattr(figure.layout, "autosize", True))
+            timer.daemon = True
+            timer.start()
+    figure.observe(drawn, names="_js2py_traceDeltas")
+    return figure
+
+
+def show(*items) -> None:
+    """`IPython.display.display` of widgets and figures, every plotly FigureWidget among them at the page's width."""
+    from IPython.display import display
+    import plotly.graph_objects as go
+    for item in items:
+        if isinstance(item, go.FigureWidget):
+            page_wide(item)
+    display(*items)
