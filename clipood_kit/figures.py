@@ -213,7 +213,7 @@ def embedding_figure(coords: Dict[str, np.ndarray], labels: np.ndarray, domains:
                               name=key_names[k], legendgroup=key_names[k], showlegend=row == 1, row=row, col=1)
     fig.update_layout(title=f"UMAP of what the classifier reads (each image's cosines to the class texts), one frame "
                             f"for all models; colour: {colour_by}",
-                      height=400 * len(names) + 140, legend=dict(orientation="h", y=-0.04, font=dict(size=11)),
+                      height=340 * len(names) + 140, legend=dict(orientation="h", y=-0.04, font=dict(size=11)),
                       margin=dict(l=20, r=20, t=90, b=20))
     fig.update_annotations(font_size=13)
     fig.update_xaxes(showticklabels=False)

@@ -171,7 +171,7 @@ def _shoot_figure(page, panel, title_start: str, path: Path) -> None:
 def test_notebook_in_jupyterlab(lab, name):
     browser, base, token = lab
     ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})      # tall enough for the 3-panel UMAP
     try:
         # a workspace of its own, so no other notebook is restored beside this one
         page.goto(f"{base}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={token}")
@@ -232,7 +232,7 @@ def test_notebook_as_a_voila_app(lab, classroom, tmp_path, name):
     shutil.copyfile(ROOT / "notebooks" / name, tmp_path / name)
     port = _free_port()
     command = [sys.executable, "-m", "voila", name, f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1",
-               "--theme=light"]
+               "--theme=light", "--VoilaExporter.exclude_raw=True"]     # the README's command: no otter markup
     with _serving(command, tmp_path, _serving_env(tmp_path, classroom), tmp_path / "voila.log",
                   f"http://127.0.0.1:{port}/"):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -247,6 +247,7 @@ def test_notebook_as_a_voila_app(lab, classroom, tmp_path, name):
             text = page.locator("body").inner_text()
             assert "Traceback" not in text and "Error" not in text, text[-2000:]
             assert "import " not in text, "Voila shows code"
+            assert "BEGIN QUESTION" not in text and "ASSIGNMENT CONFIG" not in text, "Voila shows otter's markup"
             _record("Voila: slider latency (s)", {name: round(_move_slider(page, page, SLIDER_FIGURE[name]), 3)})
             page.screenshot(path=str(ARTIFACTS / f"voila_{Path(name).stem}.png"), full_page=True)
         finally:

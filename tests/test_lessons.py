@@ -161,3 +161,11 @@ def test_the_store_round_trips_and_refuses_stale_entries(tmp_path):
     blocked.write_text("a file where the store's folder should be: no entry can be written")
     with pytest.warns(UserWarning, match="not writable"):
         assert store.cached("unit", {"k": 3}, lambda: 5, blocked / "store") == 5
+
+
+def test_building_from_a_folder_without_lessons_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no lesson notebooks .* pass --notebooks"):
+        student_versions(tmp_path / "out", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no lesson notebooks"):
+        prepare_store(tmp_path / "cache", tmp_path)
+    assert not (tmp_path / "cache").exists()

@@ -60,3 +60,30 @@ def test_ood_view_gives_the_chosen_sets_scores_and_metrics():
         assert view["fpr"][0] == 0 and view["tpr"][-1] == 1 and score in view["title"]
     with pytest.raises(ValueError, match="shift 'covariate' has no images"):
         ood_view(sets, "ce", "MCM", "covariate")
+
+
+def test_a_figure_widget_is_resized_to_the_page_once_a_view_has_drawn():
+    import time
+    import plotly.graph_objects as go
+    from clipood_kit.widgets import page_wide
+    fig = page_wide(go.FigureWidget(go.Figure(go.Scatter(y=[1, 2]))), delay=0.05)
+    assert fig._config["responsive"] is True and fig.layout.autosize is None
+    time.sleep(0.2)
+    assert fig.layout.autosize is None                      # no view has drawn: nothing is sent
+    fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": -1}    # what a view reports after drawing
+    deadline = time.time() + 5
+    while fig.layout.autosize is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert fig.layout.autosize is True
+
+
+def test_set_cells_moves_one_models_dots_in_both_panels():
+    from clipood_kit.figures import cells_figure, set_cells
+    rows = {"zero-shot": {"train styles / base": 80.0, "unseen styles / new": 90.0, "OOD AUROC (MCM)": 50.0},
+            "CE": {"train styles / base": 95.0, "unseen styles / new": 85.0, "OOD AUROC (MCM)": 48.0}}
+    fig = cells_figure(rows, "t")
+    set_cells(fig, 1, {"train styles / base": 70.0, "unseen styles / new": 60.0, "OOD AUROC (MCM)": 55.0}, "MMS")
+    moved = [t for t in fig.data if t.meta["model"] == 1]
+    assert [list(t.x) for t in moved] == [[70.0, 60.0], [55.0]]
+    assert [list(t.text) for t in moved] == [["70.0", "60.0"], ["55.0"]] and all(t.name == "MMS" for t in moved)
+    assert [list(t.x) for t in fig.data if t.meta["model"] == 0] == [[80.0, 90.0], [50.0]]    # the reference stays

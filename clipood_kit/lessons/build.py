@@ -65,13 +65,14 @@ def prepare_store(cache: Path, notebooks: Optional[Path] = None,
     """Run every lesson once (its default setting, or `parameters[name]`) with the result store at `cache`;
     returns each notebook's run time in seconds."""
     import papermill
+    lessons = _notebooks(notebooks)
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     times = {}
     previous = os.environ.get("CLIPOOD_KIT_CACHE")
     os.environ["CLIPOOD_KIT_CACHE"] = str(cache.resolve())       # the kernels inherit it
     try:
-        for nb in tqdm(_notebooks(notebooks), desc="lessons", disable=not progress):
+        for nb in tqdm(lessons, desc="lessons", disable=not progress):
             start = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="clipood-kit-prepare-") as tmp:
                 papermill.execute_notebook(str(nb), str(Path(tmp) / nb.name), cwd=str(nb.parent),
