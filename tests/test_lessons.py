@@ -169,3 +169,10 @@ def test_building_from_a_folder_without_lessons_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="no lesson notebooks"):
         prepare_store(tmp_path / "cache", tmp_path)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_slider_start_outside_its_grid_is_refused_before_any_training():
+    from clipood_kit.lessons.data import bma_lesson, lesson_experiment
+    exp = lesson_experiment("tiny-clip-world", "default", "world", 2, 3)
+    with pytest.raises(ValueError, match="must both be values of GRID"):
+        bma_lesson(exp, [0.1, 0.5], 2, alpha=0.3, beta=0.5)

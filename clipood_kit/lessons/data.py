@@ -23,6 +23,7 @@ from ..runs import run_method
 from ..scoring import StateScorer, ood_score_sets, zero_shot_scores
 from ..sweeps import bma_grid, bma_over_training, record_run, wise_curve
 
+
 def lesson_experiment(model: str, pretrained: str, data: str, per_cell: int, steps: int) -> ExperimentConfig:
     """The demo's experiment (lambda 0.3, Beta(0.5, 0.5), batch 32, lr 1e-4) on the notebook's model, data and
     budget: the one setup every lesson shares."""
@@ -33,7 +34,6 @@ def lesson_experiment(model: str, pretrained: str, data: str, per_cell: int, ste
 
 def _cached(kind: str, exp: ExperimentConfig, params: dict, compute: Callable[[], dict]) -> dict:
     payload = {"experiment": exp.to_dict(), "inputs": inputs_identity(exp), "params": params}
-
     return store.cached(f"lesson-{kind}", payload, compute)
 
 
@@ -51,6 +51,10 @@ def bma_lesson(exp: ExperimentConfig, grid: Sequence[float], every: int, alpha: 
     """Notebook 3: one CLIPood run with every step kept, scored after the fact. Returns the zero-shot and last-step
     scores, `grid[i][j]` (the BMA model with Beta(grid[i], grid[j])), `over_training` (the running BMA with
     Beta(alpha, beta) and the last-step model every `every` steps) and the number of evaluation images."""
+    if alpha not in grid or beta not in grid:
+        raise ValueError(f"ALPHA = {alpha:g} and BETA = {beta:g} must both be values of GRID {list(grid)}: the sliders "
+                         f"move over the grid; add them to GRID or pick two of its values")
+
     def compute() -> dict:
         setup = prepare(exp)
         run = record_run(setup, exp.method, every=1, progress=progress)
