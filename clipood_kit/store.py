@@ -74,14 +74,19 @@ def decode(value: Any) -> Any:
     return value
 
 
+def _entry(kind: str, payload: Any, root: Path | None) -> tuple:
+    """(the payload as stored, with the store's version and the kind; the entry's path)."""
+    full = {"version": STORE_VERSION, "kind": kind, "payload": canonical(payload)}
+    return full, Path(root or store_dir()) / f"{kind}-{key_of(full)}.json"
+
+
 def lookup(kind: str, payload: Any, root: Path | None = None) -> tuple:
     """(found, value) for the entry of `payload`; a damaged or mismatching entry counts as not found."""
-    payload = {"version": STORE_VERSION, "kind": kind, "payload": canonical(payload)}
-    path = Path(root or store_dir()) / f"{kind}-{key_of(payload)}.json"
+    full, path = _entry(kind, payload, root)
     if path.is_file():
         try:
             entry = json.loads(path.read_text())
-            if entry.get("payload") == payload:
+            if entry.get("payload") == full:
                 return True, decode(entry["value"])
         except (ValueError, KeyError, TypeError):
             pass                                   # damaged: recomputed by the caller
@@ -94,13 +99,12 @@ def cached(kind: str, payload: Any, compute: Callable[[], Any], root: Path | Non
     if found:
         return value
     value = compute()
-    full = {"version": STORE_VERSION, "kind": kind, "payload": canonical(payload)}
-    folder = Path(root or store_dir())
+    full, path = _entry(kind, payload, root)
     try:
-        write_json(folder / f"{kind}-{key_of(full)}.json", {"payload": full, "value": encode(value)})
+        write_json(path, {"payload": full, "value": encode(value)})
     except OSError as e:
-        if str(folder) not in _warned_read_only:
-            _warned_read_only.add(str(folder))
-            warnings.warn(f"results are not stored: {folder} is not writable ({e.strerror}); "
+        if str(path.parent) not in _warned_read_only:
+            _warned_read_only.add(str(path.parent))
+            warnings.warn(f"results are not stored: {path.parent} is not writable ({e.strerror}); "
                           f"they are computed for this session only")
     return value
