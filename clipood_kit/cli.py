@@ -3,12 +3,31 @@ objects the notebooks build."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from .data import WORLD
 from .methods import METHODS
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help already names it or there is none to name."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.const is True:
+            return text
+        return super()._get_help_string(action)
+
+
+def _preset_note(field: str) -> str:
+    """'(default: the preset's; tiny-world: VALUE)' for an experiment or training field."""
+    from .presets import get_preset
+    exp = get_preset("tiny-world")
+    value = getattr(exp.train, field) if hasattr(exp.train, field) else getattr(exp, field)
+    return f"(default: the preset's; tiny-world: {value})"
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -197,47 +216,60 @@ def cmd_compare(args) -> int:
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     """The options that build an experiment (finetune, sweep): a preset, then overrides and --set."""
     p.add_argument("--preset", default="tiny-world", help="experiment preset: tiny-world (default) or an official CLIPood recipe, clipood-{domain-shift,base-to-new,in-the-wild}-DATASET (see clipood_kit/presets.py)")
-    p.add_argument("--model", default=None)
-    p.add_argument("--pretrained", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--data", default=None, help="'world' or the root of a DomainBed-style folder tree")
-    p.add_argument("--per-cell", type=int, default=None)
-    p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None)
-    p.add_argument("--source", action="append", help="source (training) domain; repeat")
-    p.add_argument("--target", action="append", help="held-out domain (the others are sources); repeat")
-    p.add_argument("--shots", type=int, default=None)
+    p.add_argument("--model", default=None, help=f"open_clip architecture {_preset_note('model')}")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag, a local checkpoint file, 'none' or "
+                   f"'default' (the tiny model's shipped weights) {_preset_note('pretrained')}")
+    p.add_argument("--device", default=None, help="'auto' (the GPU when present), 'cpu', 'cuda', 'cuda:1' "
+                   f"{_preset_note('device')}")
+    p.add_argument("--data", default=None, help="'world' or the root of a DomainBed-style folder tree "
+                   f"{_preset_note('data')}")
+    p.add_argument("--per-cell", type=int, default=None, help=f"world: images per (style, class) {_preset_note('per_cell')}")
+    p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None,
+                   help=f"what is trained and tested {_preset_note('protocol')}")
+    p.add_argument("--source", action="append", help="source (training) domain; repeat (default: the world's photo "
+                                                     "and sketch; a folder's every domain but the last)")
+    p.add_argument("--target", action="append", help="held-out domain (the others are sources); repeat (default: "
+                                                     "every domain that is not a source)")
+    p.add_argument("--shots", type=int, default=None,
+                   help="k images per class and source domain (default: the preset's; tiny-world: all images)")
     p.add_argument("--method", default=None,
                    help=f"a registered method ({', '.join(METHODS)}) or parts joined by '+' "
-                        f"(see `clipood-kit methods`)")
+                        f"(see `clipood-kit methods`) (default: the preset's; tiny-world: clipood)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any field: PART.FIELD (mms.margin_lambda=0.2, bma.alpha=0.1), train.FIELD or an "
-                        "experiment field; repeat")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--precision", choices=["no", "bf16", "fp16"], default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=None)
+                        "experiment field; repeat (default: none)")
+    p.add_argument("--steps", type=int, default=None, help=f"optimiser steps {_preset_note('steps')}")
+    p.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate {_preset_note('lr')}")
+    p.add_argument("--batch-size", type=int, default=None, help=f"global batch size {_preset_note('batch_size')}")
+    p.add_argument("--precision", choices=["no", "bf16", "fp16"], default=None,
+                   help=f"mixed precision of forward and backward {_preset_note('precision')}")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"seed of batches, augmentation and the split {_preset_note('seed')}")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="data loader workers (default: min(8, cores) on CUDA, none on a CPU)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help=f"write a resumable checkpoint every N steps {_preset_note('checkpoint_every')}")
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="'world' (default) or the root of a DomainBed-style folder tree")
-    p.add_argument("--per-cell", type=int, default=None, help="world: images per (style, class)")
-    p.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps (fast runs)")
+    p.add_argument("--per-cell", type=int, default=None, help="world: images per (style, class) (default: the bench's, 30)")
+    p.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps, e.g. for fast runs (default: the bench's, 120)")
     p.add_argument("--cache-dir", default=None,
                    help="feature cache folder (default ~/.cache/clipood-kit/features; 'off' to disable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipood-kit", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="clipood-kit", description=__doc__, formatter_class=_Help)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Help))
 
     p = sub.add_parser("pretrain", help="pretrain the embedded tiny CLIP on the world (writes data/)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--groups", type=int, default=None, help="groups per batch (each one style and colour)")
-    p.add_argument("--group-size", type=int, default=None, help="images per group")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the shipped recipe's)")
+    p.add_argument("--groups", type=int, default=None, help="groups per batch, each one style and colour "
+                                                             "(default: the shipped recipe's)")
+    p.add_argument("--group-size", type=int, default=None, help="images per group (default: the shipped recipe's)")
+    p.add_argument("--seed", type=int, default=None, help="pretraining seed (default: the shipped recipe's)")
     p.add_argument("--out", type=Path, default=None, help="weights file (default: data/tiny-clip-world.safetensors)")
     p.set_defaults(func=cmd_pretrain)
 
@@ -247,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=WORLD, help="'world' or the root of a DomainBed-style folder tree")
     p.add_argument("--per-cell", type=int, default=20, help="world: images per (style, class)")
     p.add_argument("--seed", type=int, default=1, help="world: seed of the images")
-    p.add_argument("--template", action="append", help="prompt template with {} (repeat for an ensemble)")
-    p.add_argument("--json", type=Path, help="write the card here as JSON")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeat for an ensemble; default: the model's ensemble, `zeroshot.default_templates`)")
+    p.add_argument("--json", type=Path, help="write the card here as JSON (default: print only)")
     p.set_defaults(func=cmd_clip_card)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy per domain")
@@ -256,14 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=WORLD, help="'world' or the root of a DomainBed-style folder tree")
     p.add_argument("--per-cell", type=int, default=40, help="world: images per (style, class)")
     p.add_argument("--seed", type=int, default=1, help="world: seed of the evaluation images")
-    p.add_argument("--template", action="append", help="prompt template with {} (repeat for an ensemble)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--json", type=Path, help="write the results here as JSON")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeat for an ensemble; default: the model's ensemble, `zeroshot.default_templates`)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--json", type=Path, help="write the results here as JSON (default: print only)")
     p.set_defaults(func=cmd_zeroshot)
 
     p = sub.add_parser("finetune", help="fine-tune with one method under one protocol (writes a run folder)")
     _add_experiment_args(p)
-    p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
+    p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step (default: run every step)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (refused when "
                    "any setting differs from the checkpoint's)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run (or a stopped one) in --out")
@@ -272,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="accuracy and OOD over lambda (runs, cached), BMA's (alpha, beta) or the WiSE-FT "
                                      "mix (one run, no retraining); JSON and a report")
-    p.add_argument("kind", choices=["lambda", "bma", "wise"])
+    p.add_argument("kind", choices=["lambda", "bma", "wise"], help="what to sweep")
     p.add_argument("--values", type=float, nargs="+", required=True,
                    help="lambda values, BMA alphas, or WiSE-FT mixes")
     p.add_argument("--betas", type=float, nargs="+", help="BMA betas (default: the alphas)")
@@ -284,17 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("demo", help="the main job: zero-shot, CE, ablations and CLIPood on the world + report")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for results.json and report.html")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (mean and std over them)")
     _add_bench_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("compare", help="every method x (domains, classes, OOD with MCM), mean and std over seeds")
-    p.add_argument("--out", type=Path, default=Path("runs/compare"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for results.json and report.html")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (mean and std over them)")
     p.add_argument("--fast", action="store_true", help="tiny data and 8 steps (tests)")
     p.add_argument("--ablation", default=None, metavar="METHOD",
-                   help="instead of all methods: CE, METHOD and its ablated variants (ogen)")
+                   help="instead of all methods: CE, METHOD and its ablated variants (ogen) (default: all methods)")
     _add_bench_args(p)
     p.set_defaults(func=cmd_compare)
 
@@ -303,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["prepare", "student"],
                    help="prepare: run every lesson once in its default setting into --cache; student: write the "
                         "student notebooks (otter-grader) into --out")
-    p.add_argument("--cache", default="runs/lessons-cache", help="prepare: the result store to fill (default: %(default)s)")
-    p.add_argument("--out", default="runs/student", help="student: where the student notebooks go (default: %(default)s)")
+    p.add_argument("--cache", default="runs/lessons-cache", help="prepare: the result store to fill")
+    p.add_argument("--out", default="runs/student", help="student: where the student notebooks go")
     p.add_argument("--autograder", action="store_true", help="student: also write autograder versions (solutions "
                                                              "and hidden tests) under OUT/autograder")
     p.add_argument("--notebooks", type=Path, default=None, help="the instructor notebooks (default: the repository's "
@@ -312,10 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_lessons)
 
     p = sub.add_parser("export-world", help="write the world as a DomainBed-style image folder")
-    p.add_argument("root", type=Path)
-    p.add_argument("--per-cell", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("root", type=Path, help="the folder to write (root/DOMAIN/CLASS/*.png)")
+    p.add_argument("--per-cell", type=int, default=40, help="images per (style, class)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the images")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export in root")
     p.set_defaults(func=cmd_export_world)
     return parser
 
