@@ -86,3 +86,15 @@ def test_precomputed_margins_give_the_same_loss():
     img, txt, labels = torch.randn(6, 4, generator=g), torch.randn(3, 4, generator=g), torch.randint(3, (6,), generator=g)
     assert torch.equal(mms_loss(img, txt, labels, 0.3, 12.0),
                        mms_loss(img, txt, labels, 0.3, 12.0, margins=class_margins(txt, 0.3)))
+
+
+def test_mms_refuses_float_labels_and_margins_of_another_class_count():
+    import pytest
+    import torch
+    from clipood_kit.methods import class_margins, mms_loss
+    f, t = torch.randn(4, 8), torch.randn(5, 8)
+    with pytest.raises(ValueError, match=r"labels must be integer class ids, got dtype torch.float32: pass labels.long\(\)"):
+        mms_loss(f, t, torch.tensor([0.0, 1.0, 2.0, 3.0]), 0.3, 100.0)
+    with pytest.raises(ValueError, match=r"margins have shape \(3, 3\) but there are 5 classes"):
+        mms_loss(f, t, torch.tensor([0, 1, 2, 3]), 0.3, 100.0, margins=class_margins(torch.randn(3, 8), 0.3))
+    assert torch.isfinite(mms_loss(f, t, torch.tensor([0, 1, 2, 4]), 0.3, 100.0, margins=class_margins(t, 0.3)))

@@ -49,6 +49,12 @@ def margin_logits(image_features: torch.Tensor, text_features: torch.Tensor, lab
                          f"{tuple(labels.shape)}")
     if image_features.shape[1] != text_features.shape[-1]:
         raise ValueError(f"feature dimensions differ: image {image_features.shape[1]}, text {text_features.shape[-1]}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}: pass labels.long()")
+    classes = text_features.shape[0]
+    if margins is not None and tuple(margins.shape) != (classes, classes):
+        raise ValueError(f"margins have shape {tuple(margins.shape)} but there are {classes} classes: build them with "
+                         f"class_margins(text_features, margin_lambda) from the same text features")
     if labels.numel() and (labels.min() < 0 or labels.max() >= text_features.shape[0]):
         raise ValueError(f"labels must be class ids in 0..{text_features.shape[0] - 1}")
     dtype = torch.promote_types(image_features.dtype, torch.float32)
