@@ -263,6 +263,16 @@ def _floats(metrics: dict) -> Dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def accelerator_settings(device: torch.device, precision: str) -> dict:
+    """The Accelerator's settings for a model that the experiment put on `device`: the CPU when the experiment
+    chose it (`--device cpu` trains on the CPU even where a GPU is present), else the accelerator; a CUDA index
+    (`cuda:1`) becomes the current CUDA device, which a one-process Accelerator uses."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return {"cpu": device.type == "cpu", "mixed_precision": precision}
+
+
 def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = False,
               stop_after: Optional[int] = None, accelerator: Optional[Accelerator] = None,
               progress: bool = True, on_step: Optional[Callable] = None,
@@ -277,7 +287,7 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
     batches and augmentations are functions of (seed, step), the parts draw from their own seeded generators.
     """
     cfg, method, encoder = task.config, task.method, task.encoder
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.precision)
+    accelerator = accelerator or Accelerator(**accelerator_settings(next(encoder.parameters()).device, cfg.precision))
     cfg.validate(accelerator.num_processes)
     if (resume or stop_after is not None or cfg.checkpoint_every) and run_dir is None:
         raise ValueError("checkpoints need a run_dir")

@@ -193,3 +193,16 @@ def test_a_nan_on_one_process_stops_every_process_at_the_same_step(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [Path(f"{out}.rank{r}").read_text() for r in (0, 1)] == ["step 2", "step 2"]
+
+
+def test_the_experiments_device_reaches_the_accelerator(monkeypatch):
+    """--device cpu trains on the CPU even where CUDA is available (the trainer once asked only whether CUDA
+    existed)."""
+    import torch
+    from clipood_kit.training import accelerator_settings
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert accelerator_settings(torch.device("cpu"), "bf16") == {"cpu": True, "mixed_precision": "bf16"}
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(d))
+    assert accelerator_settings(torch.device("cuda:1"), "no") == {"cpu": False, "mixed_precision": "no"}
+    assert calls == [torch.device("cuda:1")]
