@@ -169,11 +169,14 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     if cfg.protocol == "base-to-new":
         sources = list(names)
     if not sources:
-        raise ValueError(f"no source domain to train on; the dataset's domains are {names}")
+        hint = (" (a folder with one domain trains under --protocol base-to-new: base classes train, new classes "
+                "test)" if len(names) == 1 else "")
+        raise ValueError(f"no source domain to train on; the dataset's domains are {names}{hint}")
     source_ids = [names.index(s) for s in sources]
     target_ids = [i for i in range(len(names)) if i not in source_ids]
     if cfg.protocol != "base-to-new" and not target_ids:
-        raise ValueError(f"protocol {cfg.protocol} needs at least one unseen domain; the sources are all of {names}")
+        raise ValueError(f"protocol {cfg.protocol} needs at least one unseen domain; the sources are all of {names} "
+                         f"(hold one out with --target, or use --protocol base-to-new, which tests on new classes)")
 
     if cfg.protocol == "domain-shift":
         base_ids, new_ids = list(range(len(dataset.classes))), []
