@@ -2,9 +2,12 @@
 run folder; and trajectories (scores during training) for the notebooks."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -54,8 +57,12 @@ def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) 
         if olds and not run_dir.exists():       # killed between the two renames: the old run is whole, restore it
             os.replace(olds.pop(), run_dir)
             print(f"restored {run_dir} from an interrupted write", flush=True)
-        for stale in [*olds, *run_dir.parent.glob(f".{run_dir.name}.incoming-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
+        stale = [*olds, *run_dir.parent.glob(f".{run_dir.name}.incoming-*")]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        if stale:
+            print(f"removed the leftovers of an interrupted write beside {run_dir}: "
+                  f"{', '.join(p.name for p in stale)}", flush=True)
     finished = (run_dir / "results.json").exists()
     stopped = (run_dir / CHECKPOINTS).is_dir() and any((run_dir / CHECKPOINTS).iterdir())
     if finished and not overwrite:
@@ -143,6 +150,29 @@ def write_run(setup: Setup, result: dict, run_dir: Path) -> None:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging, old = _staging(run_dir, "incoming"), _staging(run_dir, "old")
     shutil.rmtree(staging, ignore_errors=True)
+    with _terminate_as_exception():
+        _write_staged(setup, result, run_dir, staging, old)
+
+
+@contextlib.contextmanager
+def _terminate_as_exception():
+    """While the run is written, SIGTERM (a scheduler's cancel, a plain `kill`) raises SystemExit, so the staging
+    folder is removed as on any failure. SIGKILL cannot be caught: the next run into the folder cleans up and
+    says what it removed (`check_run_dir`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _write_staged(setup: Setup, result: dict, run_dir: Path, staging: Path, old: Path) -> None:
     try:
         staging.mkdir()
         full = setup.loaded.model.state_dict()

@@ -226,12 +226,12 @@ KILL_DURING_WRITE = """
 import os, signal, sys
 import clipood_kit.runs as runs
 from clipood_kit import cli
-where = sys.argv[1]
+where, sig = sys.argv[1], getattr(signal, sys.argv[3] if len(sys.argv) > 3 else "SIGKILL")
 if where == "files":                    # killed while the new files are written
     original = runs.save_weights
     def save_then_die(path, *a, **k):
         original(path, *a, **k)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), sig)
     runs.save_weights = save_then_die
 else:                                   # killed between moving the old run away and moving the new one in
     original = runs.os.replace
@@ -262,6 +262,7 @@ def test_a_kill_during_the_final_write_never_pairs_old_and_new_files(runs, tmp_p
     again = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", *FAST, "--out", str(run)],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "holds a finished run" in again.stderr
+    assert "removed the leftovers of an interrupted write" in again.stdout and any(h in again.stdout for h in hidden)
     assert (run / "results.json").read_bytes() == old_results and (run / "model_bma.safetensors").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     # with --overwrite it writes the new run
@@ -270,6 +271,17 @@ def test_a_kill_during_the_final_write_never_pairs_old_and_new_files(runs, tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((run / "results.json").read_text())["method"] == "ce"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_terminate_signal_during_the_final_write_leaves_nothing_half_written(runs, tmp_path):
+    """SIGTERM (a scheduler's cancel) during the write: the staging folder is removed at once, the old run stays."""
+    run = copy_of(runs, "finished", tmp_path)
+    old_results = (run / "results.json").read_bytes()
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_WRITE, "files", str(run), "SIGTERM"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert (run / "results.json").read_bytes() == old_results
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
