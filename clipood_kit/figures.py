@@ -46,11 +46,6 @@ def cell_colour(cell: str) -> str:
     return CELL_COLOURS.get(key, "#000000")
 
 
-def chance_line(fig: go.Figure, y: float = 50.0, **where) -> None:
-    fig.add_hline(y=y, line=dict(dash="dot", color="#999999"), annotation_text="chance",
-                  annotation_position="bottom right", **where)
-
-
 def image_grid(images: torch.Tensor, rows: int, row_names: Sequence[str], col_names: Sequence[str],
                title: str = "") -> go.Figure:
     """A rows x cols montage of uint8 C x H x W images (row-major), labelled by row and column names."""
@@ -89,8 +84,9 @@ def accuracy_bars(summary: Dict[str, Dict[str, Dict[str, float]]], cells: Sequen
     return fig
 
 
-def beta_weights_figure(total_steps: int, alpha: float, beta: float) -> go.Figure:
-    """BMA weights w_t over steps (normalised to sum 1) and the running share of the zero-shot model."""
+def beta_weights_figure(total_steps: int, alpha: float, beta: float, log_weights: bool = False) -> go.Figure:
+    """BMA weights w_t over steps (normalised to sum 1; on a log axis with `log_weights`, where U shapes put
+    orders of magnitude between the ends and the middle) and the running share of the zero-shot model."""
     w = np.array(beta_weights(total_steps, alpha, beta))
     steps = np.arange(total_steps + 1)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
@@ -98,8 +94,9 @@ def beta_weights_figure(total_steps: int, alpha: float, beta: float) -> go.Figur
     fig.add_scatter(x=steps, y=zero_shot_share(list(w)), name="zero-shot share of the running average",
                     mode="lines", line=dict(dash="dot"), secondary_y=True)
     fig.update_layout(title=f"Beta moving average: Beta({alpha:g}, {beta:g}) over {total_steps} steps",
-                      xaxis_title="step t (0 = zero-shot model)")
-    fig.update_yaxes(title_text="weight", secondary_y=False)
+                      xaxis_title="step t (0 = zero-shot model)", legend=dict(orientation="h", y=-0.25))
+    fig.update_yaxes(title_text="weight" + (" (log scale)" if log_weights else ""),
+                     type="log" if log_weights else None, secondary_y=False)
     fig.update_yaxes(title_text="zero-shot share", range=[0, 1], tickvals=[0, 0.25, 0.5, 0.75, 1],
                      tickformat=".0%", secondary_y=True)
     return fig

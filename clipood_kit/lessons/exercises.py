@@ -76,10 +76,11 @@ def _check_cases(fn: Callable, name: str, cases, reference: Callable, hints: Seq
         what = f"{name}({', '.join(_describe(a) for a in args)})"
         got = _call(fn, what, *args)
         want = reference(*args)
-        for holds, message in rules:
+        if rules:
             answer = _as_tensor(got, what)
-            if answer.shape == want.shape and not holds(answer):
-                raise AssertionError(f"{what}: {message}")
+            for holds, message in rules:
+                if answer.shape == want.shape and not holds(answer):
+                    raise AssertionError(f"{what}: {message}")
         try:
             _compare(got, want, what)
         except AssertionError as e:
@@ -135,7 +136,7 @@ def check_mms_logits(fn: Callable, seed: int = 0) -> None:
         tn = F.normalize(t.double(), dim=-1)
         return lam * (1 - tn @ tn.T)
 
-    hints = [(lambda f, t, y, lam, s: s * cos(f, t) + lam * (1 - (F.normalize(t.double(), dim=-1) @ F.normalize(t.double(), dim=-1).T))[y],
+    hints = [(lambda f, t, y, lam, s: s * cos(f, t) + margins(t, lam)[y],
               "the margin sits inside the temperature: scale * (cos + margin), not scale * cos + margin"),
              (lambda f, t, y, lam, s: s * (f.double() @ t.double().T + margins(t, lam)[y]),
               "use cosines: normalise the image and text features before the dot product"),
