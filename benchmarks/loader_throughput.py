@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from clipood_kit.data import FolderDataset, WorldDataset
 from clipood_kit.data.transforms import make_transform
-from clipood_kit.training import AugmentedView
+from clipood_kit.engine.training import AugmentedView
 
 CFG_224 = {"size": 224, "mean": (0.481, 0.458, 0.408), "std": (0.269, 0.261, 0.276), "interpolation": "bicubic"}
 

@@ -15,11 +15,11 @@ import time
 import torch
 
 from clipood_kit.methods import compose
-from clipood_kit.posthoc import Trajectory
-from clipood_kit.presets import demo_experiment
-from clipood_kit.experiment import prepare
-from clipood_kit.runs import run_method
-from clipood_kit.scoring import StateScorer, score
+from clipood_kit.engine.posthoc import Trajectory
+from clipood_kit.engine.presets import demo_experiment
+from clipood_kit.engine.experiment import prepare
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.scoring import StateScorer, score
 
 
 def main():

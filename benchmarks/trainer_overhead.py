@@ -17,11 +17,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.methods import Method, compose
-from clipood_kit.optim import cosine_lr
-from clipood_kit.runs import build_task
-from clipood_kit.training import TrainConfig, fine_tune
+from clipood_kit.engine.optim import cosine_lr
+from clipood_kit.engine.runs import build_task
+from clipood_kit.engine.training import TrainConfig, fine_tune
 
 
 def hand_loop(task, steps: int, batch_size: int, lr: float) -> float:

@@ -8,10 +8,10 @@ import time
 
 import torch
 
-from clipood_kit import evaluation
+from clipood_kit.evaluation import features as evaluation
 from clipood_kit.data import world
 from clipood_kit.models import load_clip
-from clipood_kit.widgets import beta_view, margin_view
+from clipood_kit.viz.widgets import beta_view, margin_view
 
 
 def median_ms(fn, repeats=30):

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .data import WORLD
-from .methods import METHODS
+from clipood_kit.data import WORLD
+from clipood_kit.methods import METHODS
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -24,7 +24,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def _preset_note(field: str) -> str:
     """'(default: the preset's; tiny-world: VALUE)' for an experiment or training field."""
-    from .presets import get_preset
+    from clipood_kit.engine.presets import get_preset
     exp = get_preset("tiny-world")
     value = getattr(exp.train, field) if hasattr(exp.train, field) else getattr(exp, field)
     return f"(default: the preset's; tiny-world: {value})"
@@ -44,20 +44,20 @@ def _pretrained(value: str) -> Optional[str]:
 
 
 def cmd_pretrain(args) -> int:
-    from .pretrain import PretrainConfig, pretrain
+    from clipood_kit.engine.pretrain import PretrainConfig, pretrain
     overrides = {k: v for k, v in (("steps", args.steps), ("groups", args.groups), ("group_size", args.group_size),
                                          ("seed", args.seed)) if v is not None}
     cfg = PretrainConfig(**overrides)
     card = pretrain(cfg, out=args.out)
-    from .zeroshot import format_table
+    from clipood_kit.evaluation.zeroshot import format_table
     print(format_table(card["zeroshot_eval"]["accuracy"], "zero-shot accuracy (%)"))
     print(f"trained in {card['train_seconds']:.0f} s; weights: {card['weights_file']} ({card['file_bytes'] / 1e6:.2f} MB)")
     return 0
 
 
 def cmd_clip_card(args) -> int:
-    from .card import format_card, run_card
-    from .io import write_json
+    from clipood_kit.evaluation.card import format_card, run_card
+    from clipood_kit.core.io import write_json
     card = run_card(args.model, _pretrained(args.pretrained), args.data, args.per_cell, args.seed, args.template,
                     args.device)
     print(format_card(card))
@@ -67,8 +67,8 @@ def cmd_clip_card(args) -> int:
 
 
 def cmd_zeroshot(args) -> int:
-    from .io import write_json
-    from .zeroshot import ZeroShotConfig, format_table, run_zeroshot
+    from clipood_kit.core.io import write_json
+    from clipood_kit.evaluation.zeroshot import ZeroShotConfig, format_table, run_zeroshot
     cfg = ZeroShotConfig(model=args.model, pretrained=_pretrained(args.pretrained), data=args.data,
                          per_cell=args.per_cell, seed=args.seed, templates=args.template or None,
                          batch_size=args.batch_size, device=args.device)
@@ -83,7 +83,7 @@ def cmd_zeroshot(args) -> int:
 
 
 def cmd_export_world(args) -> int:
-    from .data import export_world
+    from clipood_kit.data import export_world
     root = export_world(args.root, per_cell=args.per_cell, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote the world as a DomainBed-style tree to {root}")
     return 0
@@ -92,9 +92,9 @@ def cmd_export_world(args) -> int:
 def _experiment_from_args(args):
     """The preset, then the explicit options, then every --set KEY=VALUE (validated before any work)."""
     from dataclasses import replace
-    from .methods import compose
-    from .presets import get_preset
-    from .settings import apply_settings
+    from clipood_kit.methods import compose
+    from clipood_kit.engine.presets import get_preset
+    from clipood_kit.engine.settings import apply_settings
     exp = get_preset(args.preset)
     top = {k: getattr(args, k) for k in ("model", "data", "protocol", "shots", "device") if getattr(args, k) is not None}
     if args.pretrained is not None:
@@ -104,7 +104,7 @@ def _experiment_from_args(args):
     if args.source:
         top["source_domains"] = args.source
     if args.target:
-        from .data import open_dataset
+        from clipood_kit.data import open_dataset
         domains = open_dataset(args.data or exp.data, args.per_cell or exp.per_cell).domains
         unknown = [t for t in args.target if t not in domains]
         if unknown:
@@ -141,10 +141,10 @@ def config_summary(exp) -> str:
 
 
 def cmd_finetune(args) -> int:
-    from .experiment import prepare
-    from .runs import check_run_dir, run_method
-    from .scoring import flat_labels
-    from .zeroshot import format_table
+    from clipood_kit.engine.experiment import prepare
+    from clipood_kit.engine.runs import check_run_dir, run_method
+    from clipood_kit.engine.scoring import flat_labels
+    from clipood_kit.evaluation.zeroshot import format_table
     exp = _experiment_from_args(args)
     check_run_dir(args.out, args.resume, args.overwrite)
     print(config_summary(exp))
@@ -160,7 +160,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweeps import run_sweep
+    from clipood_kit.studies.sweeps import run_sweep
     if args.method is None:
         args.method = "ce" if args.kind == "wise" else "clipood"
     exp = _experiment_from_args(args)
@@ -173,7 +173,7 @@ def cmd_sweep(args) -> int:
 def cmd_methods(args) -> int:
     """Every registered method with its parts and their defaults; then every part."""
     import dataclasses
-    from .methods import METHODS, part_configs
+    from clipood_kit.methods import METHODS, part_configs
     for name, m in METHODS.items():
         print(f"{name:<16}{m.describe()}")
     print("\nparts (compose your own with --method 'mms+context-kl+ema'; set fields with --set PART.FIELD=VALUE):")
@@ -194,13 +194,13 @@ def _bench_overrides(cfg, args):
 
 
 def cmd_demo(args) -> int:
-    from .presets import demo_bench
+    from clipood_kit.studies.bench import demo_bench
     return _run_and_print(_bench_overrides(demo_bench(args.seeds), args), args.out)
 
 
 def _run_and_print(cfg, out) -> int:
-    from .bench import run_bench
-    from .report import text_table
+    from clipood_kit.studies.bench import run_bench
+    from clipood_kit.viz.report import text_table
     results = run_bench(cfg, out)
     print(text_table(results))
     print(f"wrote {out}/results.json and {out}/report.html in {results['seconds']:.0f} s")
@@ -208,7 +208,7 @@ def _run_and_print(cfg, out) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .presets import compare_bench
+    from clipood_kit.studies.bench import compare_bench
     return _run_and_print(_bench_overrides(compare_bench(args.seeds, fast=args.fast, ablation=args.ablation), args),
                           args.out)
 
@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_lessons(args) -> int:
-    from .lessons.build import prepare_store, student_versions
+    from clipood_kit.lessons.build import prepare_store, student_versions
     if args.action == "prepare":
         times = prepare_store(Path(args.cache), args.notebooks)
         for name, seconds in times.items():
@@ -368,8 +368,8 @@ def cmd_lessons(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from .models.loader import PretrainedUnavailableError
-    from .training import NonFiniteLossError
+    from clipood_kit.models.loader import PretrainedUnavailableError
+    from clipood_kit.engine.training import NonFiniteLossError
     # user errors get one line; anything else (a bug, torch's own RuntimeErrors) keeps its traceback
     user_errors = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FileExistsError,
                    PretrainedUnavailableError, NonFiniteLossError)

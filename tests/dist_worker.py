@@ -19,10 +19,10 @@ import torch
 
 
 def experiment(method):
-    from clipood_kit.experiment import ExperimentConfig
+    from clipood_kit.engine.experiment import ExperimentConfig
     from clipood_kit.methods import compose
-    from clipood_kit.settings import set_method_fields
-    from clipood_kit.training import TrainConfig
+    from clipood_kit.engine.settings import set_method_fields
+    from clipood_kit.engine.training import TrainConfig
     m = compose(method)
     if m.part("ogen") is not None:
         m = set_method_fields(m, {"ogen.warmup": 0.4, "self-distill.start": 0.4, "ogen.dropout": 0.1})
@@ -32,11 +32,11 @@ def experiment(method):
 def train(out_file, method_name):
     torch.set_num_threads(1)
     from accelerate import Accelerator
-    from clipood_kit.experiment import prepare
-    from clipood_kit.io import save_weights
+    from clipood_kit.engine.experiment import prepare
+    from clipood_kit.core.io import save_weights
     from clipood_kit.methods import Method
-    from clipood_kit.runs import build_task
-    from clipood_kit.training import fine_tune
+    from clipood_kit.engine.runs import build_task
+    from clipood_kit.engine.training import fine_tune
     exp = experiment(method_name)
     setup = prepare(exp)
     setup.loaded.model.double()
@@ -58,9 +58,9 @@ def evaluate(out_file):
     """The zero-shot model's features and scores on the evaluation images, under this launch's processes."""
     torch.set_num_threads(1)
     from accelerate import PartialState
-    from clipood_kit.experiment import ExperimentConfig, prepare
-    from clipood_kit.io import save_weights
-    from clipood_kit.scoring import encode, evaluate_state
+    from clipood_kit.engine.experiment import ExperimentConfig, prepare
+    from clipood_kit.core.io import save_weights
+    from clipood_kit.engine.scoring import encode, evaluate_state
     import json
     setup = prepare(ExperimentConfig(per_cell=3, eval_batch_size=7))
     enc = encode(setup, setup.zero_shot_state)
@@ -75,10 +75,10 @@ def diverge(out_file):
     """Process 1 alone gets a NaN loss at step 2: every process must stop with NonFiniteLossError (none hangs)."""
     torch.set_num_threads(1)
     from accelerate import Accelerator
-    from clipood_kit.experiment import prepare
+    from clipood_kit.engine.experiment import prepare
     from clipood_kit.methods import Method
-    from clipood_kit.runs import build_task
-    from clipood_kit.training import NonFiniteLossError, fine_tune
+    from clipood_kit.engine.runs import build_task
+    from clipood_kit.engine.training import NonFiniteLossError, fine_tune
     exp = experiment("ce")
     setup = prepare(exp)
     accelerator = Accelerator(cpu=True)

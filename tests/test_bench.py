@@ -3,9 +3,10 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from clipood_kit.bench import BenchConfig, run_bench
-from clipood_kit.presets import DEMO_COLUMNS, bench_methods, demo_experiment
-from clipood_kit.scoring import lookup
+from clipood_kit.studies.bench import BenchConfig, run_bench
+from clipood_kit.engine.presets import demo_experiment
+from clipood_kit.studies.bench import DEMO_COLUMNS, bench_methods
+from clipood_kit.engine.scoring import lookup
 
 
 def test_demo_writes_results_and_a_report_with_every_figure(tmp_path):
@@ -73,7 +74,7 @@ def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
                            "--out", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
-    from clipood_kit.presets import COMPARE_COLUMNS, COMPARE_METHODS
+    from clipood_kit.studies.bench import COMPARE_COLUMNS, COMPARE_METHODS
     assert set(COMPARE_METHODS) | {"zero-shot"} <= set(results["summary"])
     assert {"ogen", "ogen (teacher)", "clipood (last step)"} <= set(results["summary"])
     for row in results["summary"].values():
@@ -89,7 +90,7 @@ def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
 
 
 def test_compare_ablation_runs_each_variant_with_its_settings(tmp_path):
-    from clipood_kit.presets import ABLATIONS, compare_bench
+    from clipood_kit.studies.bench import ABLATIONS, compare_bench
     cfg = compare_bench((0,), fast=True, ablation="ogen")
     results = run_bench(cfg, tmp_path, progress=False)
     assert set(results["summary"]) == {"zero-shot", "ce", "ogen", "ogen (teacher)"} | set(ABLATIONS["ogen"]) | {

@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from clipood_kit.cache import FeatureCache
-from clipood_kit.experiment import ExperimentConfig, prepare
-from clipood_kit.scoring import encode
+from clipood_kit.core.cache import FeatureCache
+from clipood_kit.engine.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.scoring import encode
 
 
 def entries(folder):
@@ -39,7 +39,7 @@ def test_changing_any_key_part_misses(tmp_path, change):
     encode(setup, setup.zero_shot_state)
     before = entries(tmp_path / "cache")
     if change == "weights":
-        from clipood_kit.io import save_weights
+        from clipood_kit.core.io import save_weights
         state = {k: v.clone() for k, v in setup.loaded.model.state_dict().items()}
         state["visual.attnpool.c_proj.bias"] = state["visual.attnpool.c_proj.bias"] + 0.01
         save_weights(tmp_path / "other.safetensors", state)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipood_kit.card import clip_card, format_card, run_card
+from clipood_kit.evaluation.card import clip_card, format_card, run_card
 from clipood_kit.data import WorldDataset, world
 from clipood_kit.models import load_clip
 from clipood_kit.models.loader import file_digest, tiny_weights_path

@@ -2,12 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipood_kit import evaluation
-from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.evaluation import features as evaluation
+from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.methods import Batch, Method, RunContext, compose
-from clipood_kit.runs import run_method
-from clipood_kit.settings import set_method_fields
-from clipood_kit.training import TrainConfig
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.settings import set_method_fields
+from clipood_kit.engine.training import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def test_every_option_has_help_that_names_its_default():
 
 
 def test_the_preset_defaults_named_in_help_are_the_presets():
-    from clipood_kit.presets import get_preset
+    from clipood_kit.engine.presets import get_preset
     exp = get_preset("tiny-world")
     helps = {a.option_strings[-1]: a.help for a in _commands()["finetune"]._actions if a.option_strings}
     assert helps["--steps"].endswith(f"tiny-world: {exp.train.steps})")

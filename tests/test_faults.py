@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from clipood_kit import cli
-from clipood_kit.io import save_weights
+from clipood_kit.core.io import save_weights
 from clipood_kit.models.loader import tiny_weights_path
 
 FAST = ["--per-cell", "2", "--steps", "2", "--batch-size", "4"]
@@ -224,7 +224,7 @@ def test_overwrite_replaces_the_whole_run_and_leaves_no_stale_file(runs, tmp_pat
 
 KILL_DURING_WRITE = """
 import os, signal, sys
-import clipood_kit.runs as runs
+import clipood_kit.engine.runs as runs
 from clipood_kit import cli
 where, sig = sys.argv[1], getattr(signal, sys.argv[3] if len(sys.argv) > 3 else "SIGKILL")
 if where == "files":                    # killed while the new files are written
@@ -286,7 +286,7 @@ def test_a_terminate_signal_during_the_final_write_leaves_nothing_half_written(r
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_ood_metrics_refuse_non_finite_scores(bad):
-    from clipood_kit import ood
+    from clipood_kit.evaluation import ood
     scores = torch.tensor([0.1, 0.5, bad])
     for fn in ood.metrics("nearest").values():
         with pytest.raises(ValueError, match="NaN or inf"):
@@ -295,7 +295,7 @@ def test_ood_metrics_refuse_non_finite_scores(bad):
 
 def test_a_real_bug_keeps_its_traceback(monkeypatch, capsys):
     """User errors are one line; anything else (here a RuntimeError from inside torch's world) propagates."""
-    import clipood_kit.experiment as experiment
+    import clipood_kit.engine.experiment as experiment
 
     def broken(*a, **k):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")

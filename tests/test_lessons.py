@@ -13,7 +13,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from clipood_kit import store
+from clipood_kit.core import store
 from clipood_kit.lessons.build import prepare_store, student_versions
 from test_notebooks import FAST, NOTEBOOKS
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from clipood_kit.io import save_weights
+from clipood_kit.core.io import save_weights
 from clipood_kit.models import PretrainedUnavailableError, load_clip
 from clipood_kit.models.tokenizer import TokenizerError
 

@@ -4,13 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.methods import FeatureGenerator, LocalMeanTeacher, Method, RunContext, compose
 from clipood_kit.methods.ogen import nearest_classes
-from clipood_kit.runs import run_method
-from clipood_kit.scoring import harmonic_mean
-from clipood_kit.settings import set_method_fields
-from clipood_kit.training import TrainConfig
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.scoring import harmonic_mean
+from clipood_kit.engine.settings import set_method_fields
+from clipood_kit.engine.training import TrainConfig
 
 
 def ogen(**settings):

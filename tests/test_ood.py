@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from clipood_kit import ood
+from clipood_kit.evaluation import ood
 
 
 def _scores(seed, ties=False):
@@ -53,8 +53,8 @@ def test_scores_follow_their_formulas():
 
 
 def test_protocol_scores_ood_detection_for_every_shift():
-    from clipood_kit.experiment import ExperimentConfig, prepare
-    from clipood_kit.scoring import zero_shot_scores
+    from clipood_kit.engine.experiment import ExperimentConfig, prepare
+    from clipood_kit.engine.scoring import zero_shot_scores
     setup = prepare(ExperimentConfig(per_cell=4))
     cells = zero_shot_scores(setup)
     assert set(cells["ood"]) == {"semantic", "covariate", "both"}
@@ -79,9 +79,9 @@ def test_gl_mcm_adds_the_best_local_softmax_to_mcm():
 
 
 def test_local_features_of_a_vit_tower_and_gl_mcm_in_the_protocol(world_tree):
-    from clipood_kit import evaluation
-    from clipood_kit.experiment import ExperimentConfig, prepare
-    from clipood_kit.scoring import zero_shot_scores
+    from clipood_kit.evaluation import features as evaluation
+    from clipood_kit.engine.experiment import ExperimentConfig, prepare
+    from clipood_kit.engine.scoring import zero_shot_scores
     setup = prepare(ExperimentConfig(model="ViT-S-32", pretrained=None, data=str(world_tree), eval_batch_size=64))
     visual = setup.loaded.model.visual.eval()
     images = torch.stack([setup.loaded.preprocess(setup.dataset[i][0]) for i in range(3)])
@@ -95,7 +95,7 @@ def test_local_features_of_a_vit_tower_and_gl_mcm_in_the_protocol(world_tree):
 
 
 def test_gl_mcm_on_a_resnet_tower_says_why_not(tiny):
-    from clipood_kit import evaluation
+    from clipood_kit.evaluation import features as evaluation
     model = tiny[0] if isinstance(tiny, tuple) else tiny.model
     assert not evaluation.has_local_features(model.visual)
     with pytest.raises(ValueError, match="GL-MCM needs the patch tokens .* ModifiedResNet"):

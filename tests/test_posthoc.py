@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.methods import BetaMovingAverage, ExponentialMovingAverage, compose, interpolate, with_average
-from clipood_kit.posthoc import Trajectory
-from clipood_kit.runs import run_method
-from clipood_kit.scoring import StateScorer, evaluate_state
-from clipood_kit.training import TrainConfig
+from clipood_kit.engine.posthoc import Trajectory
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.scoring import StateScorer, evaluate_state
+from clipood_kit.engine.training import TrainConfig
 
 
 def random_walk(module, steps, seed):
@@ -90,7 +90,7 @@ def test_a_run_s_trajectory_gives_its_bma_and_the_fast_scorer_equals_evaluation(
 
 
 def test_the_bma_grid_keeps_every_pair_s_exact_average():
-    from clipood_kit.settings import set_method_fields
+    from clipood_kit.engine.settings import set_method_fields
     setup = prepare(ExperimentConfig(per_cell=3))
     train = TrainConfig(steps=5, batch_size=8, lr=1e-4, seed=4)
     names = [n for n, _ in setup.loaded.model.visual.named_parameters()]

@@ -2,7 +2,7 @@
 ../shared/METHODS.md): batch, lr, epochs (x 500 iterations), lambda and Beta(b, b), per task and dataset."""
 import pytest
 
-from clipood_kit.presets import PRESETS, get_preset
+from clipood_kit.engine.presets import PRESETS, get_preset
 
 # task, dataset: (batch, lr, epochs, lambda, b); DomainBed batches are per source domain
 OFFICIAL = {

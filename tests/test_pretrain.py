@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipood_kit.pretrain import PretrainConfig, captions, grouped_batch, logit_scale_at, pretrain
+from clipood_kit.engine.pretrain import PretrainConfig, captions, grouped_batch, logit_scale_at, pretrain
 from clipood_kit.data import world
 
 

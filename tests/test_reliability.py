@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.methods import MMSConfig, class_margins, compose, mms_loss
-from clipood_kit.runs import run_method
-from clipood_kit.training import NonFiniteLossError, TrainConfig
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.training import NonFiniteLossError, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_exported_world_is_readable_by_others(tmp_path):
 
 def test_identical_weights_give_identical_safetensors_bytes_across_processes(tmp_path):
     """safetensors orders metadata by a hash map (random per process); ours are byte-identical and load back."""
-    script = ("import sys, torch; from clipood_kit.io import save_weights; "
+    script = ("import sys, torch; from clipood_kit.core.io import save_weights; "
               "save_weights(sys.argv[1], {'b': torch.arange(4.0), 'a': torch.eye(2, dtype=torch.float64)}, "
               "metadata={'architecture': 'x', 'method': 'ce', 'model': 'last', 'seed': '0'})")
     paths = [tmp_path / f"w{i}.safetensors" for i in range(4)]
@@ -85,7 +85,7 @@ def test_identical_weights_give_identical_safetensors_bytes_across_processes(tmp
         subprocess.run([sys.executable, "-c", script, str(p)], check=True)
     assert len({p.read_bytes() for p in paths}) == 1
     from safetensors import safe_open
-    from clipood_kit.io import load_weights
+    from clipood_kit.core.io import load_weights
     state = load_weights(paths[0])
     assert torch.equal(state["b"], torch.arange(4.0)) and torch.equal(state["a"], torch.eye(2, dtype=torch.float64))
     with safe_open(str(paths[0]), "pt") as f:

@@ -1,9 +1,9 @@
 """`--set KEY=VALUE` and method composition: every field reachable, typed, validated with a named error."""
 import pytest
 
-from clipood_kit.experiment import ExperimentConfig
+from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.methods import METHODS, compose, method_from_dict
-from clipood_kit.settings import apply_settings
+from clipood_kit.engine.settings import apply_settings
 
 
 def test_settings_reach_parts_training_and_experiment_fields_with_their_types():

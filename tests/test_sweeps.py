@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from clipood_kit.experiment import ExperimentConfig
+from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.methods import compose
-from clipood_kit.sweeps import lambda_sweep
-from clipood_kit.training import TrainConfig
+from clipood_kit.studies.sweeps import lambda_sweep
+from clipood_kit.engine.training import TrainConfig
 
 
 def test_the_lambda_sweep_is_cached_by_every_setting(tmp_path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from clipood_kit import cli
-from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.methods import METHODS, BMAConfig, MethodConfig, compose
-from clipood_kit.runs import run_method
-from clipood_kit.settings import set_method_fields
-from clipood_kit.training import TrainConfig
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.settings import set_method_fields
+from clipood_kit.engine.training import TrainConfig
 from toy_method import FocalConfig
 
 

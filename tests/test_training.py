@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipood_kit.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.methods import METHODS, compose
-from clipood_kit.runs import run_method
-from clipood_kit.training import TrainConfig, global_batch
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.training import TrainConfig, global_batch
 
 HERE = Path(__file__).parent
 
@@ -28,7 +28,7 @@ def small():
 def test_a_run_moves_accuracy_and_the_bma_model_keeps_more_of_zero_shot():
     """Fine-tuning on base classes of two styles forgets new classes in unseen styles; BMA forgets less.
     (The demo's data and budget: 30 images per cell, 120 steps of batch 32.)"""
-    from clipood_kit.scoring import zero_shot_scores
+    from clipood_kit.engine.scoring import zero_shot_scores
     setup = prepare(ExperimentConfig(per_cell=30))
     zs = zero_shot_scores(setup)["accuracy"]["unseen"]["new"]
     r = run_method(setup, compose("bma"), TrainConfig(steps=120, batch_size=32, lr=1e-4, seed=0), progress=False)
@@ -76,9 +76,9 @@ def test_stopped_and_resumed_run_is_bit_identical(small, tmp_path):
 
 KILL_SCRIPT = """
 import os, signal, sys
-from clipood_kit.experiment import ExperimentConfig, prepare
-from clipood_kit.runs import run_method
-from clipood_kit.training import TrainConfig
+from clipood_kit.engine.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.training import TrainConfig
 exp = ExperimentConfig(per_cell=4, method="clipood",
                        train=TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=1, checkpoint_every=2))
 kill_at = int(sys.argv[2])
@@ -181,7 +181,7 @@ def test_loader_workers_do_not_change_the_batches(small):
     r2 = run_method(setup, compose("ce"), replace(base, num_workers=2), progress=False)
     for k, v in r0["states"]["last"].items():
         assert torch.equal(v, r2["states"]["last"][k]), k
-    from clipood_kit.training import loader_options
+    from clipood_kit.engine.training import loader_options
     assert loader_options(None, torch.device("cuda")) == {"num_workers": min(8, os.cpu_count()), "pin_memory": True,
                                                          "persistent_workers": True}
     assert loader_options(None, torch.device("cpu"))["num_workers"] == 0
@@ -199,7 +199,7 @@ def test_the_experiments_device_reaches_the_accelerator(monkeypatch):
     """--device cpu trains on the CPU even where CUDA is available (the trainer once asked only whether CUDA
     existed)."""
     import torch
-    from clipood_kit.training import accelerator_settings
+    from clipood_kit.engine.training import accelerator_settings
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert accelerator_settings(torch.device("cpu"), "bf16") == {"cpu": True, "mixed_precision": "bf16"}
     calls = []

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from clipood_kit.methods import beta_weights
-from clipood_kit.widgets import beta_view, margin_view, nearest_farthest_table
+from clipood_kit.viz.widgets import beta_view, margin_view, nearest_farthest_table
 
 
 def _text():
@@ -48,8 +48,8 @@ def test_beta_view_matches_the_bma_weights():
 
 
 def test_ood_view_gives_the_chosen_sets_scores_and_metrics():
-    from clipood_kit import ood
-    from clipood_kit.widgets import ood_view
+    from clipood_kit.evaluation import ood
+    from clipood_kit.viz.widgets import ood_view
     g = torch.Generator().manual_seed(0)
     id_cos, ood_cos = torch.rand(40, 6, generator=g) + 0.2, torch.rand(30, 6, generator=g)
     sets = {"ce": {"ID": ood.all_scores(id_cos, 20.0), "semantic": ood.all_scores(ood_cos, 20.0)}}
@@ -65,7 +65,7 @@ def test_ood_view_gives_the_chosen_sets_scores_and_metrics():
 def test_a_figure_widget_is_resized_to_the_page_once_a_view_has_drawn():
     import time
     import plotly.graph_objects as go
-    from clipood_kit.widgets import page_wide
+    from clipood_kit.viz.widgets import page_wide
     fig = page_wide(go.FigureWidget(go.Figure(go.Scatter(y=[1, 2]))), delay=0.05)
     assert fig._config["responsive"] is True and fig.layout.autosize is None
     time.sleep(0.2)
@@ -78,7 +78,7 @@ def test_a_figure_widget_is_resized_to_the_page_once_a_view_has_drawn():
 
 
 def test_set_cells_moves_one_models_dots_in_both_panels():
-    from clipood_kit.figures import cells_figure, set_cells
+    from clipood_kit.viz.figures import cells_figure, set_cells
     rows = {"zero-shot": {"train styles / base": 80.0, "unseen styles / new": 90.0, "OOD AUROC (MCM)": 50.0},
             "CE": {"train styles / base": 95.0, "unseen styles / new": 85.0, "OOD AUROC (MCM)": 48.0}}
     fig = cells_figure(rows, "t")

@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from clipood_kit import evaluation
-from clipood_kit.zeroshot import ZeroShotConfig, run_zeroshot
+from clipood_kit.evaluation import features as evaluation
+from clipood_kit.evaluation.zeroshot import ZeroShotConfig, run_zeroshot
 
 
 def test_shipped_model_meets_the_zero_shot_target():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .datasets import (DatasetError, DomainDataset, FolderDataset, TransformedSubset, WorldDataset,
+from clipood_kit.data.datasets import (DatasetError, DomainDataset, FolderDataset, TransformedSubset, WorldDataset,
                        export_world)
 
 WORLD = "world"

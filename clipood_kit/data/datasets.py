@@ -17,9 +17,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from ..io import current_umask
-from . import splits
-from . import world as world_mod
+from clipood_kit.core.io import current_umask
+from clipood_kit.data import splits
+from clipood_kit.data import world as world_mod
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 Transform = Optional[Callable[[torch.Tensor], torch.Tensor]]

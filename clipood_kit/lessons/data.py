@@ -1,4 +1,4 @@
-"""What the lesson notebooks train and score, computed once and kept in the result store (`clipood_kit.store`).
+"""What the lesson notebooks train and score, computed once and kept in the result store (`clipood_kit.core.store`).
 
 Each function takes the notebook's experiment and parameters, and returns plain data (scores, histories, score
 sets, projections); the store key holds every setting and the identity of the weights and data, so a changed
@@ -13,15 +13,15 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .. import store
-from ..experiment import ExperimentConfig, inputs_identity, prepare
-from ..methods import compose
-from ..presets import demo_experiment
-from ..posthoc import Trajectory
-from ..projection import umap_projection
-from ..runs import run_method
-from ..scoring import StateScorer, ood_score_sets, zero_shot_scores
-from ..sweeps import bma_grid, bma_over_training, record_run, wise_curve
+from clipood_kit.core import store
+from clipood_kit.engine.experiment import ExperimentConfig, inputs_identity, prepare
+from clipood_kit.methods import compose
+from clipood_kit.engine.presets import demo_experiment
+from clipood_kit.engine.posthoc import Trajectory
+from clipood_kit.studies.projection import umap_projection
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.scoring import StateScorer, ood_score_sets, zero_shot_scores
+from clipood_kit.studies.sweeps import bma_grid, bma_over_training, record_run, wise_curve
 
 
 def lesson_experiment(model: str, pretrained: str, data: str, per_cell: int, steps: int) -> ExperimentConfig:

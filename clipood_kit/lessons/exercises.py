@@ -13,11 +13,11 @@ from typing import Callable, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
-from .. import ood
-from ..evaluation import ensemble_text_features
-from ..methods import beta_weights, interpolate, margin_logits
-from ..projection import mean_displacement
-from ..scoring import harmonic_mean
+from clipood_kit.evaluation import ood
+from clipood_kit.evaluation.features import ensemble_text_features
+from clipood_kit.methods import beta_weights, interpolate, margin_logits
+from clipood_kit.studies.projection import mean_displacement
+from clipood_kit.engine.scoring import harmonic_mean
 
 NOT_DONE = "replace the ... with your answer"
 

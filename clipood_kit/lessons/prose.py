@@ -9,7 +9,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from ..methods import beta_weights
+from clipood_kit.methods import beta_weights
 
 TREND_OPTIONS = ("better", "worse", "within a point")
 SHAPE_OPTIONS = ("start-heavy (alpha < beta)", "symmetric (alpha = beta)", "end-heavy (alpha > beta)")

@@ -6,13 +6,13 @@ existing parts is a configuration (`compose("mms+context-kl+ema")`), not a subcl
 from dataclasses import replace
 from typing import Dict, List
 
-from .averagers import BMAConfig, BMAGridConfig, EMAConfig, WiSEConfig
-from .averaging import (BetaMovingAverage, ExponentialMovingAverage, LocalMeanTeacher, beta_pdf, beta_weights,
+from clipood_kit.methods.averagers import BMAConfig, BMAGridConfig, EMAConfig, WiSEConfig
+from clipood_kit.methods.averaging import (BetaMovingAverage, ExponentialMovingAverage, LocalMeanTeacher, beta_pdf, beta_weights,
                         interpolate, with_average, zero_shot_share)
-from .base import Batch, Method, MethodConfig, PartConfig, RunContext
-from .carft import ContextKLConfig
-from .losses import CEConfig, MMSConfig, class_margins, margin_logits, mms_loss, reference_kl
-from .ogen import FeatureGenerator, OGENConfig, SelfDistillConfig
+from clipood_kit.methods.base import Batch, Method, MethodConfig, PartConfig, RunContext
+from clipood_kit.methods.carft import ContextKLConfig
+from clipood_kit.methods.losses import CEConfig, MMSConfig, class_margins, margin_logits, mms_loss, reference_kl
+from clipood_kit.methods.ogen import FeatureGenerator, OGENConfig, SelfDistillConfig
 
 # The paper methods, as presets of parts (each part's config holds the paper's defaults).
 METHODS: Dict[str, MethodConfig] = {

@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Dict, Tuple
 
-from .averaging import BetaMovingAverage, ExponentialMovingAverage, interpolate, with_average
-from .base import Averager, Metrics, PartConfig, RunContext, State
+from clipood_kit.methods.averaging import BetaMovingAverage, ExponentialMovingAverage, interpolate, with_average
+from clipood_kit.methods.base import Averager, Metrics, PartConfig, RunContext, State
 
 
 @dataclass

@@ -20,8 +20,8 @@ from typing import ClassVar, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Metrics, PartConfig, Regulariser, RunContext
-from .losses import reference_kl
+from clipood_kit.methods.base import Batch, Metrics, PartConfig, Regulariser, RunContext
+from clipood_kit.methods.losses import reference_kl
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ContextKL(Regulariser):
 
     def prepare(self, setup) -> None:
         """The context classifier of the experiment's templates over the training classes."""
-        from ..evaluation import context_classifier
+        from clipood_kit.evaluation.features import context_classifier
         names = [setup.dataset.classes[i] for i in setup.train_class_ids]
         self.context_features = context_classifier(setup.loaded.model, setup.loaded.tokenizer, names,
                                                    setup.templates).cpu()

@@ -20,7 +20,7 @@ from typing import ClassVar, Tuple
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Loss, Metrics, PartConfig, RunContext
+from clipood_kit.methods.base import Batch, Loss, Metrics, PartConfig, RunContext
 
 
 def _check_lambda(margin_lambda: float) -> None:

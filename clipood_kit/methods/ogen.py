@@ -49,9 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .averaging import LocalMeanTeacher, with_average
-from .base import Batch, Metrics, PartConfig, Regulariser, RunContext, State
-from .losses import reference_kl
+from clipood_kit.methods.averaging import LocalMeanTeacher, with_average
+from clipood_kit.methods.base import Batch, Metrics, PartConfig, Regulariser, RunContext, State
+from clipood_kit.methods.losses import reference_kl
 
 NEIGHBOUR_RULES = ("dot", "cosine")
 
@@ -126,7 +126,7 @@ class OGENGenerator(Regulariser):
         """Unknown classes: text features of the held-out (new) classes, the names OGEN synthesises features for.
         Class statistics: per training class, the mean and standard deviation of the zero-shot encoder's
         normalised features of the training images (evaluation transform), as the official code precomputes them."""
-        from ..scoring import encode
+        from clipood_kit.engine.scoring import encode
         d = setup.dataset
         unknown = [i for i in range(len(d.classes)) if i not in setup.train_class_ids]
         if not unknown:

@@ -19,8 +19,8 @@ from typing import Callable, Optional, Union
 import open_clip
 import torch
 
-from ..data.transforms import make_transform
-from .tokenizer import WordTokenizer
+from clipood_kit.data.transforms import make_transform
+from clipood_kit.models.tokenizer import WordTokenizer
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 TINY_NAME = "tiny-clip-world"

@@ -20,10 +20,10 @@ def digest(state):
 
 
 def method_numbers(names=None):
-    from clipood_kit.experiment import ExperimentConfig, prepare
+    from clipood_kit.engine.experiment import ExperimentConfig, prepare
     from clipood_kit.methods import METHODS, compose
-    from clipood_kit.runs import run_method
-    from clipood_kit.training import TrainConfig
+    from clipood_kit.engine.runs import run_method
+    from clipood_kit.engine.training import TrainConfig
     s = SETTINGS
     exp = ExperimentConfig(per_cell=s["per_cell"], cache_dir="off",
                            train=TrainConfig(steps=s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=s["seed"]))

@@ -31,12 +31,12 @@ import torch
 from open_clip.loss import ClipLoss
 from tqdm.auto import tqdm
 
-from .card import clip_card, format_card
-from .data import world
-from .data.datasets import WorldDataset
-from .io import save_weights, write_json, write_text
-from .models.loader import TINY_NAME, file_digest, load_clip, tiny_weights_path
-from .optim import cosine_lr
+from clipood_kit.evaluation.card import clip_card, format_card
+from clipood_kit.data import world
+from clipood_kit.data.datasets import WorldDataset
+from clipood_kit.core.io import save_weights, write_json, write_text
+from clipood_kit.models.loader import CONFIG_DIR, TINY_NAME, file_digest, load_clip, tiny_weights_path
+from clipood_kit.engine.optim import cosine_lr
 
 # Caption forms with their probabilities. {what} is the class name, or (FAMILY_SHARE of the time) its family.
 CAPTION_FORMS = (
@@ -165,7 +165,7 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
     table = clip_like["class_accuracy"]
     card = {
         "architecture": TINY_NAME,
-        "architecture_config": json.loads((Path(__file__).parent / "model_configs" / f"{TINY_NAME}.json").read_text()),
+        "architecture_config": json.loads((CONFIG_DIR / f"{TINY_NAME}.json").read_text()),
         "parameters": sum(v.numel() for v in state.values()),
         "weights_file": out.name,
         "file_bytes": out.stat().st_size,

@@ -21,13 +21,13 @@ from typing import Dict, List, Optional
 
 import torch
 
-from . import evaluation, ood
-from .cache import FeatureCache
-from .data import WORLD, open_dataset, splits
-from .methods import MethodConfig, compose, method_from_dict
-from .models.loader import TINY_NAME, load_clip
-from .training import TrainConfig
-from .zeroshot import default_templates
+from clipood_kit.evaluation import features as evaluation, ood
+from clipood_kit.core.cache import FeatureCache
+from clipood_kit.data import WORLD, open_dataset, splits
+from clipood_kit.methods import MethodConfig, compose, method_from_dict
+from clipood_kit.models.loader import TINY_NAME, load_clip
+from clipood_kit.engine.training import TrainConfig
+from clipood_kit.evaluation.zeroshot import default_templates
 
 PROTOCOLS = ("domain-shift", "base-to-new", "in-the-wild", "open-world")
 WORLD_SOURCES = ("photo", "sketch")
@@ -85,7 +85,7 @@ def inputs_identity(cfg: ExperimentConfig, loaded=None, dataset=None) -> dict:
     made `model_id` from its digest) and the folder is not listed twice."""
     import hashlib
     from pathlib import Path
-    from .models.loader import file_digest, tiny_weights_path
+    from clipood_kit.models.loader import file_digest, tiny_weights_path
     if loaded is not None:
         model = loaded.model_id
     else:

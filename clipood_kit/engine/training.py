@@ -29,9 +29,9 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .io import load_weights, save_weights, write_json
-from .methods import Batch, Method, RunContext
-from .optim import cosine_lr
+from clipood_kit.core.io import load_weights, save_weights, write_json
+from clipood_kit.methods import Batch, Method, RunContext
+from clipood_kit.engine.optim import cosine_lr
 
 CHECKPOINTS = "checkpoints"
 

@@ -5,8 +5,8 @@ from typing import Dict
 
 import torch
 
-from .experiment import Setup
-from .scoring import encode
+from clipood_kit.engine.experiment import Setup
+from clipood_kit.engine.scoring import encode
 
 
 def mean_displacement(reference: torch.Tensor, moved: torch.Tensor) -> float:

@@ -9,14 +9,14 @@ from typing import Dict, List, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from . import store
-from .experiment import ExperimentConfig, Setup, inputs_identity, prepare
-from .io import write_json
-from .methods import MethodConfig
-from .posthoc import Trajectory
-from .runs import run_method
-from .scoring import StateScorer, zero_shot_scores
-from .settings import set_method_fields
+from clipood_kit.core import store
+from clipood_kit.engine.experiment import ExperimentConfig, Setup, inputs_identity, prepare
+from clipood_kit.core.io import write_json
+from clipood_kit.methods import MethodConfig
+from clipood_kit.engine.posthoc import Trajectory
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.scoring import StateScorer, zero_shot_scores
+from clipood_kit.engine.settings import set_method_fields
 
 def record_run(setup: Setup, method: MethodConfig, every: int = 1, progress: bool = False) -> Dict:
     """One run of `method` with its trajectory recorded: {'result', 'trajectory'}."""
@@ -44,7 +44,7 @@ def bma_grid(traj: Trajectory, scorer: StateScorer, alphas: Sequence[float], bet
 def bma_over_training(traj: Trajectory, scorer: StateScorer, alpha: float, beta: float, every: int = 10) -> List[dict]:
     """Scores of the last-step model and of the running BMA at steps 0, every, 2 every, ..., T (every image of
     the scorer's set): {'step', 'last', 'average'}."""
-    from .methods.averaging import beta_weights
+    from clipood_kit.methods.averaging import beta_weights
     w = beta_weights(traj.total_steps, alpha, beta)
     rows = []
     for step in sorted(set(range(0, traj.total_steps + 1, every)) | {traj.total_steps}):
@@ -96,9 +96,9 @@ def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: 
     """`clipood-kit sweep`: lambda (one run per value, cached), bma (`values` are the alphas, `betas` the betas,
     one recorded run) or wise (`values` are the mixes, one recorded run). Writes results.json and report.html
     into `out`; every point holds every cell and OOD score."""
-    from . import figures
-    from .io import write_text
-    from .widgets import cells_of
+    from clipood_kit.viz import figures
+    from clipood_kit.core.io import write_text
+    from clipood_kit.viz.widgets import cells_of
     if kind not in SWEEP_KINDS:
         raise ValueError(f"unknown sweep {kind!r}; choose one of {SWEEP_KINDS}")
     if not values:

@@ -17,11 +17,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import evaluation
-from .data import WORLD, TransformedSubset, open_dataset
-from .data import world as world_mod
-from .models.loader import TINY_NAME, load_clip
-from .zeroshot import default_templates
+from clipood_kit.evaluation import features as evaluation
+from clipood_kit.data import WORLD, TransformedSubset, open_dataset
+from clipood_kit.data import world as world_mod
+from clipood_kit.models.loader import TINY_NAME, load_clip
+from clipood_kit.evaluation.zeroshot import default_templates
 
 PHOTO_TEMPLATE = "a photo of a {}."
 

@@ -12,7 +12,7 @@ import typing
 from dataclasses import replace
 from typing import Any, Dict, Iterable, Tuple
 
-from .methods import MethodConfig
+from clipood_kit.methods import MethodConfig
 
 SKIP_EXPERIMENT = ("method", "train")
 

@@ -20,14 +20,14 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .io import load_weights, save_weights
+from clipood_kit.core.io import load_weights, save_weights
 
 Tensors = Dict[str, torch.Tensor]
 
 
 def default_dir() -> Path:
     """$CLIPOOD_KIT_CACHE/features, else ~/.cache/clipood-kit/features."""
-    from .store import cache_root
+    from clipood_kit.core.store import cache_root
     return cache_root() / "features"
 
 

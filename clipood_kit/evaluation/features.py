@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import ood
+from clipood_kit.evaluation import ood
 
 DEFAULT_TEMPLATES = [
     "a photo of a {}.", "a sketch of a {}.", "a painting of a {}.", "a cartoon of a {}.",

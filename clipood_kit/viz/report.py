@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
-from . import figures
-from .experiment import Setup
-from .scoring import label, lookup
+from clipood_kit.viz import figures
+from clipood_kit.engine.experiment import Setup
+from clipood_kit.engine.scoring import label, lookup
 
 OOD_SHIFT = "semantic"        # the report's OOD section: new classes against the training distribution
 

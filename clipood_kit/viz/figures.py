@@ -13,7 +13,7 @@ import plotly.io as pio
 import torch
 from plotly.subplots import make_subplots
 
-from .methods import beta_weights, class_margins, zero_shot_share
+from clipood_kit.methods import beta_weights, class_margins, zero_shot_share
 
 # 26 distinguishable colours (Green-Armytage's alphabet, as plotly's qualitative.Alphabet): every class of the
 # world (25) and every row of the comparison get their own
@@ -311,7 +311,7 @@ def ood_figure(id_scores: np.ndarray, ood_scores: np.ndarray, fpr: np.ndarray, t
 
 def card_figure(card: Dict) -> go.Figure:
     """Zero-shot accuracy per domain of the two things a CLIP reads from an image: its class (template ensemble)
-    and its domain (CAR-FT's context classifier), from a `clipood_kit.card` card."""
+    and its domain (CAR-FT's context classifier), from a `clipood_kit.evaluation.card` card."""
     fig = go.Figure()
     for key, name in (("class_accuracy", "class (which shape?)"), ("domain_accuracy", "domain (which style?)")):
         acc = card[key]

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .io import write_json
+from clipood_kit.core.io import write_json
 
 STORE_VERSION = 1            # bump when a change alters what a stored value holds
 _warned_read_only = set()

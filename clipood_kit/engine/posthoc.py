@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .methods.averaging import beta_weights
+from clipood_kit.methods.averaging import beta_weights
 
 State = Dict[str, torch.Tensor]
 

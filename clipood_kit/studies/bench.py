@@ -10,15 +10,18 @@ import statistics
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
-from .experiment import ExperimentConfig, prepare
-from .io import write_json, write_text
-from .methods import MethodConfig
-from .runs import run_method
-from .scoring import zero_shot_scores
+from clipood_kit.engine.experiment import ExperimentConfig, prepare
+from clipood_kit.core.io import write_json, write_text
+from clipood_kit.methods import MethodConfig
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.scoring import zero_shot_scores
+from clipood_kit.engine.presets import demo_experiment
+from clipood_kit.engine.settings import set_method_fields
+from clipood_kit.methods import compose
 
 # a second row for some results: primary model -> (the other evaluated model, its row label)
 SECONDARY_MODELS = {"bma": ("last", "last step"), "ema": ("last", "last step"), "last": ("teacher", "teacher")}
@@ -47,8 +50,8 @@ def summarise(per_seed: List[dict]) -> dict:
 
 
 def run_bench(cfg: BenchConfig, out: Path, progress: bool = True) -> dict:
-    from .projection import umap_projection
-    from .report import bench_report
+    from clipood_kit.studies.projection import umap_projection
+    from clipood_kit.viz.report import bench_report
     start = time.perf_counter()
     out = Path(out)
     per_seed, runs, umap_data, setup0 = [], {}, None, None
@@ -80,3 +83,52 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True) -> dict:
     write_json(out / "results.json", results)
     write_text(out / "report.html", bench_report(results, setup0, umap_data))
     return results
+
+
+# -- bench presets -----------------------------------------------------------------------------------------
+
+DEMO_METHODS = ("ce", "mms", "bma", "clipood", "wise-ft", "ema")
+COMPARE_METHODS = ("ce", "wise-ft", "ema", "bma", "mms", "clipood", "car-ft", "car-ft-clipood", "ogen")
+BENCH_SETTINGS = {"ema.decay": 0.98}           # EMA's decay for 120 steps (0.99 keeps a third of the zero-shot model)
+DEMO_COLUMNS = (("train", "base"), ("train", "new"), ("unseen", "base"), ("unseen", "new"), ("unseen", "H"))
+COMPARE_COLUMNS = (("train", "base"), ("unseen", "base"), ("train", "new"), ("train", "H"), ("unseen", "new"),
+                   ("unseen", "H"), ("ood", "semantic", "MCM", "AUROC"), ("ood", "semantic", "MCM", "FPR95"))
+
+# ablations (`clipood-kit compare --ablation NAME`): which part of a method does the work; label -> settings
+ABLATIONS = {
+    "ogen": {
+        "ogen, no synthetic CE": {"ogen.synthetic": 0.0},
+        "ogen, no distillation": {"self-distill.weight": 0.0},
+        "ogen, neither": {"ogen.synthetic": 0.0, "self-distill.weight": 0.0},
+        "ogen, no warm-up": {"ogen.warmup": 0.0, "self-distill.start": 0.0},
+    },
+}
+
+
+def bench_methods(names: Sequence[str], settings: Dict[str, object] = BENCH_SETTINGS) -> Dict[str, MethodConfig]:
+    """The registry's methods by name, with the bench's part settings applied where a method has the part."""
+    return {n: set_method_fields(compose(n), settings, only_present=True) for n in names}
+
+
+def demo_bench(seeds: Sequence[int] = (0, 1, 2)) -> BenchConfig:
+    return BenchConfig(methods=bench_methods(DEMO_METHODS), experiment=demo_experiment(), columns=DEMO_COLUMNS,
+                       title="clipood-kit demo: CLIPood on the embedded world", seeds=tuple(seeds), umap_points=600,
+                       settings=dict(BENCH_SETTINGS))
+
+
+def compare_bench(seeds: Sequence[int] = (0, 1, 2), fast: bool = False, ablation: Optional[str] = None) -> BenchConfig:
+    """`clipood-kit compare`: every method on the same backbone, data, budget and metrics; with `ablation`, CE,
+    the method and its ablated variants instead."""
+    exp = demo_experiment()
+    if fast:
+        exp = replace(exp, per_cell=6, train=replace(exp.train, steps=8, batch_size=8))
+    if ablation is not None:
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; choose one of {sorted(ABLATIONS)}")
+        methods = bench_methods(("ce", ablation))
+        methods.update({label: set_method_fields(compose(ablation), s) for label, s in ABLATIONS[ablation].items()})
+        return BenchConfig(methods=methods, experiment=exp, columns=COMPARE_COLUMNS, seeds=tuple(seeds),
+                           title=f"clipood-kit ablation: {ablation}", settings=dict(BENCH_SETTINGS))
+    return BenchConfig(methods=bench_methods(COMPARE_METHODS), experiment=exp, columns=COMPARE_COLUMNS,
+                       seeds=tuple(seeds), umap_points=0 if fast else 600, settings=dict(BENCH_SETTINGS),
+                       title="clipood-kit comparison: robust fine-tuning methods on one bench")

@@ -1,5 +1,5 @@
-"""Named configurations: experiment presets (`clipood-kit finetune --preset NAME`) and the bench presets of
-`clipood-kit demo` and `clipood-kit compare`.
+"""Named configurations: experiment presets (`clipood-kit finetune --preset NAME`); the bench presets of `clipood-kit demo` and
+`clipood-kit compare` are in `studies/bench.py`.
 
 The `clipood-*` presets follow the official CLIPood scripts exactly (thuml/CLIPood `scripts.sh`, read 2026-11):
 ViT-B/16 with OpenAI weights, AdamW (weight decay 0.1, `main.py` line 123), cosine schedule over
@@ -19,11 +19,10 @@ import copy
 from dataclasses import replace
 from typing import Dict, Optional, Sequence
 
-from .bench import BenchConfig
-from .experiment import ExperimentConfig
-from .methods import MethodConfig, compose
-from .settings import set_method_fields
-from .training import TrainConfig
+from clipood_kit.engine.experiment import ExperimentConfig
+from clipood_kit.methods import MethodConfig, compose
+from clipood_kit.engine.settings import set_method_fields
+from clipood_kit.engine.training import TrainConfig
 
 ITERS_PER_EPOCH = 500                          # thuml/CLIPood main.py line 129
 PHOTO = ["a photo of a {}."]                   # thuml/CLIPood engine.py lines 68, 110
@@ -78,52 +77,3 @@ def get_preset(name: str) -> ExperimentConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
-
-
-# -- bench presets -----------------------------------------------------------------------------------------
-
-DEMO_METHODS = ("ce", "mms", "bma", "clipood", "wise-ft", "ema")
-COMPARE_METHODS = ("ce", "wise-ft", "ema", "bma", "mms", "clipood", "car-ft", "car-ft-clipood", "ogen")
-BENCH_SETTINGS = {"ema.decay": 0.98}           # EMA's decay for 120 steps (0.99 keeps a third of the zero-shot model)
-DEMO_COLUMNS = (("train", "base"), ("train", "new"), ("unseen", "base"), ("unseen", "new"), ("unseen", "H"))
-COMPARE_COLUMNS = (("train", "base"), ("unseen", "base"), ("train", "new"), ("train", "H"), ("unseen", "new"),
-                   ("unseen", "H"), ("ood", "semantic", "MCM", "AUROC"), ("ood", "semantic", "MCM", "FPR95"))
-
-# ablations (`clipood-kit compare --ablation NAME`): which part of a method does the work; label -> settings
-ABLATIONS = {
-    "ogen": {
-        "ogen, no synthetic CE": {"ogen.synthetic": 0.0},
-        "ogen, no distillation": {"self-distill.weight": 0.0},
-        "ogen, neither": {"ogen.synthetic": 0.0, "self-distill.weight": 0.0},
-        "ogen, no warm-up": {"ogen.warmup": 0.0, "self-distill.start": 0.0},
-    },
-}
-
-
-def bench_methods(names: Sequence[str], settings: Dict[str, object] = BENCH_SETTINGS) -> Dict[str, MethodConfig]:
-    """The registry's methods by name, with the bench's part settings applied where a method has the part."""
-    return {n: set_method_fields(compose(n), settings, only_present=True) for n in names}
-
-
-def demo_bench(seeds: Sequence[int] = (0, 1, 2)) -> BenchConfig:
-    return BenchConfig(methods=bench_methods(DEMO_METHODS), experiment=demo_experiment(), columns=DEMO_COLUMNS,
-                       title="clipood-kit demo: CLIPood on the embedded world", seeds=tuple(seeds), umap_points=600,
-                       settings=dict(BENCH_SETTINGS))
-
-
-def compare_bench(seeds: Sequence[int] = (0, 1, 2), fast: bool = False, ablation: Optional[str] = None) -> BenchConfig:
-    """`clipood-kit compare`: every method on the same backbone, data, budget and metrics; with `ablation`, CE,
-    the method and its ablated variants instead."""
-    exp = demo_experiment()
-    if fast:
-        exp = replace(exp, per_cell=6, train=replace(exp.train, steps=8, batch_size=8))
-    if ablation is not None:
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose one of {sorted(ABLATIONS)}")
-        methods = bench_methods(("ce", ablation))
-        methods.update({label: set_method_fields(compose(ablation), s) for label, s in ABLATIONS[ablation].items()})
-        return BenchConfig(methods=methods, experiment=exp, columns=COMPARE_COLUMNS, seeds=tuple(seeds),
-                           title=f"clipood-kit ablation: {ablation}", settings=dict(BENCH_SETTINGS))
-    return BenchConfig(methods=bench_methods(COMPARE_METHODS), experiment=exp, columns=COMPARE_COLUMNS,
-                       seeds=tuple(seeds), umap_points=0 if fast else 600, settings=dict(BENCH_SETTINGS),
-                       title="clipood-kit comparison: robust fine-tuning methods on one bench")

@@ -15,12 +15,12 @@ from typing import Callable, Optional
 
 import torch
 
-from .data import TransformedSubset
-from .experiment import Setup
-from .io import save_weights, write_json
-from .methods import Method, MethodConfig
-from .scoring import evaluate_state, headline
-from .training import CHECKPOINTS, FineTuneOutput, TrainConfig, TrainTask, fine_tune
+from clipood_kit.data import TransformedSubset
+from clipood_kit.engine.experiment import Setup
+from clipood_kit.core.io import save_weights, write_json
+from clipood_kit.methods import Method, MethodConfig
+from clipood_kit.engine.scoring import evaluate_state, headline
+from clipood_kit.engine.training import CHECKPOINTS, FineTuneOutput, TrainConfig, TrainTask, fine_tune
 
 # fields that may change between a run and its resumption: they do not change what is computed
 RESUMABLE_CHANGES = {"experiment": ("eval_batch_size", "device", "cache_dir"), "train": ("checkpoint_every", "num_workers")}
@@ -99,7 +99,7 @@ def check_training_allowed(what: str) -> None:
     a prepared result store): the message says which command fills the store instead of training for every
     student."""
     if os.environ.get(NO_TRAINING, "") not in ("", "0"):
-        from .store import store_dir
+        from clipood_kit.core.store import store_dir
         raise RuntimeError(f"training {what!r} is switched off here ({NO_TRAINING} is set), and the result store "
                            f"({store_dir()}) has no entry for this setting: keep the notebook's default parameters, "
                            f"or run `clipood-kit lessons prepare --cache DIR` for them")

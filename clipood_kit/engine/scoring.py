@@ -17,10 +17,10 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from . import evaluation, ood
-from .cache import tensor_digest
-from .data import TransformedSubset
-from .experiment import Setup
+from clipood_kit.evaluation import features as evaluation, ood
+from clipood_kit.core.cache import tensor_digest
+from clipood_kit.data import TransformedSubset
+from clipood_kit.engine.experiment import Setup
 
 DOMAIN_GROUPS = {"train": "train domains", "unseen": "unseen domains"}
 CLASS_GROUPS = ("base", "new", "all", "H")

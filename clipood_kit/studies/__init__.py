@@ -1,0 +1,1 @@
+"""Layer 7: many runs at once: the bench (demo, compare), sweeps, feature projections."""

@@ -1,0 +1,1 @@
+"""Layer 6: plotly figures, notebook widgets and HTML reports of results."""
