@@ -89,42 +89,19 @@ def cmd_export_world(args) -> int:
     return 0
 
 
+def _overrides(args) -> dict:
+    """The builder's overrides (engine/builder.py) that this command's options give."""
+    from clipood_kit.engine.builder import OVERRIDES
+    names = {"template": "templates"}
+    out = {names.get(k, k): v for k, v in vars(args).items() if names.get(k, k) in OVERRIDES}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _experiment_from_args(args):
-    """The preset, then the explicit options, then every --set KEY=VALUE (validated before any work)."""
-    from dataclasses import replace
-    from clipood_kit.methods import compose
-    from clipood_kit.engine.presets import get_preset
-    from clipood_kit.engine.settings import apply_settings
-    exp = get_preset(args.preset)
-    top = {k: getattr(args, k) for k in ("model", "data", "protocol", "shots", "device") if getattr(args, k) is not None}
-    if args.pretrained is not None:
-        top["pretrained"] = _pretrained(args.pretrained)
-    if args.per_cell is not None:
-        top["per_cell"] = args.per_cell
-    if args.source:
-        top["source_domains"] = args.source
-    if args.target:
-        from clipood_kit.data import open_dataset
-        domains = open_dataset(args.data or exp.data, args.per_cell or exp.per_cell).domains
-        unknown = [t for t in args.target if t not in domains]
-        if unknown:
-            raise ValueError(f"target domain(s) {unknown} not in the dataset; its domains are {domains}")
-        top["source_domains"] = [d for d in domains if d not in args.target]
-    if args.method is not None:
-        top["method"] = compose(args.method)
-    train = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
-                               ("precision", args.precision), ("seed", args.seed),
-                               ("checkpoint_every", args.checkpoint_every), ("num_workers", args.num_workers))
-             if v is not None}
-    if args.batch_size is not None:
-        train["batch_per_domain"] = None
-    if args.seed is not None:
-        top["split_seed"] = args.seed
-    exp = replace(exp, **top, train=replace(exp.train, **train))
-    exp = apply_settings(exp, args.set or [])
-    exp.method.validate()
-    exp.train.validate()
-    return exp
+    """The preset, then the explicit options, then every --set KEY=VALUE (validated before any work): the one
+    builder, `engine.builder.build_experiment`."""
+    from clipood_kit.engine.builder import build_experiment
+    return build_experiment(args.preset, args.set or [], **_overrides(args))
 
 
 def config_summary(exp) -> str:
@@ -141,21 +118,18 @@ def config_summary(exp) -> str:
 
 
 def cmd_finetune(args) -> int:
-    from clipood_kit.engine.experiment import prepare
-    from clipood_kit.engine.runs import check_run_dir, run_method
+    from clipood_kit.engine.runs import check_run_dir, run
     from clipood_kit.engine.scoring import flat_labels
     from clipood_kit.evaluation.zeroshot import format_table
     exp = _experiment_from_args(args)
     check_run_dir(args.out, args.resume, args.overwrite)
     print(config_summary(exp))
-    setup = prepare(exp)
-    result = run_method(setup, exp.method, exp.train, run_dir=args.out, resume=args.resume,
-                        stop_after=args.stop_after, overwrite=args.overwrite)
+    result = run(exp, args.out, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after)
     if not result["completed"]:
         print(f"stopped after step {result['history'][-1]['step']}; resume with the same command and --resume")
         return 0
     print(format_table(flat_labels(result["headline"]), f"{exp.method.name} ({result['primary']}) accuracy (%)"))
-    print(f"wrote {args.out}/results.json, history.json and model weights")
+    print(f"wrote {args.out}/results.json, history.json and the trained weights")
     return 0
 
 
@@ -184,12 +158,10 @@ def cmd_methods(args) -> int:
 
 
 def _bench_overrides(cfg, args):
-    """--data, --per-cell, --cache-dir and --steps of demo and compare, applied to the bench's experiment."""
-    from dataclasses import replace
-    top = {k: v for k, v in (("data", args.data), ("per_cell", args.per_cell), ("cache_dir", args.cache_dir))
-           if v is not None}
-    train = {"steps": args.steps} if args.steps is not None else {}
-    cfg.experiment = replace(cfg.experiment, **top, train=replace(cfg.experiment.train, **train))
+    """The bench's experiment with this command's model, data and training options and --set lines (the one
+    builder, `engine.builder.apply_overrides`)."""
+    from clipood_kit.engine.builder import apply_overrides
+    cfg.experiment = apply_overrides(cfg.experiment, args.set or [], **_overrides(args))
     return cfg
 
 
@@ -232,6 +204,8 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
                                                      "every domain that is not a source)")
     p.add_argument("--shots", type=int, default=None,
                    help="k images per class and source domain (default: the preset's; tiny-world: all images)")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeat for an ensemble; default: "
+                   "the preset's, else the model's ensemble, `zeroshot.default_templates`)")
     p.add_argument("--method", default=None,
                    help=f"a registered method ({', '.join(METHODS)}) or parts joined by '+' "
                         f"(see `clipood-kit methods`) (default: the preset's; tiny-world: clipood)")
@@ -252,11 +226,31 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    """The model, data and training options of demo and compare: the experiment's, less the preset and method
+    (a bench runs its own list of methods)."""
+    p.add_argument("--model", default=None, help="open_clip architecture (default: the bench's, the tiny CLIP)")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag, a local checkpoint file, 'none' "
+                   "or 'default' (default: the bench's, the tiny model's shipped weights)")
+    p.add_argument("--device", default=None, help="'auto' (the GPU when present), 'cpu', 'cuda', 'cuda:1' "
+                   "(default: auto)")
     p.add_argument("--data", default=None, help="'world' (default) or the root of a DomainBed-style folder tree")
     p.add_argument("--per-cell", type=int, default=None, help="world: images per (style, class) (default: the bench's, 30)")
+    p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None,
+                   help="what is trained and tested (default: the bench's, open-world)")
+    p.add_argument("--source", action="append", help="source (training) domain; repeat (default: the world's photo "
+                                                     "and sketch; a folder's every domain but the last)")
+    p.add_argument("--target", action="append", help="held-out domain; repeat (default: every non-source domain)")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeat for an ensemble; default: "
+                   "the model's ensemble, `zeroshot.default_templates`)")
     p.add_argument("--steps", type=int, default=None, help="override the fine-tuning steps, e.g. for fast runs (default: the bench's, 120)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the bench's, 1e-4)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the bench's, 32)")
+    p.add_argument("--precision", choices=["no", "bf16", "fp16"], default=None,
+                   help="mixed precision of forward and backward (default: the bench's, no)")
     p.add_argument("--cache-dir", default=None,
                    help="feature cache folder (default ~/.cache/clipood-kit/features; 'off' to disable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set an experiment or training field (train.FIELD, FIELD); repeat (default: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,8 @@ import torch
 from clipood_kit.evaluation import features as evaluation, ood
 from clipood_kit.core.cache import FeatureCache
 from clipood_kit.data import WORLD, open_dataset, splits
-from clipood_kit.methods import MethodConfig, compose, method_from_dict
+from clipood_kit.methods import Method, MethodConfig, PartInputs, compose, method_from_dict
+from clipood_kit.models.adapted import AdaptedCLIP, PartModule, part_states, tokenize_prompts
 from clipood_kit.models.loader import TINY_NAME, load_clip
 from clipood_kit.engine.training import TrainConfig
 from clipood_kit.evaluation.zeroshot import default_templates
@@ -121,10 +122,10 @@ class Setup:
     train_class_ids: List[int]
     text_features: torch.Tensor              # all classes, C x D
     templates: List[str]
-    zero_shot_state: Dict[str, torch.Tensor]
+    zero_shot_state: Dict[str, torch.Tensor]     # the image tower's zero-shot entries ('visual.*'): a model state
     inputs: dict = field(default_factory=dict)   # inputs_identity(cfg): the weights and data behind the config
     cache: Optional[object] = field(default=None, repr=False)   # cache.FeatureCache
-    _scratch: Optional[torch.nn.Module] = field(default=None, repr=False)
+    _scratch: Dict[tuple, AdaptedCLIP] = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -135,13 +136,62 @@ class Setup:
     def logit_scale(self) -> float:
         return self.loaded.model.logit_scale.detach().exp().item()
 
-    def encoder_with(self, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
-        """A private copy of the image tower holding `state` (the shared model is never touched); the copy is
-        made once per setup and reloaded for each state."""
-        if self._scratch is None:
-            self._scratch = copy.deepcopy(self.loaded.model.visual)
-        self._scratch.load_state_dict(state)
-        return self._scratch
+    def for_method(self, method: Optional[MethodConfig] = None, train: Optional[TrainConfig] = None) -> "Setup":
+        """This setup with another method or training config in its spec (the data, splits and model are shared,
+        not copied): a bench trains several methods on one prepared experiment, and each run records its own."""
+        cfg = dataclasses.replace(self.cfg, method=method or self.cfg.method, train=train or self.cfg.train)
+        return dataclasses.replace(self, cfg=cfg)
+
+    def part_inputs(self) -> PartInputs:
+        """What the method's parts may read before training (`methods.base.PartInputs`); the two encoders are
+        lazy, so `Method.check` costs nothing."""
+        loaded = self.loaded
+
+        @torch.no_grad()
+        def encode_prompts(prompts):
+            return loaded.model.encode_text(loaded.tokenizer(list(prompts)).to(self.device)).float()
+
+        def training_features():
+            from clipood_kit.engine.scoring import encode
+            return encode(self, self.zero_shot_state, indices=self.train_idx)
+
+        return PartInputs(class_names=list(self.dataset.classes), train_class_ids=list(self.train_class_ids),
+                          text_features=self.text_features, templates=list(self.templates), protocol=self.cfg.protocol,
+                          encode_prompts=encode_prompts, training_features=training_features,
+                          tokenize=lambda prompts: loaded.tokenizer(list(prompts)))
+
+    def model(self, towers=("image",), parts: Optional[Dict[str, PartModule]] = None) -> AdaptedCLIP:
+        """A fresh model at the zero-shot weights (`models.adapted.AdaptedCLIP`) on the setup's device; the text
+        tower, when it trains, holds the experiment's prompts of every class."""
+        tokens = None
+        if "text" in towers:
+            tokens = tokenize_prompts(self.loaded.tokenizer, self.dataset.classes, self.templates).to(self.device)
+        return AdaptedCLIP.build(self.loaded.model, self.text_features, towers, tokens, parts)
+
+    def model_for(self, method: Method) -> AdaptedCLIP:
+        """The model `method` trains: the towers its parts train and its parts' modules (after `prepare`)."""
+        return self.model(method.trains, method.model_modules(self.part_inputs()))
+
+    def scratch_for(self, state: Dict[str, torch.Tensor]) -> AdaptedCLIP:
+        """A private model holding `state` (the shared CLIP is never touched): its structure follows the state's
+        keys (a text tower, the parts' modules, rebuilt by each part's `PartModule.from_state`), entries the
+        state lacks are zero-shot. One scratch model per structure is kept and reloaded for each state."""
+        from clipood_kit.methods import part_configs
+        has_text, kinds = AdaptedCLIP.structure_of(state)
+        key = (has_text, kinds, tuple(v.shape for k, v in sorted(state.items()) if k.startswith("parts.")))
+        if key not in self._scratch:
+            known = part_configs()
+            modules = {}
+            for kind, sub in part_states(state).items():
+                cls = known[kind].module if kind in known else None
+                if cls is None:
+                    raise ValueError(f"the state holds entries of part {kind!r}, which has no model module; "
+                                     f"known parts with modules: {[k for k, c in known.items() if c.module]}")
+                modules[kind] = cls.from_state(sub)
+            self._scratch[key] = self.model(("image", "text") if has_text else ("image",), modules).eval()
+        model = self._scratch[key]
+        model.load_trained_state({**self.zero_shot_state, **state})
+        return model
 
     def describe(self) -> dict:
         d = self.dataset
@@ -201,7 +251,7 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     text = cache.get("text", {"model": inputs["model"], "classes": dataset.classes, "templates": templates},
                      lambda: {"text": evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes,
                                                                  templates).cpu()})["text"]
-    zero_shot = {k: v.detach().clone() for k, v in loaded.model.visual.state_dict().items()}
+    zero_shot = {f"visual.{k}": v.detach().clone() for k, v in loaded.model.visual.state_dict().items()}
     return Setup(cfg=cfg, loaded=loaded, dataset=dataset, train_idx=train_idx, eval_idx=eval_idx, domain_pools=pools,
                  source_ids=source_ids, target_ids=target_ids, base_ids=base_ids, new_ids=new_ids,
                  train_class_ids=base_ids, text_features=text, templates=templates, zero_shot_state=zero_shot,

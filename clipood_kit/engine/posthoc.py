@@ -1,7 +1,7 @@
 """Weight ensembles after the fact: from one run's trajectory, the BMA model for any (alpha, beta), the EMA for
 any decay and the WiSE-FT model for any mix, without retraining (each is a fixed weighting of the states).
 
-`Trajectory` holds the image encoder's parameters over a run as one (K x P) fp32 matrix, one row per recorded
+`Trajectory` holds the trained parameters of a model state (`models.adapted.AdaptedCLIP`) over a run as one (K x P) fp32 matrix, one row per recorded
 step (t = 0 is the zero-shot model), buffers from the last state. Recorded every step it is exact:
 
     BMA(a, b)  = sum_t w_t theta_t / sum_t w_t,  w_t = BetaPDF((t + 0.5) / (T + 1); a, b)   (CLIPood Eq. 7-8)
@@ -54,13 +54,13 @@ class Trajectory:
         return self
 
     def recorder(self):
-        """An `on_step(row, encoder, method)` callback that records the encoder every `every` steps and at the end."""
-        def on_step(row, encoder, method):
+        """An `on_step(row, model, method)` callback that records the model every `every` steps and at the end."""
+        def on_step(row, model, method):
             step = row["step"]
             if step % self.every == 0 or step == self.total_steps:
-                self._add(step, encoder.state_dict(), self.names)
+                self._add(step, model.state_dict(), self.names)
             if step == self.total_steps:
-                self.template = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+                self.template = model.trained_state()
         return on_step
 
     @property

@@ -1,9 +1,13 @@
-"""Running a method on an experiment: train a fresh copy of the zero-shot encoder, score its models, write the
-run folder; and trajectories (scores during training) for the notebooks."""
+"""Running an experiment: `run(spec)` prepares it and runs its method; `run_method(setup)` trains a fresh
+zero-shot model with the spec's method and training config, scores its models and writes the run folder.
+
+A run folder holds results.json (the spec that ran, exactly: `ExperimentConfig.to_dict`), history.json and, for
+the method's result and the last step, the **trained state** only (`models.adapted.AdaptedCLIP`: the towers
+and modules that trained), with the base weights named in its metadata; `load_clip(pretrained=FILE)` loads
+it onto those weights."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import shutil
 import signal
@@ -16,9 +20,10 @@ from typing import Callable, Optional
 import torch
 
 from clipood_kit.data import TransformedSubset
-from clipood_kit.engine.experiment import Setup
+from clipood_kit.engine.experiment import ExperimentConfig, Setup, prepare
 from clipood_kit.core.io import save_weights, write_json
-from clipood_kit.methods import Method, MethodConfig
+from clipood_kit.methods import Method
+from clipood_kit.models.loader import TRAINED_STATE_FORMAT
 from clipood_kit.engine.scoring import evaluate_state, headline
 from clipood_kit.engine.training import CHECKPOINTS, FineTuneOutput, TrainConfig, TrainTask, fine_tune
 
@@ -26,15 +31,14 @@ from clipood_kit.engine.training import CHECKPOINTS, FineTuneOutput, TrainConfig
 RESUMABLE_CHANGES = {"experiment": ("eval_batch_size", "device", "cache_dir"), "train": ("checkpoint_every", "num_workers")}
 
 
-def run_identity(setup: Setup, method_cfg: MethodConfig, train: TrainConfig) -> dict:
-    """What a checkpoint must match to be resumed: the experiment, method and training config (less
-    RESUMABLE_CHANGES) and the data and model identity."""
+def run_identity(setup: Setup) -> dict:
+    """What a checkpoint must match to be resumed: the spec (less RESUMABLE_CHANGES) and the data and model
+    identity."""
     exp = setup.cfg.to_dict()
-    for key in ("method", "train", *RESUMABLE_CHANGES["experiment"]):
+    for key in ("train", *RESUMABLE_CHANGES["experiment"]):
         exp.pop(key, None)
-    train_d = {k: v for k, v in asdict(train).items() if k not in RESUMABLE_CHANGES["train"]}
-    return {"experiment": exp, "method": method_cfg.to_dict(), "train": train_d, "data": setup.dataset.describe(),
-            "model": setup.loaded.model_id}
+    train_d = {k: v for k, v in asdict(setup.cfg.train).items() if k not in RESUMABLE_CHANGES["train"]}
+    return {"experiment": exp, "train": train_d, "data": setup.dataset.describe(), "model": setup.loaded.model_id}
 
 
 def _staging(run_dir: Path, what: str) -> Path:
@@ -76,19 +80,23 @@ def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) 
         shutil.rmtree(run_dir / CHECKPOINTS)    # the old run's checkpoints must not meet the new run's
 
 
-def build_task(setup: Setup, method: Method, train: TrainConfig) -> TrainTask:
-    """The trainer's task for `method` on the setup: a fresh copy of the zero-shot encoder, the training
-    images with the training transform, the frozen text features of the training classes."""
-    if train.batch_per_domain is not None:
-        train = replace(train, batch_size=train.batch_per_domain * len(setup.domain_pools))
-    encoder = copy.deepcopy(setup.loaded.model.visual)
-    encoder.load_state_dict(setup.zero_shot_state)
+def build_task(setup: Setup, method: Method, train: Optional[TrainConfig] = None) -> TrainTask:
+    """The trainer's task for `method` (prepared) on the setup: a fresh zero-shot model of what the method trains,
+    the training images with the training transform, the training classes' rows and frozen text features."""
     label_map = torch.full((len(setup.dataset.classes),), -1, dtype=torch.long)
     label_map[torch.tensor(setup.train_class_ids)] = torch.arange(len(setup.train_class_ids))
-    return TrainTask(encoder=encoder, train_set=TransformedSubset(setup.dataset, setup.train_idx),
+    return TrainTask(model=setup.model_for(method), train_set=TransformedSubset(setup.dataset, setup.train_idx),
                      domain_pools=setup.domain_pools, text_features=setup.text_features[setup.train_class_ids],
-                     logit_scale=setup.logit_scale, label_map=label_map, transform=setup.loaded.train_transform(),
-                     method=method, config=train)
+                     class_rows=torch.tensor(setup.train_class_ids, dtype=torch.long), logit_scale=setup.logit_scale,
+                     label_map=label_map, transform=setup.loaded.train_transform(), method=method,
+                     config=train or effective_train(setup.cfg.train, setup))
+
+
+def effective_train(train: TrainConfig, setup: Setup) -> TrainConfig:
+    """The training config as it runs: `batch_per_domain` x the source domains becomes the global batch."""
+    if train.batch_per_domain is not None:
+        return replace(train, batch_size=train.batch_per_domain * len(setup.domain_pools))
+    return train
 
 
 NO_TRAINING = "CLIPOOD_KIT_NO_TRAINING"
@@ -105,25 +113,38 @@ def check_training_allowed(what: str) -> None:
                            f"or run `clipood-kit lessons prepare --cache DIR` for them")
 
 
-def run_method(setup: Setup, method_cfg: MethodConfig, train_cfg: TrainConfig, run_dir: Optional[Path] = None,
-               resume: bool = False, progress: bool = True, on_step: Optional[Callable] = None,
-               stop_after: Optional[int] = None, accelerator=None, overwrite: bool = False) -> dict:
-    """Fine-tune with one method; score its models; write the run when `run_dir` is given (see
-    `check_run_dir` for what a run folder may hold, `write_run` for how it is written)."""
+def run(spec: ExperimentConfig, out: Optional[Path] = None, resume: bool = False, overwrite: bool = False,
+        stop_after: Optional[int] = None, progress: bool = True, on_step: Optional[Callable] = None) -> dict:
+    """Run an experiment spec end to end: check the run folder, prepare, train its method, score, write `out`.
+    `clipood-kit finetune` is this function; the same spec gives the same run, bit for bit."""
+    if out is not None:
+        check_run_dir(out, resume, overwrite)
+    setup = prepare(spec)
+    return run_method(setup, run_dir=out, resume=resume, stop_after=stop_after, overwrite=overwrite,
+                      progress=progress, on_step=on_step, checked=True)
+
+
+def run_method(setup: Setup, run_dir: Optional[Path] = None, resume: bool = False, progress: bool = True,
+               on_step: Optional[Callable] = None, stop_after: Optional[int] = None, accelerator=None,
+               overwrite: bool = False, checked: bool = False) -> dict:
+    """Fine-tune with the spec's method and training config (`setup.cfg`; another method on the same data:
+    `setup.for_method(m)`); score its models; write the run when `run_dir` is given (see `check_run_dir` for
+    what a run folder may hold, `write_run` for how it is written)."""
     start = time.perf_counter()
+    method_cfg = setup.cfg.method
     check_training_allowed(method_cfg.name)
-    if run_dir is not None:
+    if run_dir is not None and not checked:
         check_run_dir(run_dir, resume, overwrite)
+    train = effective_train(setup.cfg.train, setup)
     method = Method(method_cfg)
-    method.prepare(setup)
-    task = build_task(setup, method, train_cfg)
-    train_cfg = task.config
+    method.prepare(setup.part_inputs())
+    task = build_task(setup, method, train)
     out: FineTuneOutput = fine_tune(task, run_dir=run_dir, resume=resume, stop_after=stop_after, progress=progress,
-                                    on_step=on_step, accelerator=accelerator,
-                                    identity=run_identity(setup, method_cfg, train_cfg))
+                                    on_step=on_step, accelerator=accelerator, identity=run_identity(setup))
     result = {"method": method_cfg.name, "parts": method_cfg.describe(), "primary": method.primary,
-              "completed": out.completed, "method_config": method_cfg.to_dict(), "train_config": asdict(train_cfg),
-              "history": out.history}
+              "trains": list(method.trains) + [f"parts.{k}" for k in task.model.parts],
+              "completed": out.completed, "method_config": method_cfg.to_dict(),
+              "train_config": asdict(train), "history": out.history}
     if not out.completed:
         return result
     result["models"] = {name: evaluate_state(setup, state) for name, state in out.states.items()}
@@ -172,15 +193,20 @@ def _terminate_as_exception():
         signal.signal(signal.SIGTERM, previous)
 
 
+def trained_state_metadata(setup: Setup, method: str, model: str) -> dict:
+    """What a saved trained state needs to be loaded (`models.loader.load_clip`): the architecture and the
+    base weights it was trained from (a tag, or a file with its digest)."""
+    return {"format": TRAINED_STATE_FORMAT, "architecture": setup.cfg.model,
+            "base": str(setup.cfg.pretrained) if setup.cfg.pretrained is not None else "none",
+            "base_id": setup.loaded.model_id, "method": method, "model": model}
+
+
 def _write_staged(setup: Setup, result: dict, run_dir: Path, staging: Path, old: Path) -> None:
     try:
         staging.mkdir()
-        full = setup.loaded.model.state_dict()
         for name in sorted({result["primary"], "last"}):
-            state = dict(full)
-            state.update({f"visual.{k}": v for k, v in result["states"][name].items()})
-            save_weights(staging / f"model_{name.replace('@', '_')}.safetensors", state,
-                         metadata={"architecture": setup.cfg.model, "method": result["method"], "model": name})
+            save_weights(staging / f"model_{name.replace('@', '_')}.safetensors", result["states"][name],
+                         metadata=trained_state_metadata(setup, result["method"], name))
         write_json(staging / "history.json", result["history"])
         public = {k: v for k, v in result.items() if k not in ("states", "history")}
         write_json(staging / "results.json", {"setup": setup.describe(), "experiment": setup.cfg.to_dict(), **public})

@@ -18,8 +18,8 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from clipood_kit.evaluation import features as evaluation, ood
-from clipood_kit.core.cache import tensor_digest
 from clipood_kit.data import TransformedSubset
+from clipood_kit.engine.encoding import encode, state_classifier
 from clipood_kit.engine.experiment import Setup
 
 DOMAIN_GROUPS = {"train": "train domains", "unseen": "unseen domains"}
@@ -58,48 +58,7 @@ def lookup(scores: dict, path: Tuple[str, ...]) -> float:
     return node
 
 
-def encode(setup: Setup, state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor] = None,
-           progress: bool = False) -> Dict[str, torch.Tensor]:
-    """Image features of the evaluation images (or the given dataset indices) under an image-encoder state, on a
-    private copy of the encoder (the setup's model is never touched). ViT towers also give 'local_mcm' (GL-MCM's
-    local part against the base classes).
-
-    Under k processes (`accelerate launch`) each process encodes every k-th image and the shards are gathered,
-    in order, on every process: the result equals one process's (tests/test_training.py). The zero-shot
-    state's features come from the setup's feature cache (`cache.FeatureCache`) when they were computed before."""
-    subset = setup.eval_idx if indices is None else indices
-    if state is setup.zero_shot_state and setup.cache is not None:
-        key = {"model": setup.inputs["model"], "data": setup.dataset.describe(), "data_files": setup.inputs["data"],
-               "indices": tensor_digest(subset), "n": len(subset), "transform": repr(setup.loaded.preprocess)}
-        return setup.cache.get("zero-shot-images", key, lambda: _encode(setup, state, subset, progress))
-    return _encode(setup, state, subset, progress)
-
-
-def _encode(setup: Setup, state: Dict[str, torch.Tensor], subset: torch.Tensor, progress: bool) -> Dict[str, torch.Tensor]:
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-    visual = setup.encoder_with(state)
-    local = setup.text_features[setup.base_ids] if evaluation.has_local_features(visual) else None
-    dist = PartialState()
-    world, rank = dist.num_processes, dist.process_index
-    shard = subset[rank::world] if world > 1 else subset
-    out = evaluation.encode_images(visual, TransformedSubset(setup.dataset, shard, setup.loaded.preprocess),
-                                   setup.cfg.eval_batch_size, setup.device, progress=progress and rank == 0,
-                                   local_classifier=local) if len(shard) else None
-    if world == 1:
-        return out
-    parts = gather_object([out])                      # one entry per process, in rank order
-    merged = {}
-    for key, first in next(p for p in parts if p is not None).items():
-        full = torch.empty((len(subset), *first.shape[1:]), dtype=first.dtype)
-        for r, p in enumerate(parts):
-            if p is not None:
-                full[r::world] = p[key]
-        merged[key] = full
-    return merged
-
-
-def _cells(setup: Setup, features, labels, in_group: torch.Tensor) -> Dict[str, float]:
+def _cells(setup: Setup, features, labels, in_group: torch.Tensor, classifier: torch.Tensor) -> Dict[str, float]:
     classes = {"base": setup.base_ids, "new": setup.new_ids, "all": list(range(len(setup.dataset.classes)))}
     cells = {}
     for cname, cls_ids in classes.items():
@@ -107,7 +66,7 @@ def _cells(setup: Setup, features, labels, in_group: torch.Tensor) -> Dict[str, 
             continue
         m = in_group & torch.isin(labels, torch.tensor(cls_ids))
         if m.any():
-            pred = evaluation.classify(features[m], setup.text_features, cls_ids)
+            pred = evaluation.classify(features[m], classifier, cls_ids)
             cells[cname] = 100.0 * (pred == labels[m]).float().mean().item()
     if "base" in cells and "new" in cells:
         cells["H"] = harmonic_mean(cells["base"], cells["new"])
@@ -115,17 +74,20 @@ def _cells(setup: Setup, features, labels, in_group: torch.Tensor) -> Dict[str, 
 
 
 def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
-          local_mcm: Optional[torch.Tensor] = None) -> dict:
-    """Every cell (module docstring) from normalised features; `local_mcm` (ViT towers) adds GL-MCM. FPR95's
-    threshold rule and GL-MCM's lambda come from the experiment (`fpr_rule`, `gl_lambda`)."""
+          local_mcm: Optional[torch.Tensor] = None, classifier: Optional[torch.Tensor] = None) -> dict:
+    """Every cell (module docstring) from normalised features against `classifier` (C x D normalised class
+    features; default: the setup's zero-shot ones); `local_mcm` (ViT towers) adds GL-MCM. FPR95's threshold
+    rule and the scores' parameters come from the experiment."""
+    classifier = setup.text_features if classifier is None else classifier
     groups = {"train": setup.source_ids, "unseen": setup.target_ids}
     out = {"accuracy": {}, "by_domain": {}}
     for gname, dom_ids in groups.items():
         if dom_ids:
-            out["accuracy"][gname] = _cells(setup, features, labels, torch.isin(domains, torch.tensor(dom_ids)))
+            out["accuracy"][gname] = _cells(setup, features, labels, torch.isin(domains, torch.tensor(dom_ids)),
+                                            classifier)
     for i, name in enumerate(setup.dataset.domains):
-        out["by_domain"][name] = _cells(setup, features, labels, domains == i)
-    detection = ood_detection(setup, features, labels, domains, local_mcm)
+        out["by_domain"][name] = _cells(setup, features, labels, domains == i, classifier)
+    detection = ood_detection(setup, features, labels, domains, local_mcm, classifier)
     if detection:
         out["ood"] = detection
     return out
@@ -147,14 +109,15 @@ def ood_sets(setup: Setup, labels: torch.Tensor, domains: torch.Tensor) -> Dict[
 
 
 def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
-                  local_mcm: Optional[torch.Tensor] = None) -> dict:
+                  local_mcm: Optional[torch.Tensor] = None, classifier: Optional[torch.Tensor] = None) -> dict:
     """OOD detection of every shift against the training distribution (the sets of `ood_sets`), from cosines to
     the base class text features: {shift: {score: {metric: %}}}."""
     sets = ood_sets(setup, labels, domains)
     in_dist = sets.pop("ID", None)
     if in_dist is None:
         return {}
-    cos = features @ setup.text_features[setup.base_ids].T
+    classifier = setup.text_features if classifier is None else classifier
+    cos = features @ classifier[setup.base_ids].T
     out = {}
     for shift, m in sets.items():
         local = (None, None) if local_mcm is None else (local_mcm[in_dist], local_mcm[m])
@@ -167,7 +130,7 @@ def ood_score_sets(setup: Setup, state: Dict[str, torch.Tensor]) -> Dict[str, Di
     """Per-image OOD scores under an encoder state: {'ID' or a shift of OOD_SHIFTS: {score: values}}, the same
     sets and scores as `ood_detection` (the OOD notebook's histograms and ROC curves)."""
     enc = encode(setup, state)
-    cos = enc["features"] @ setup.text_features[setup.base_ids].T
+    cos = enc["features"] @ state_classifier(setup, state)[setup.base_ids].T
     scores = ood.all_scores(cos, setup.logit_scale, enc.get("local_mcm"), setup.cfg.gl_lambda)
     return {name: {score: values[m] for score, values in scores.items()}
             for name, m in ood_sets(setup, enc["labels"], enc["domains"]).items()}
@@ -177,7 +140,8 @@ def evaluate_state(setup: Setup, state: Dict[str, torch.Tensor], progress: bool 
                    indices: Optional[torch.Tensor] = None) -> dict:
     """Score an image-encoder state on the evaluation images of the setup (or the given subset of them)."""
     enc = encode(setup, state, indices, progress)
-    return score(setup, enc["features"], enc["labels"], enc["domains"], enc.get("local_mcm"))
+    return score(setup, enc["features"], enc["labels"], enc["domains"], enc.get("local_mcm"),
+                 state_classifier(setup, state))
 
 
 def zero_shot_scores(setup: Setup) -> dict:
@@ -213,14 +177,15 @@ class StateScorer:
         self.domains = setup.dataset.domain_ids[idx]
 
     def features(self, state: Dict[str, torch.Tensor]) -> torch.Tensor:
-        visual = self.setup.encoder_with(state).eval()
-        dtype, device = next(visual.parameters()).dtype, self.setup.device
+        model = self.setup.scratch_for(state).eval()
+        dtype, device = next(model.visual.parameters()).dtype, self.setup.device
         with torch.inference_mode():
-            out = [torch.nn.functional.normalize(visual(batch.to(device, dtype)).float(), dim=-1).cpu()
+            out = [torch.nn.functional.normalize(model.image_features(batch.to(device, dtype)).float(), dim=-1).cpu()
                    for batch in self.images.split(self.batch_size)]
         return torch.cat(out)
 
     def __call__(self, state: Dict[str, torch.Tensor]) -> dict:
         if evaluation.has_local_features(self.setup.loaded.model.visual):      # GL-MCM needs the patch tokens
             return evaluate_state(self.setup, state, indices=self.indices)
-        return score(self.setup, self.features(state), self.labels, self.domains)
+        return score(self.setup, self.features(state), self.labels, self.domains,
+                     classifier=state_classifier(self.setup, state))

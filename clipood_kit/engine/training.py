@@ -1,6 +1,9 @@
 """Fine-tuning loop on HF Accelerate (one CPU, one GPU, many GPUs).
 
-- The image encoder is trained; the class text features are computed once, frozen (CLIPood's classifier).
+- The model is `models.adapted.AdaptedCLIP`: what trains is what the method's parts declare (the image tower,
+  the text tower, their own modules: heads, prompt context, adapters). With a frozen text side, the class text
+  features are computed once (CLIPood's classifier). The model and every part's own training module go through
+  `accelerator.prepare`, so under k processes DDP averages every gradient.
 - AdamW (weight decay 0.1), cosine learning rate per step without warm-up (the official code's schedule).
 - Batches are balanced over the source domains: every step draws batch_size / n_domains images from each
   domain with replacement (DomainBed's sampler). The global batch of step t is a function of (seed, t) alone,
@@ -237,14 +240,16 @@ def loader_options(num_workers: Optional[int], device: torch.device) -> dict:
 class TrainTask:
     """What one fine-tuning run needs: the model, the data, the method and the training config.
 
-    `domain_pools` hold the train_set indices of each source domain; `label_map` maps dataset labels to rows of
-    `text_features` (the training classes, frozen). `runs.build_task(setup, method, train)` builds one.
+    `domain_pools` hold the train_set indices of each source domain; `class_rows` are the training classes' rows
+    of the model's class features, `text_features` their frozen zero-shot features (the parts' reference);
+    `label_map` maps dataset labels to those rows. `runs.build_task(setup, method)` builds one.
     """
 
-    encoder: torch.nn.Module
+    model: torch.nn.Module                       # models.adapted.AdaptedCLIP
     train_set: Dataset
     domain_pools: Sequence[torch.Tensor]
     text_features: torch.Tensor
+    class_rows: torch.Tensor
     logit_scale: float
     label_map: torch.Tensor
     transform: Callable
@@ -254,7 +259,7 @@ class TrainTask:
 
 @dataclass
 class FineTuneOutput:
-    states: Dict[str, Dict[str, torch.Tensor]]   # evaluated encoder states by name ("last", "bma", ...)
+    states: Dict[str, Dict[str, torch.Tensor]]   # evaluated model states by name ("last", "bma", ...)
     history: List[dict]
     completed: bool                              # False when stopped early by `stop_after`
 
@@ -277,37 +282,38 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
               stop_after: Optional[int] = None, accelerator: Optional[Accelerator] = None,
               progress: bool = True, on_step: Optional[Callable] = None,
               identity: Optional[dict] = None) -> FineTuneOutput:
-    """Fine-tune `task.encoder` (an image tower) on `task.train_set` with `task.method`.
+    """Fine-tune `task.model` on `task.train_set` with `task.method`.
 
     Checkpoints record `identity` (JSON: the full experiment, method and training config, data and model
     identity; `runs.run_identity`); `resume` refuses a checkpoint whose identity differs and names each field.
 
-    `on_step(row, encoder, method)` is called on the main process after every step with the history row, the
-    (unwrapped) encoder and the method (live plots, trajectories). No global RNG is seeded or drawn from:
+    `on_step(row, model, method)` is called on the main process after every step with the history row, the
+    (unwrapped) model and the method (live plots, trajectories). No global RNG is seeded or drawn from:
     batches and augmentations are functions of (seed, step), the parts draw from their own seeded generators.
     """
-    cfg, method, encoder = task.config, task.method, task.encoder
-    accelerator = accelerator or Accelerator(**accelerator_settings(next(encoder.parameters()).device, cfg.precision))
+    cfg, method, model = task.config, task.method, task.model
+    accelerator = accelerator or Accelerator(**accelerator_settings(next(model.parameters()).device, cfg.precision))
     cfg.validate(accelerator.num_processes)
     if (resume or stop_after is not None or cfg.checkpoint_every) and run_dir is None:
         raise ValueError("checkpoints need a run_dir")
     device = accelerator.device
-    zero_shot = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-    dtype = next(encoder.parameters()).dtype          # fp32 (or fp64 for exact numerical checks)
+    zero_shot = model.trained_state()
+    dtype = next(model.visual.parameters()).dtype     # fp32 (or fp64 for exact numerical checks)
     text_features = task.text_features.to(device, dtype=torch.promote_types(dtype, torch.float32))
-    label_map = task.label_map.to(device)
-    method.setup(RunContext(encoder, text_features, task.logit_scale, cfg.steps, cfg.seed, device))
+    rows, label_map = task.class_rows.to(device), task.label_map.to(device)
+    method.setup(RunContext(model, text_features, task.logit_scale, cfg.steps, cfg.seed, device))
 
-    groups = [{"params": [p for p in encoder.parameters() if p.requires_grad], "lr_scale": 1.0}]
-    extra = []
-    for params, scale in method.trainable_groups():
-        groups.append({"params": params, "lr_scale": scale})
-        extra.extend(params)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    encoder.train()
-    freeze_batchnorm(encoder)
-    model, optimizer = accelerator.prepare(encoder, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    own = method.training_modules()                   # (part, attribute, module): OGEN's generator
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+    groups += [{"params": [p for p in m.parameters() if p.requires_grad], "lr_scale": part.lr_scale}
+               for part, _, m in own]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    freeze_batchnorm(model)
+    wrapped, *prepared, optimizer = accelerator.prepare(model, *[m for _, _, m in own], optimizer)
+    for (part, name, _), module in zip(own, prepared):
+        setattr(part, name, module)                   # the part calls the prepared (DDP-wrapped) module
+    unwrapped = accelerator.unwrap_model(wrapped)
 
     start, history = 0, []
     if resume:
@@ -331,8 +337,9 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
             group["lr"] = lr * group["lr_scale"]
         images, labels = images.to(device, dtype=dtype), label_map[labels.to(device)]
         with accelerator.autocast():
-            features = model(images)
-        loss, metrics = method.loss(Batch(step, features.to(text_features.dtype), labels, images))
+            features, class_features = wrapped(images)
+        loss, metrics = method.loss(Batch(step, features.to(text_features.dtype), labels, images,
+                                          class_features[rows].to(text_features.dtype)))
         # the mean over processes: one NaN anywhere makes it NaN, so every process stops at the same step (a
         # check on the local loss alone would stop one process and leave the others waiting in backward)
         mean_loss = accelerator.reduce(loss.detach(), "mean")
@@ -343,10 +350,6 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
                 f"were written; likely cause: a learning rate too large for this model (lr={cfg.lr:g}, a previous "
                 f"step diverged) or a method hyperparameter out of range; lower --lr and run again")
         accelerator.backward(loss)
-        if extra and accelerator.num_processes > 1:   # the method's own modules are not wrapped for DDP
-            for p in extra:
-                if p.grad is not None:
-                    p.grad = accelerator.reduce(p.grad, "mean")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -365,5 +368,5 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
             bar.close()
             return FineTuneOutput({}, history, completed=False)
     bar.close()
-    last = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+    last = unwrapped.trained_state()
     return FineTuneOutput(method.final_states(zero_shot, last), history, completed=True)

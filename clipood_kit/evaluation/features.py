@@ -5,7 +5,7 @@ Classifier (CLIP, Radford et al. 2021, prompt ensembling): for class c and templ
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from clipood_kit.evaluation import ood
+from clipood_kit.models.adapted import context_features, ensemble_text_features
 
 DEFAULT_TEMPLATES = [
     "a photo of a {}.", "a sketch of a {}.", "a painting of a {}.", "a cartoon of a {}.",
@@ -36,22 +37,14 @@ def text_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[str]
     return ensemble_text_features(torch.stack(per_class, dim=1))
 
 
-def ensemble_text_features(per_template: torch.Tensor) -> torch.Tensor:
-    """CLIP's prompt ensemble (Radford et al. 2021, Sec. 3.1.4): T x C x D text features (one slice per template)
-    -> C x D, each template's feature normalised, averaged over templates, normalised again."""
-    return F.normalize(F.normalize(per_template, dim=-1).mean(0), dim=-1)
-
-
 @torch.no_grad()
 def context_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str],
                        device: torch.device | str | None = None) -> torch.Tensor:
-    """M x D context classifier of CAR-FT: w_m = norm(mean_c norm(g(template_m(c)))), one row per template."""
+    """M x D context classifier of CAR-FT (`models.adapted.context_features`), one row per template."""
     device = device or next(model.parameters()).device
-    rows = []
-    for template in templates:
-        feats = F.normalize(model.encode_text(tokenizer([template.format(c) for c in classnames]).to(device)).float(), dim=-1)
-        rows.append(F.normalize(feats.mean(0), dim=-1))
-    return torch.stack(rows)
+    per_template = [model.encode_text(tokenizer([t.format(c) for c in classnames]).to(device)).float()
+                    for t in templates]
+    return context_features(torch.stack(per_template))
 
 
 def has_local_features(visual: torch.nn.Module) -> bool:
@@ -93,9 +86,11 @@ def local_image_features(visual: torch.nn.Module, images: torch.Tensor) -> Tuple
 @torch.no_grad()
 def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 256, device: torch.device | str | None = None,
                   num_workers: int = 0, progress: bool = False, desc: str = "encode",
-                  local_classifier: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                  local_classifier: Optional[torch.Tensor] = None,
+                  adapt: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
     """L2-normalised image features of an image tower (`model.visual`) with labels and domains:
-    {'features', 'labels', 'domains'}. The tower's train/eval mode is restored afterwards.
+    {'features', 'labels', 'domains'}. The tower's train/eval mode is restored afterwards. `adapt` acts on the
+    tower's raw features before they are normalised (a method's image adapters, `AdaptedCLIP.image_features`).
 
     With `local_classifier` (C x D class text features; ViT towers only), also 'local_mcm': per image the local
     part of GL-MCM, max over patches p and classes i of softmax_i(cos(local_p, t_i)) (see `ood.local_mcm`).
@@ -109,9 +104,11 @@ def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 2
     for images, y, d in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images = images.to(device, dtype=dtype)
         if local_classifier is None:
-            feats.append(F.normalize(visual(images).float(), dim=-1).cpu())
+            pooled = visual(images)
+            feats.append(F.normalize((adapt(pooled) if adapt else pooled).float(), dim=-1).cpu())
         else:
             pooled, local = local_image_features(visual, images)
+            pooled = adapt(pooled) if adapt else pooled
             feats.append(F.normalize(pooled.float(), dim=-1).cpu())
             cos = F.normalize(local.float(), dim=-1) @ local_classifier.to(local.device, torch.float32).T
             local_mcm.append(ood.local_mcm(cos).cpu())

@@ -8,7 +8,6 @@ then open without training anything.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -16,20 +15,10 @@ import torch
 from clipood_kit.core import store
 from clipood_kit.engine.experiment import ExperimentConfig, inputs_identity, prepare
 from clipood_kit.methods import compose
-from clipood_kit.engine.presets import demo_experiment
-from clipood_kit.engine.posthoc import Trajectory
 from clipood_kit.studies.projection import umap_projection
 from clipood_kit.engine.runs import run_method
 from clipood_kit.engine.scoring import StateScorer, ood_score_sets, zero_shot_scores
-from clipood_kit.studies.sweeps import bma_grid, bma_over_training, record_run, wise_curve
-
-
-def lesson_experiment(model: str, pretrained: str, data: str, per_cell: int, steps: int) -> ExperimentConfig:
-    """The demo's experiment (lambda 0.3, Beta(0.5, 0.5), batch 32, lr 1e-4) on the notebook's model, data and
-    budget: the one setup every lesson shares."""
-    exp = demo_experiment()
-    return replace(exp, model=model, pretrained=pretrained, data=data, per_cell=per_cell,
-                   train=replace(exp.train, steps=steps))
+from clipood_kit.studies.sweeps import bma_grid, bma_over_training, record_run, trajectory_for, wise_curve
 
 
 def _cached(kind: str, exp: ExperimentConfig, params: dict, compute: Callable[[], dict]) -> dict:
@@ -57,7 +46,7 @@ def bma_lesson(exp: ExperimentConfig, grid: Sequence[float], every: int, alpha: 
 
     def compute() -> dict:
         setup = prepare(exp)
-        run = record_run(setup, exp.method, every=1, progress=progress)
+        run = record_run(setup, every=1, progress=progress)
         traj = run["trajectory"]
         scorer = StateScorer(setup)
         return {"zero_shot": scorer(setup.zero_shot_state), "last": run["result"]["models"]["last"],
@@ -75,18 +64,17 @@ def fine_tuning_lesson(exp: ExperimentConfig, methods: Sequence[str], mixes: Seq
     the first method's last step with the zero-shot model at every mix)."""
     def compute() -> dict:
         setup = prepare(exp)
-        names = [n for n, _ in setup.loaded.model.visual.named_parameters()]
-        ends = Trajectory(exp.train.steps, every=exp.train.steps).start(setup.zero_shot_state, names)  # t = 0, T
+        ends = trajectory_for(setup.for_method(compose(methods[0])), every=exp.train.steps)   # t = 0 and T
         scores, histories = {"zero-shot": zero_shot_scores(setup)}, {}
         for i, name in enumerate(methods):
             record = ends.recorder() if i == 0 else None
 
-            def hook(row, encoder, method, name=name, record=record):
+            def hook(row, model, method, name=name, record=record):
                 if on_step is not None:
                     on_step(name, row)
                 if record is not None:
-                    record(row, encoder, method)
-            result = run_method(setup, compose(name), exp.train, progress=False, on_step=hook)
+                    record(row, model, method)
+            result = run_method(setup.for_method(compose(name)), progress=False, on_step=hook)
             histories[name] = result["history"]
             scores[name] = result["models"][result["primary"]]
         wise = wise_curve(ends, StateScorer(setup), mixes)
@@ -100,8 +88,8 @@ def features_lesson(exp: ExperimentConfig, points: int, seed: int = 0) -> dict:
     domain group, per class) and the scale to judge it by (`projection.umap_projection`)."""
     def compute() -> dict:
         setup = prepare(exp)
-        ce = run_method(setup, compose("ce"), exp.train, progress=False)
-        clipood = run_method(setup, compose("clipood"), exp.train, progress=False)
+        ce = run_method(setup.for_method(compose("ce")), progress=False)
+        clipood = run_method(setup.for_method(compose("clipood")), progress=False)
         states = {"zero-shot": setup.zero_shot_state, "CE": ce["states"]["last"],
                   "CLIPood (BMA)": clipood["states"]["bma"]}
         return umap_projection(setup, states, points, seed=seed)
@@ -116,7 +104,7 @@ def ood_lesson(exp: ExperimentConfig, methods: Sequence[str]) -> dict:
         setup = prepare(exp)
         sets = {"zero-shot": ood_score_sets(setup, setup.zero_shot_state)}
         for name in methods:
-            result = run_method(setup, compose(name), exp.train, progress=False)
+            result = run_method(setup.for_method(compose(name)), progress=False)
             sets[f"{name} ({result['primary']})"] = ood_score_sets(setup, result["states"][result["primary"]])
         t = setup.text_features[setup.base_ids]
         cos = t @ t.T

@@ -34,8 +34,8 @@ class BMAConfig(PartConfig):
 
 
 class _RunningAverage(Averager):
-    def after_step(self, encoder) -> Metrics:
-        weight = self.average.update(encoder)
+    def after_step(self, model) -> Metrics:
+        weight = self.average.update(model)
         return {"average_weight": weight, "zero_shot_share": self.average.zero_shot_share}
 
     def state_dict(self) -> dict:
@@ -56,7 +56,7 @@ class BMA(_RunningAverage):
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
-        self.average = BetaMovingAverage(run.encoder, run.total_steps, self.cfg.alpha, self.cfg.beta)
+        self.average = BetaMovingAverage(run.model, run.total_steps, self.cfg.alpha, self.cfg.beta)
 
 
 @dataclass
@@ -81,7 +81,7 @@ class EMA(_RunningAverage):
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
-        self.average = ExponentialMovingAverage(run.encoder, self.cfg.decay)
+        self.average = ExponentialMovingAverage(run.model, self.cfg.decay)
 
 
 @dataclass
@@ -111,7 +111,7 @@ class WiSEFT(Averager):
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
-        self.zero_shot = {k: v.detach().clone() for k, v in run.encoder.state_dict().items()}
+        self.zero_shot = run.model.trained_state()
 
     def average_of(self, last: State) -> State:
         return interpolate(self.zero_shot, last, self.cfg.mix)
@@ -157,12 +157,12 @@ class BMAGrid(Averager):
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
-        self.averages = {self.name(a, b): BetaMovingAverage(run.encoder, run.total_steps, a, b)
+        self.averages = {self.name(a, b): BetaMovingAverage(run.model, run.total_steps, a, b)
                          for a, b in self.cfg.pairs()}
 
-    def after_step(self, encoder) -> Metrics:
+    def after_step(self, model) -> Metrics:
         for avg in self.averages.values():
-            avg.update(encoder)
+            avg.update(model)
         return {}
 
     def state_dict(self) -> dict:

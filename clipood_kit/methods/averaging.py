@@ -52,7 +52,8 @@ def zero_shot_share(weights: List[float]) -> List[float]:
 
 
 def _parameters(module: torch.nn.Module) -> Iterable[Tuple[str, torch.nn.Parameter]]:
-    return ((n, p) for n, p in module.named_parameters())
+    """The parameters that train (a frozen tower is not averaged: it equals its zero-shot weights throughout)."""
+    return ((n, p) for n, p in module.named_parameters() if p.requires_grad)
 
 
 def _lerp_into(average: Dict[str, torch.Tensor], module: torch.nn.Module, weight: float) -> None:
@@ -100,8 +101,10 @@ class BetaMovingAverage:
 
     @torch.no_grad()
     def copy_to(self, module: torch.nn.Module) -> torch.nn.Module:
-        for n, p in _parameters(module):
-            p.copy_(self.average[n].to(p.dtype))
+        """Write the average into a module of the same structure (a frozen copy too: a teacher)."""
+        params = dict(module.named_parameters())
+        for n, avg in self.average.items():
+            params[n].copy_(avg.to(params[n].dtype))
         return module
 
     def state_dict(self) -> dict:

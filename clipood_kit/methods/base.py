@@ -5,15 +5,24 @@ A part is a small class with a typed config holding the paper's defaults (`PartC
 (`methods/__init__.py`) names the paper methods as presets of parts, and any other combination is a config,
 not a subclass. The trainer sees one `Method`, which calls its parts in this order:
 
-- `prepare(setup)` once, before training: a part builds what it needs from the experiment (context features,
-  unknown class names, class feature statistics) in its own module;
-- `setup(run)` once, at the start of training (`RunContext`: encoder, frozen class text features, logit scale,
-  total steps, the run's seed, device);
+- `check(inputs)` and `prepare(inputs)` once, before any training (`PartInputs`: class names, training classes,
+  the zero-shot class text features, the templates, and two lazy encoders of the zero-shot model): `check`
+  refuses an experiment the part cannot run on (cheap; a bench checks every method before it trains one),
+  `prepare` builds what the part needs (context features, unknown class names, class feature statistics);
+- `model_module(inputs)`: the part's module that belongs to the trained model (a head, prompt context, an
+  adapter; `models.adapted.PartModule`), or None; what a method trains is the union of its parts' `trains`
+  (towers: "image", "text") and these modules (`models.adapted.AdaptedCLIP`);
+- `setup(run)` once, at the start of training (`RunContext`: the model, the frozen zero-shot text features of
+  the training classes, the logit scale, total steps, the run's seed, device);
 - every step `loss(batch)` -> (loss, metrics): the loss part's term times the product of the regularisers'
   `base_weight(step)` (OGEN switches the classification loss off during its warm-up), plus every regulariser's
-  `penalty(batch)`; then, after the optimiser step, `after_step(encoder)` -> metrics (averagers update here);
+  `penalty(batch)`; then, after the optimiser step, `after_step(model)` -> metrics (averagers update here);
 - `final_states(zero_shot, last)` at the end: the models to evaluate, "last" plus what the parts add
   ("bma", "ema", "wise-ft@0.5", "teacher"); the averager names the method's result (`primary`).
+
+A part's own training modules that are not part of the model (OGEN's feature generator) are named by
+`trainable_modules()`; the trainer passes each through `accelerator.prepare` and sets the prepared module back
+on the part under the same name, so under k processes DDP averages its gradients.
 
 `state_dict` / `load_state_dict` carry whatever parts keep across steps (an average, a generator) through
 checkpoints. Every random draw of a part comes from a generator seeded by `RunContext.part_seed(kind)`, never
@@ -24,9 +33,11 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import torch
+
+from clipood_kit.models.adapted import PartModule
 
 State = Dict[str, torch.Tensor]
 Metrics = Dict[str, Any]          # floats or 0-dim tensors (the trainer turns them into floats)
@@ -39,6 +50,8 @@ class PartConfig:
     kind: ClassVar[str] = ""
     role: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    trains: ClassVar[Tuple[str, ...]] = ()              # the towers this part trains ("image", "text")
+    module: ClassVar[Optional[type]] = None             # its PartModule class, when the model holds one
 
     def build(self) -> "Part":
         raise NotImplementedError
@@ -51,9 +64,29 @@ class PartConfig:
 
 
 @dataclass
+class PartInputs:
+    """What a part may read from the experiment before training, and nothing more (`Part.check`, `Part.prepare`)."""
+
+    class_names: List[str]                             # every class of the dataset
+    train_class_ids: List[int]                         # the classes trained on (rows of text_features)
+    text_features: torch.Tensor                        # every class x D: the zero-shot classifier, normalised
+    templates: List[str]                               # the prompt templates of that classifier
+    protocol: str
+    encode_prompts: Callable[[List[str]], torch.Tensor]            # prompts -> zero-shot text features (raw)
+    training_features: Callable[[], Dict[str, torch.Tensor]]       # zero-shot image features of the training
+                                                                   # images: {'features' (normalised), 'labels'}
+    tokenize: Optional[Callable[[List[str]], torch.Tensor]] = None
+
+    @property
+    def unknown_class_ids(self) -> List[int]:
+        """The classes never trained on (their names are known, their images are not)."""
+        return [i for i in range(len(self.class_names)) if i not in self.train_class_ids]
+
+
+@dataclass
 class RunContext:
-    encoder: torch.nn.Module
-    text_features: torch.Tensor        # training classes x D, normalised, frozen
+    model: torch.nn.Module             # models.adapted.AdaptedCLIP, unwrapped (averagers, teachers read it)
+    text_features: torch.Tensor        # training classes x D, normalised, frozen (the zero-shot reference)
     logit_scale: float
     total_steps: int
     seed: int
@@ -70,6 +103,7 @@ class Batch:
     features: torch.Tensor             # raw image features of the trained encoder, N x D
     labels: torch.Tensor               # rows of the training classes' text features
     images: torch.Tensor
+    class_features: Optional[torch.Tensor] = None   # the model's class features of the training classes, C x D
 
 
 class Part:
@@ -80,16 +114,24 @@ class Part:
     def __init__(self, cfg: PartConfig):
         self.cfg = cfg
 
-    def prepare(self, setup) -> None:
-        """Build the part's inputs from the experiment (`experiment.Setup`) before training."""
+    def check(self, inputs: PartInputs) -> None:
+        """Refuse an experiment this part cannot run on, cheaply, before any training."""
+
+    def prepare(self, inputs: PartInputs) -> None:
+        """Build the part's inputs from the experiment before training."""
+
+    def model_module(self, inputs: PartInputs) -> Optional[PartModule]:
+        """The part's module in the trained model (None: the part adds none)."""
+        return None
 
     def setup(self, run: RunContext) -> None:
         self.run = run
 
-    def trainable_modules(self) -> List[torch.nn.Module]:
-        return []
+    def trainable_modules(self) -> Dict[str, torch.nn.Module]:
+        """{attribute name: module} of the part's own training modules outside the model (the module docstring)."""
+        return {}
 
-    def after_step(self, encoder: torch.nn.Module) -> Metrics:
+    def after_step(self, model: torch.nn.Module) -> Metrics:
         return {}
 
     def state_dict(self) -> dict:
@@ -192,22 +234,36 @@ class Method:
     def primary(self) -> str:
         return self.averager.primary if self.averager is not None else "last"
 
-    def prepare(self, setup) -> None:
+    @property
+    def trains(self) -> Tuple[str, ...]:
+        """The towers the method trains (the union of its parts')."""
+        return tuple(t for t in ("image", "text") if any(t in p.cfg.trains for p in self.parts))
+
+    def check(self, inputs: PartInputs) -> None:
         for p in self.parts:
-            p.prepare(setup)
+            p.check(inputs)
+
+    def prepare(self, inputs: PartInputs) -> None:
+        self.check(inputs)
+        for p in self.parts:
+            p.prepare(inputs)
+
+    def model_modules(self, inputs: PartInputs) -> Dict[str, PartModule]:
+        """{part kind: module} of the parts' modules in the model."""
+        out = {}
+        for p in self.parts:
+            module = p.model_module(inputs)
+            if module is not None:
+                out[p.cfg.kind] = module
+        return out
 
     def setup(self, run: RunContext) -> None:
         for p in self.parts:
             p.setup(run)
 
-    def trainable_groups(self) -> List[Tuple[List[torch.nn.Parameter], float]]:
-        """(parameters, learning-rate multiplier) of the parts' own modules (OGEN's generator)."""
-        out = []
-        for p in self.parts:
-            params = [q for m in p.trainable_modules() for q in m.parameters()]
-            if params:
-                out.append((params, p.lr_scale))
-        return out
+    def training_modules(self) -> List[Tuple[Part, str, torch.nn.Module]]:
+        """(part, attribute, module) of every part's own training module (OGEN's generator)."""
+        return [(p, name, m) for p in self.parts for name, m in p.trainable_modules().items()]
 
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
         weight = 1.0
@@ -228,10 +284,10 @@ class Method:
             raise ValueError(f"method {self.name!r} has no loss term at step {batch.step}")
         return total, metrics
 
-    def after_step(self, encoder: torch.nn.Module) -> Metrics:
+    def after_step(self, model: torch.nn.Module) -> Metrics:
         out: Metrics = {}
         for p in self.parts:
-            out.update(p.after_step(encoder))
+            out.update(p.after_step(model))
         return out
 
     def state_dict(self) -> dict:
@@ -251,4 +307,5 @@ class Method:
 
 
 __all__ = ["PartConfig", "Part", "Loss", "Regulariser", "Averager", "MethodConfig", "Method", "RunContext", "Batch",
+           "PartInputs",
            "State", "Metrics"]

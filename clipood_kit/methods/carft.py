@@ -20,7 +20,8 @@ from typing import ClassVar, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from clipood_kit.methods.base import Batch, Metrics, PartConfig, Regulariser, RunContext
+from clipood_kit.models.adapted import context_features
+from clipood_kit.methods.base import Batch, Metrics, PartConfig, PartInputs, Regulariser, RunContext
 from clipood_kit.methods.losses import reference_kl
 
 
@@ -42,12 +43,18 @@ class ContextKLConfig(PartConfig):
 class ContextKL(Regulariser):
     context_features: Optional[torch.Tensor] = None     # M x D, built by prepare() or set by hand
 
-    def prepare(self, setup) -> None:
-        """The context classifier of the experiment's templates over the training classes."""
-        from clipood_kit.evaluation.features import context_classifier
-        names = [setup.dataset.classes[i] for i in setup.train_class_ids]
-        self.context_features = context_classifier(setup.loaded.model, setup.loaded.tokenizer, names,
-                                                   setup.templates).cpu()
+    def check(self, inputs: PartInputs) -> None:
+        if len(inputs.templates) < 2:
+            raise ValueError(f"context-kl (CAR-FT) needs at least 2 prompt templates (its context classifier has "
+                             f"one row per template); this experiment has {len(inputs.templates)}: give more with "
+                             f"--set templates=... or use a model with a template ensemble")
+
+    def prepare(self, inputs: PartInputs) -> None:
+        """The context classifier of the experiment's templates over the training classes
+        (`models.adapted.context_features`, CAR-FT Eq. 6)."""
+        names = [inputs.class_names[i] for i in inputs.train_class_ids]
+        per_template = torch.stack([inputs.encode_prompts([t.format(c) for c in names]) for t in inputs.templates])
+        self.context_features = context_features(per_template).cpu()
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
@@ -55,13 +62,13 @@ class ContextKL(Regulariser):
             raise ValueError("context-kl (CAR-FT) needs context features of at least 2 prompt templates: call "
                              "method.prepare(setup) with an experiment of 2 or more templates")
         self.context = F.normalize(self.context_features.to(run.device, run.text_features.dtype), dim=-1)
-        self.frozen = copy.deepcopy(run.encoder).eval().requires_grad_(False)
+        self.frozen = copy.deepcopy(run.model).eval().requires_grad_(False)
 
     def penalty(self, batch: Batch) -> Tuple[Optional[torch.Tensor], Metrics]:
         if self.cfg.weight == 0:
             return None, {}
         self.frozen.to(batch.images.device)
         with torch.no_grad():
-            f0 = self.frozen(batch.images)
+            f0 = self.frozen.image_features(batch.images)
         kl = reference_kl(f0, batch.features, self.context, self.run.logit_scale)
         return self.cfg.weight * kl, {"context_kl": kl.detach()}

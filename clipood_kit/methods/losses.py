@@ -98,6 +98,7 @@ class CEConfig(PartConfig):
 
     kind: ClassVar[str] = "ce"
     role: ClassVar[str] = "loss"
+    trains: ClassVar[Tuple[str, ...]] = ("image",)
     summary: ClassVar[str] = "cross-entropy on scaled cosines to the frozen class text features"
 
     def build(self) -> "CrossEntropy":
@@ -111,6 +112,7 @@ class MMSConfig(PartConfig):
 
     kind: ClassVar[str] = "mms"
     role: ClassVar[str] = "loss"
+    trains: ClassVar[Tuple[str, ...]] = ("image",)
     summary: ClassVar[str] = "margin metric softmax: class-adaptive margins lambda * (1 - cos(t_y, t_j))"
     margin_lambda: float = 0.3
 
@@ -125,16 +127,17 @@ class CrossEntropy(Loss):
     """Cross-entropy of logit_scale * cos(f, t_c): MMS at lambda = 0 (the module docstring)."""
 
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
-        return mms_loss(batch.features, self.run.text_features, batch.labels, 0.0, self.run.logit_scale), {}
+        return mms_loss(batch.features, batch.class_features, batch.labels, 0.0, self.run.logit_scale), {}
 
 
 class MarginMetricSoftmax(Loss):
-    """`mms_loss` with the margins computed once from the frozen text features."""
+    """`mms_loss` on the model's class features, with the margins computed once from the frozen zero-shot text
+    features (CLIPood Eq. 5: the margins come from the pre-trained text encoder)."""
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
         self.margins = class_margins(run.text_features, self.cfg.margin_lambda) if self.cfg.margin_lambda else None
 
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
-        return mms_loss(batch.features, self.run.text_features, batch.labels, self.cfg.margin_lambda,
+        return mms_loss(batch.features, batch.class_features, batch.labels, self.cfg.margin_lambda,
                         self.run.logit_scale, self.margins), {}

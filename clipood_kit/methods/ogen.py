@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipood_kit.methods.averaging import LocalMeanTeacher, with_average
-from clipood_kit.methods.base import Batch, Metrics, PartConfig, Regulariser, RunContext, State
+from clipood_kit.methods.base import Batch, Metrics, PartConfig, PartInputs, Regulariser, RunContext, State
 from clipood_kit.methods.losses import reference_kl
 
 NEIGHBOUR_RULES = ("dot", "cosine")
@@ -69,6 +69,19 @@ class FeatureGenerator(nn.Module):
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         attended, _ = self.attention(queries, keys, values, need_weights=False)
         return F.normalize(self.mlp(queries) + attended, dim=-1)
+
+
+class GeneratorCalls(nn.Module):
+    """Every call of the generator in one step as one forward pass: `calls([(q, k, v), ...])` -> outputs. Under
+    k processes the trainer wraps this module in DDP (`accelerator.prepare`), which averages the generator's
+    gradients only for parameters used in a forward pass of the wrapper; one pass per step keeps that simple."""
+
+    def __init__(self, generator: FeatureGenerator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, calls):
+        return [self.generator(q, k, v) for q, k, v in calls]
 
 
 def nearest_classes(means: torch.Tensor, k: int, rule: str) -> torch.Tensor:
@@ -122,20 +135,24 @@ class OGENGenerator(Regulariser):
     def lr_scale(self) -> float:
         return self.cfg.lr_scale
 
-    def prepare(self, setup) -> None:
+    def check(self, inputs: PartInputs) -> None:
+        unknown, known, k = len(inputs.unknown_class_ids), len(inputs.train_class_ids), self.cfg.k
+        if not unknown:
+            raise ValueError(f"ogen needs held-out class names, but protocol {inputs.protocol!r} trains on every "
+                             f"class; use base-to-new, in-the-wild or open-world")
+        if known < k + 1 or unknown < k:
+            raise ValueError(f"ogen with ogen.k={k} needs at least {k + 1} training classes and {k} unknown (held-out) "
+                             f"classes; this experiment has {known} and {unknown}. Lower ogen.k or use a "
+                             f"protocol with held-out classes (base-to-new, in-the-wild, open-world)")
+
+    def prepare(self, inputs: PartInputs) -> None:
         """Unknown classes: text features of the held-out (new) classes, the names OGEN synthesises features for.
         Class statistics: per training class, the mean and standard deviation of the zero-shot encoder's
         normalised features of the training images (evaluation transform), as the official code precomputes them."""
-        from clipood_kit.engine.scoring import encode
-        d = setup.dataset
-        unknown = [i for i in range(len(d.classes)) if i not in setup.train_class_ids]
-        if not unknown:
-            raise ValueError(f"ogen needs held-out class names, but protocol {setup.cfg.protocol!r} trains on every "
-                             f"class; use base-to-new, in-the-wild or open-world")
-        self.unknown_text_features = setup.text_features[unknown]
-        enc = encode(setup, setup.zero_shot_state, indices=setup.train_idx)
-        rows = [enc["features"][enc["labels"] == c] for c in setup.train_class_ids]
-        empty = [d.classes[c] for c, r in zip(setup.train_class_ids, rows) if len(r) == 0]
+        self.unknown_text_features = inputs.text_features[inputs.unknown_class_ids]
+        enc = inputs.training_features()
+        rows = [enc["features"][enc["labels"] == c] for c in inputs.train_class_ids]
+        empty = [inputs.class_names[c] for c, r in zip(inputs.train_class_ids, rows) if len(r) == 0]
         if empty:
             raise ValueError(f"training class(es) {empty} have no training images; class statistics need at least one")
         self.class_feature_mean = torch.stack([r.mean(0) for r in rows])
@@ -164,10 +181,11 @@ class OGENGenerator(Regulariser):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.generator = FeatureGenerator(t.shape[1], cfg.heads, cfg.dropout).to(device, dtype)
+        self.calls = GeneratorCalls(self.generator)
         self.warmup_steps = int(cfg.warmup * run.total_steps)   # official: epoch < int(0.2 * max_epoch)
 
-    def trainable_modules(self) -> List[nn.Module]:
-        return [self.generator]
+    def trainable_modules(self) -> Dict[str, nn.Module]:
+        return {"calls": self.calls}
 
     def base_weight(self, step: int) -> float:
         return 0.0 if step < self.warmup_steps else self.cfg.real_weight
@@ -187,13 +205,15 @@ class OGENGenerator(Regulariser):
         devices = [f.device] if f.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):          # the attention dropout's draws, seeded by the step
             torch.manual_seed(self.seed + 7919 * (step + 1))
-            out = {"neighbours": nb, "values": values,
-                   "gen_y": self.generator(query, t[nb], values)[:, 0],
-                   "gen_nb_fit": self.generator(t[nb], query, f.detach().unsqueeze(1))}
-            if step >= self.warmup_steps:
+            calls = [(query, t[nb], values), (t[nb], query, f.detach().unsqueeze(1))]
+            after_warmup = step >= self.warmup_steps
+            if after_warmup:
                 unknown = self.unknown_neighbours[labels]
-                out.update(unknown=unknown, gen_nb=self.generator(t[nb], query, f.unsqueeze(1)),
-                           gen_unknown=self.generator(self.unknown[unknown], query, f.unsqueeze(1)))
+                calls += [(t[nb], query, f.unsqueeze(1)), (self.unknown[unknown], query, f.unsqueeze(1))]
+            generated = self.calls(calls)
+        out = {"neighbours": nb, "values": values, "gen_y": generated[0][:, 0], "gen_nb_fit": generated[1]}
+        if after_warmup:
+            out.update(unknown=unknown, gen_nb=generated[2], gen_unknown=generated[3])
         return out
 
     def penalty(self, batch: Batch) -> Tuple[Optional[torch.Tensor], Metrics]:
@@ -246,8 +266,8 @@ class SelfDistillConfig(PartConfig):
 class SelfDistillation(Regulariser):
     def setup(self, run: RunContext) -> None:
         super().setup(run)
-        self.teacher_average = LocalMeanTeacher(run.encoder, run.total_steps, self.cfg.window, self.cfg.snapshots)
-        self.teacher = copy.deepcopy(run.encoder).eval().requires_grad_(False)
+        self.teacher_average = LocalMeanTeacher(run.model, run.total_steps, self.cfg.window, self.cfg.snapshots)
+        self.teacher = copy.deepcopy(run.model).eval().requires_grad_(False)
         self.start_step = int(self.cfg.start * run.total_steps)
 
     def penalty(self, batch: Batch) -> Tuple[Optional[torch.Tensor], Metrics]:
@@ -256,12 +276,12 @@ class SelfDistillation(Regulariser):
             return None, {}
         self.teacher.to(batch.images.device)
         with torch.no_grad():
-            teacher = self.teacher(batch.images)
-        kl = reference_kl(teacher, batch.features, self.run.text_features, self.run.logit_scale)
+            teacher = self.teacher.image_features(batch.images)
+        kl = reference_kl(teacher, batch.features, batch.class_features, self.run.logit_scale)
         return self.cfg.weight * kl, {"distillation": kl.detach()}
 
-    def after_step(self, encoder) -> Metrics:
-        if self.teacher_average.update(encoder):
+    def after_step(self, model) -> Metrics:
+        if self.teacher_average.update(model):
             self.teacher_average.copy_to(self.teacher)
         return {}
 

@@ -135,6 +135,47 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
     return device
 
 
+TRAINED_STATE_FORMAT = "clipood-kit trained state"
+
+
+def trained_state_metadata(path) -> Optional[dict]:
+    """The metadata of a run's saved trained state (`engine.runs.write_run`), or None for any other file."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:                 # noqa: BLE001 - not a readable safetensors file: load_clip says why
+        return None
+    return meta if meta.get("format") == TRAINED_STATE_FORMAT else None
+
+
+def _load_trained_state(name: str, path: str, device, cache_dir) -> "LoadedCLIP":
+    """A run's trained state on its base weights: the base model (named in the file's metadata) with the image
+    ('visual.*') and text ('text.clip.*') entries of the state loaded over it."""
+    from safetensors.torch import load_file
+    meta = trained_state_metadata(path)
+    if meta["architecture"] != name:
+        raise ValueError(f"{path} holds a trained state of {meta['architecture']}, not {name}: pass --model "
+                         f"{meta['architecture']}")
+    state = load_file(path)
+    parts = sorted({k.split(".")[1] for k in state if k.startswith("parts.")})
+    if parts:
+        raise ValueError(f"{path} holds modules of the part(s) {parts} beside CLIP's towers, which a plain CLIP "
+                         f"model cannot hold; score it with the run's experiment (engine.scoring.evaluate_state "
+                         f"on the loaded state)")
+    base = load_clip(name, None if meta["base"] == "none" else meta["base"], device, cache_dir)
+    mapped = {(k[len("text.clip."):] if k.startswith("text.clip.") else k): v for k, v in state.items()}
+    missing = [k for k in mapped if k not in base.model.state_dict()]
+    if missing:
+        raise ValueError(f"{path} has entries its base model {meta['base']} lacks (e.g. {missing[:3]})")
+    base.model.load_state_dict(mapped, strict=False)
+    base.pretrained = path
+    base.model_id = f"{name}/file:{Path(path).name}@{file_digest(path)}"
+    return base
+
+
 def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", device: Union[str, torch.device] = "auto",
               cache_dir: Optional[str] = None) -> LoadedCLIP:
     """Build an open_clip model with its weights, tokenizer and eval preprocessing, on `device` ('auto': the
@@ -153,6 +194,8 @@ def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", devi
                 f"or set CLIPOOD_KIT_DATA to the folder that holds them")
     kwargs = {"image_mean": TINY_MEAN, "image_std": TINY_STD} if is_tiny else {}
     is_file = pretrained is not None and Path(pretrained).is_file()
+    if is_file and trained_state_metadata(pretrained) is not None:
+        return _load_trained_state(name, pretrained, device, cache_dir)
     if pretrained is not None and not is_file:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:

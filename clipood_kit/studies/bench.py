@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.core.io import write_json, write_text
-from clipood_kit.methods import MethodConfig
+from clipood_kit.engine.builder import with_seed
+from clipood_kit.methods import Method, MethodConfig
 from clipood_kit.engine.runs import run_method
 from clipood_kit.engine.scoring import zero_shot_scores
 from clipood_kit.engine.presets import demo_experiment
@@ -56,12 +57,14 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True) -> dict:
     out = Path(out)
     per_seed, runs, umap_data, setup0 = [], {}, None, None
     for seed in tqdm(cfg.seeds, desc="seeds", disable=not progress or len(cfg.seeds) == 1):
-        exp = replace(cfg.experiment, split_seed=seed, train=replace(cfg.experiment.train, seed=seed))
-        setup = prepare(exp)
+        setup = prepare(with_seed(cfg.experiment, seed))
+        inputs = setup.part_inputs()
+        for method in cfg.methods.values():          # every method's requirements, before any training
+            Method(method).check(inputs)
         rows = {"zero-shot": zero_shot_scores(setup)}
         kept = {}
         for label, method in tqdm(cfg.methods.items(), desc=f"methods (seed {seed})", disable=not progress):
-            result = run_method(setup, method, exp.train, progress=progress)
+            result = run_method(setup.for_method(method), progress=progress)
             rows[label] = result["models"][result["primary"]]
             other, suffix = SECONDARY_MODELS.get(result["primary"], (None, None))
             if other in result["models"]:

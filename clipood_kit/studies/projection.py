@@ -6,7 +6,7 @@ from typing import Dict
 import torch
 
 from clipood_kit.engine.experiment import Setup
-from clipood_kit.engine.scoring import encode
+from clipood_kit.engine.encoding import encode
 
 
 def mean_displacement(reference: torch.Tensor, moved: torch.Tensor) -> float:

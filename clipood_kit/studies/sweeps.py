@@ -12,17 +12,25 @@ from tqdm.auto import tqdm
 from clipood_kit.core import store
 from clipood_kit.engine.experiment import ExperimentConfig, Setup, inputs_identity, prepare
 from clipood_kit.core.io import write_json
-from clipood_kit.methods import MethodConfig
+from clipood_kit.methods import Method, MethodConfig
 from clipood_kit.engine.posthoc import Trajectory
 from clipood_kit.engine.runs import run_method
 from clipood_kit.engine.scoring import StateScorer, zero_shot_scores
 from clipood_kit.engine.settings import set_method_fields
 
-def record_run(setup: Setup, method: MethodConfig, every: int = 1, progress: bool = False) -> Dict:
-    """One run of `method` with its trajectory recorded: {'result', 'trajectory'}."""
-    names = [n for n, _ in setup.loaded.model.visual.named_parameters()]
-    traj = Trajectory(setup.cfg.train.steps, every).start(setup.zero_shot_state, names)
-    result = run_method(setup, method, setup.cfg.train, progress=progress, on_step=traj.recorder())
+def trajectory_for(setup: Setup, every: int = 1) -> Trajectory:
+    """An empty trajectory of the spec's method, started at its zero-shot model state (what it trains)."""
+    method = Method(setup.cfg.method)
+    method.prepare(setup.part_inputs())
+    model = setup.model_for(method)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    return Trajectory(setup.cfg.train.steps, every).start(model.trained_state(), names)
+
+
+def record_run(setup: Setup, every: int = 1, progress: bool = False) -> Dict:
+    """One run of the spec's method with its trajectory recorded: {'result', 'trajectory'}."""
+    traj = trajectory_for(setup, every)
+    result = run_method(setup, progress=progress, on_step=traj.recorder())
     return {"result": result, "trajectory": traj}
 
 
@@ -74,7 +82,7 @@ def lambda_sweep(exp: ExperimentConfig, lambdas: Sequence[float], method: Method
     def train(m: MethodConfig) -> dict:
         nonlocal setup
         setup = setup or prepare(exp)
-        r = run_method(setup, m, exp.train, progress=False)
+        r = run_method(setup.for_method(m), progress=False)
         return {"lambda": m.part("mms").margin_lambda, "primary": r["primary"],
                 "models": {k: v for k, v in r["models"].items() if k in (r["primary"], "last")}}
 
@@ -117,7 +125,7 @@ def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: 
             references={"zero-shot": zero[label]})))
     else:
         setup = prepare(exp)
-        run = record_run(setup, exp.method, progress=progress)
+        run = record_run(setup, progress=progress)
         scorer = StateScorer(setup)
         result.update(zero_shot=scorer(setup.zero_shot_state), last=run["result"]["models"]["last"])
         zero, last = cells_of(result["zero_shot"]), cells_of(result["last"])

@@ -1,10 +1,12 @@
 """The numbers every registered method gives on a small float64 experiment: each evaluated model's scores, a
 digest of its weights (per tensor: sum and sum of squares) and the loss history.
 
-`python tests/golden/method_numbers.py OUT.json` wrote `methods_before_frame.json` with the code before the
-frame rebuild (issue 19: one experiment spec, one model state for both towers); `tests/test_frame_equality.py`
-recomputes the numbers with today's code and compares them to 1e-6. float64, so the comparison is not at the
-mercy of float32 summation order.
+`methods_before_frame.json` was written by this script with the code before the frame rebuild (issue 19: one
+experiment spec, one model state for both towers; commit ee8d5a8, where a state was the image
+tower's own state_dict); `tests/test_frame_equality.py` recomputes the numbers with today's code and compares
+them to 1e-6. float64, so the comparison is not at the mercy of float32 summation order.
+
+    python tests/golden/method_numbers.py OUT.json
 """
 import json
 import sys
@@ -15,24 +17,25 @@ SETTINGS = dict(per_cell=6, steps=8, batch_size=8, lr=1e-4, seed=0)
 
 
 def digest(state):
-    return {k: [v.double().sum().item(), v.double().pow(2).sum().item()] for k, v in sorted(state.items())
-            if v.is_floating_point()}
+    """Per floating-point tensor (image-tower entries named as the tower names them): [sum, sum of squares]."""
+    return {k[len("visual."):] if k.startswith("visual.") else k: [v.double().sum().item(), v.double().pow(2).sum().item()]
+            for k, v in sorted(state.items()) if v.is_floating_point()}
 
 
 def method_numbers(names=None):
-    from clipood_kit.engine.experiment import ExperimentConfig, prepare
-    from clipood_kit.methods import METHODS, compose
+    from clipood_kit.engine.builder import build_experiment
+    from clipood_kit.engine.experiment import prepare
     from clipood_kit.engine.runs import run_method
-    from clipood_kit.engine.training import TrainConfig
+    from clipood_kit.methods import METHODS, compose
     s = SETTINGS
-    exp = ExperimentConfig(per_cell=s["per_cell"], cache_dir="off",
-                           train=TrainConfig(steps=s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=s["seed"]))
+    exp = build_experiment("tiny-world", per_cell=s["per_cell"], cache_dir="off", steps=s["steps"],
+                           batch_size=s["batch_size"], lr=s["lr"], settings=[f"train.seed={s['seed']}"])
     setup = prepare(exp)
     setup.loaded.model.double()
     setup.zero_shot_state = {k: v.double() for k, v in setup.zero_shot_state.items()}
     out = {}
     for name in names or METHODS:
-        r = run_method(setup, compose(name), exp.train, progress=False)
+        r = run_method(setup.for_method(compose(name)), progress=False)
         out[name] = {"models": r["models"], "weights": {m: digest(st) for m, st in r["states"].items()},
                      "losses": [row["loss"] for row in r["history"]]}
     return out

@@ -1,0 +1,69 @@
+"""Image features of a model state on an experiment's images: sharded over processes, the zero-shot model's
+features read from the feature cache."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from clipood_kit.core.cache import tensor_digest
+from clipood_kit.data import TransformedSubset
+from clipood_kit.evaluation import features as evaluation
+
+
+def encode(setup, state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor] = None,
+           progress: bool = False) -> Dict[str, torch.Tensor]:
+    """Image features of the evaluation images (or the given dataset indices) under a model state
+    (`experiment.Setup.scratch_for`: the setup's CLIP is never touched), with labels and domains. ViT towers also
+    give 'local_mcm' (GL-MCM's local part against the base classes of the state's classifier).
+
+    Under k processes (`accelerate launch`) each process encodes every k-th image and the shards are gathered,
+    in order, on every process: the result equals one process's (tests/test_training.py). The zero-shot
+    state's features come from the setup's feature cache (`cache.FeatureCache`) when they were computed before."""
+    subset = setup.eval_idx if indices is None else indices
+    if state is setup.zero_shot_state and setup.cache is not None:
+        key = {"model": setup.inputs["model"], "data": setup.dataset.describe(), "data_files": setup.inputs["data"],
+               "indices": tensor_digest(subset), "n": len(subset), "transform": repr(setup.loaded.preprocess)}
+        return setup.cache.get("zero-shot-images", key, lambda: _encode(setup, state, subset, progress))
+    return _encode(setup, state, subset, progress)
+
+
+def classifier_of(setup, model) -> torch.Tensor:
+    """C x D normalised class features of a scratch model: the setup's frozen ones when nothing acts on them."""
+    if model.classifier_is_frozen:
+        return setup.text_features
+    with torch.no_grad():
+        return torch.nn.functional.normalize(model.class_features().float(), dim=-1).cpu()
+
+
+def state_classifier(setup, state: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """C x D class features under a model state: computed from the state when it holds a text tower or parts'
+    modules, else the setup's frozen zero-shot classifier (computed once)."""
+    if not any(k.startswith(("text.", "parts.")) for k in state):
+        return setup.text_features
+    return classifier_of(setup, setup.scratch_for(state))
+
+
+def _encode(setup, state: Dict[str, torch.Tensor], subset: torch.Tensor, progress: bool) -> Dict[str, torch.Tensor]:
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    model = setup.scratch_for(state)
+    local = classifier_of(setup, model)[setup.base_ids] if evaluation.has_local_features(model.visual) else None
+    adapt = model.adapt_image if model.adapts_images else None
+    dist = PartialState()
+    world, rank = dist.num_processes, dist.process_index
+    shard = subset[rank::world] if world > 1 else subset
+    out = evaluation.encode_images(model.visual, TransformedSubset(setup.dataset, shard, setup.loaded.preprocess),
+                                   setup.cfg.eval_batch_size, setup.device, progress=progress and rank == 0,
+                                   local_classifier=local, adapt=adapt) if len(shard) else None
+    if world == 1:
+        return out
+    parts = gather_object([out])                      # one entry per process, in rank order
+    merged = {}
+    for key, first in next(p for p in parts if p is not None).items():
+        full = torch.empty((len(subset), *first.shape[1:]), dtype=first.dtype)
+        for r, p in enumerate(parts):
+            if p is not None:
+                full[r::world] = p[key]
+        merged[key] = full
+    return merged
