@@ -28,9 +28,9 @@ def main():
     args = ap.parse_args()
     exp = demo_experiment()
     setup = prepare(exp)
-    names = [n for n, _ in setup.loaded.model.visual.named_parameters()]
+    names = [f"visual.{n}" for n, _ in setup.loaded.model.visual.named_parameters()]
     traj = Trajectory(exp.train.steps).start(setup.zero_shot_state, names)
-    run_method(setup, compose("clipood"), exp.train, progress=False, on_step=traj.recorder())
+    run_method(setup.for_method(compose("clipood"), exp.train), progress=False, on_step=traj.recorder())
     t = time.perf_counter()
     scorer = StateScorer(setup)
     prepare_s = time.perf_counter() - t

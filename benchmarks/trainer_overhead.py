@@ -4,7 +4,8 @@ Both train plain cross-entropy (batch 32, 60 steps) from the zero-shot encoder o
 the same training transform, AdamW and cosine schedule; the hand loop draws batches with one generator and
 transforms images under the global RNG, the trainer (`training.fine_tune`) adds what exact resume and
 k-process equality need: (seed, step)-addressed batches, a seed per image, the DataLoader, Accelerate,
-the finite-loss check, the history and the progress bar. Runs are interleaved (trainer, hand, trainer, ...)
+the finite-loss check, the history, the progress bar and the model state of both towers (the model returns
+its class features; here the frozen ones). Runs are interleaved (trainer, hand, trainer, ...)
 so that machine noise hits both alike; prints a JSON line with the medians and their ratio (goal <= 1.05).
 
     python benchmarks/trainer_overhead.py [--steps 60] [--repeats 5]
@@ -25,7 +26,7 @@ from clipood_kit.engine.training import TrainConfig, fine_tune
 
 
 def hand_loop(task, steps: int, batch_size: int, lr: float) -> float:
-    encoder, data, transform = task.encoder, task.train_set, task.transform
+    encoder, data, transform = task.model.visual, task.train_set, task.transform
     text, scale, label_map = task.text_features, task.logit_scale, task.label_map
     encoder.train()
     opt = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.1)

@@ -6,7 +6,8 @@
 
 
 The main process saves the evaluated encoder states to OUT_FILE (safetensors). With METHOD ogen every process
-also saves its feature generator to OUT_FILE.rank<r> (the generator is the method's own module, outside DDP).
+also saves its feature generator to OUT_FILE.rank<r> (the method's own module, prepared by Accelerate like the
+model: DDP averages its gradients, so every process must hold the same generator).
 
 The encoder runs in float64: AdamW divides each gradient by its running RMS, so for parameters whose true
 gradient is zero (the key bias of attention pooling: softmax ignores it) float32 summation noise, which
@@ -20,7 +21,11 @@ import torch
 
 def experiment(method):
     from clipood_kit.engine.experiment import ExperimentConfig
-    from clipood_kit.methods import compose
+    from clipood_kit.methods import METHODS, CEConfig, MethodConfig, compose
+    if method == "probe-ce":                      # the toy part with its own module (tests/toy_method.py)
+        sys.path.insert(0, __file__.rsplit("/", 1)[0])
+        from toy_method import ProbeConfig
+        METHODS["probe-ce"] = MethodConfig("probe-ce", CEConfig(), (ProbeConfig(),))
     from clipood_kit.engine.settings import set_method_fields
     from clipood_kit.engine.training import TrainConfig
     m = compose(method)
@@ -36,16 +41,19 @@ def train(out_file, method_name):
     from clipood_kit.core.io import save_weights
     from clipood_kit.methods import Method
     from clipood_kit.engine.runs import build_task
-    from clipood_kit.engine.training import fine_tune
+    from clipood_kit.engine.training import accelerator_settings, fine_tune
     exp = experiment(method_name)
     setup = prepare(exp)
     setup.loaded.model.double()
-    accelerator = Accelerator(cpu=True)
     method = Method(exp.method)
-    method.prepare(setup)
+    accelerator = Accelerator(**accelerator_settings(torch.device("cpu"), exp.train.precision,
+                                                     method.every_parameter_every_step))
+    method.prepare(setup.part_inputs())
     out = fine_tune(build_task(setup, method, exp.train), progress=False, accelerator=accelerator)
-    for i, (params, _) in enumerate(method.trainable_groups()):
-        save_weights(f"{out_file}.rank{accelerator.process_index}", {f"{i}/{j}": p.detach() for j, p in enumerate(params)})
+    own = {f"{part.cfg.kind}.{name}/{k}": v.detach() for part, name, module in method.training_modules()
+           for k, v in accelerator.unwrap_model(module).state_dict().items()}
+    if own:
+        save_weights(f"{out_file}.rank{accelerator.process_index}", own)
     if accelerator.is_main_process:
         flat = {f"{name}/{k}": v for name, state in out.states.items() for k, v in state.items()}
         flat["losses"] = torch.tensor([r["loss"] for r in out.history], dtype=torch.float64)
@@ -60,7 +68,8 @@ def evaluate(out_file):
     from accelerate import PartialState
     from clipood_kit.engine.experiment import ExperimentConfig, prepare
     from clipood_kit.core.io import save_weights
-    from clipood_kit.engine.scoring import encode, evaluate_state
+    from clipood_kit.engine.encoding import encode
+    from clipood_kit.engine.scoring import evaluate_state
     import json
     setup = prepare(ExperimentConfig(per_cell=3, eval_batch_size=7))
     enc = encode(setup, setup.zero_shot_state)
@@ -83,7 +92,7 @@ def diverge(out_file):
     setup = prepare(exp)
     accelerator = Accelerator(cpu=True)
     method = Method(exp.method)
-    method.prepare(setup)
+    method.prepare(setup.part_inputs())
     original = method.loss
 
     def loss(batch):

@@ -8,7 +8,7 @@ import torch
 
 from clipood_kit.core.cache import FeatureCache
 from clipood_kit.engine.experiment import ExperimentConfig, prepare
-from clipood_kit.engine.scoring import encode
+from clipood_kit.engine.encoding import encode
 
 
 def entries(folder):

@@ -26,13 +26,14 @@ def test_context_classifier_is_the_normalised_class_mean_per_template(setup):
 
 def test_context_kl_is_zero_at_step_zero_and_positive_after_a_change(setup):
     method = Method(compose("car-ft"))
-    method.prepare(setup)
+    method.prepare(setup.part_inputs())
     part = method.regularisers[0]
     names = [setup.dataset.classes[i] for i in setup.train_class_ids]
     expected = evaluation.context_classifier(setup.loaded.model, setup.loaded.tokenizer, names, setup.templates)
     assert torch.allclose(part.context_features, expected)        # prepare builds the experiment's classifier
-    encoder = setup.loaded.model.visual
-    method.setup(RunContext(encoder, setup.text_features, setup.logit_scale, 10, 0, torch.device("cpu")))
+    model = setup.model()
+    encoder = model.image_features
+    method.setup(RunContext(model, setup.text_features, setup.logit_scale, 10, 0, torch.device("cpu")))
     images = torch.stack([setup.loaded.preprocess(setup.dataset[i][0]) for i in range(8)])
     labels = torch.zeros(8, dtype=torch.long)
     with torch.no_grad():
@@ -44,9 +45,9 @@ def test_context_kl_is_zero_at_step_zero_and_positive_after_a_change(setup):
 
 def test_beta_zero_equals_plain_fine_tuning_and_beta_changes_training(setup):
     train = TrainConfig(steps=4, batch_size=8, lr=1e-4, seed=2)
-    ce = run_method(setup, compose("ce"), train, progress=False)
-    zero = run_method(setup, set_method_fields(compose("car-ft"), {"context-kl.weight": 0.0}), train, progress=False)
-    one = run_method(setup, compose("car-ft"), train, progress=False)
+    ce = run_method(setup.for_method(compose("ce"), train), progress=False)
+    zero = run_method(setup.for_method(set_method_fields(compose("car-ft"), {"context-kl.weight": 0.0}), train), progress=False)
+    one = run_method(setup.for_method(compose("car-ft"), train), progress=False)
     for k, v in ce["states"]["last"].items():
         assert torch.equal(v, zero["states"]["last"][k]), k
     assert any(not torch.equal(v, one["states"]["last"][k]) for k, v in ce["states"]["last"].items())
@@ -55,8 +56,8 @@ def test_beta_zero_equals_plain_fine_tuning_and_beta_changes_training(setup):
 
 
 def test_car_ft_combines_with_mms_and_bma(setup):
-    r = run_method(setup, compose("car-ft-clipood"), TrainConfig(steps=3, batch_size=8, lr=1e-4), progress=False)
+    r = run_method(setup.for_method(compose("car-ft-clipood"), TrainConfig(steps=3, batch_size=8, lr=1e-4)), progress=False)
     assert r["primary"] == "bma" and set(r["models"]) == {"last", "bma"}
     with pytest.raises(ValueError, match=r"needs context features .* call method.prepare\(setup\)"):
-        Method(compose("car-ft")).setup(RunContext(setup.loaded.model.visual, setup.text_features, 10.0, 5, 0,
+        Method(compose("car-ft")).setup(RunContext(setup.model(), setup.text_features, 10.0, 5, 0,
                                                    torch.device("cpu")))

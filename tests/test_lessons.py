@@ -172,7 +172,8 @@ def test_building_from_a_folder_without_lessons_names_the_fix(tmp_path):
 
 
 def test_a_slider_start_outside_its_grid_is_refused_before_any_training():
-    from clipood_kit.lessons.data import bma_lesson, lesson_experiment
-    exp = lesson_experiment("tiny-clip-world", "default", "world", 2, 3)
+    from clipood_kit.engine.builder import build_experiment
+    from clipood_kit.lessons.data import bma_lesson
+    exp = build_experiment(per_cell=2, steps=3)
     with pytest.raises(ValueError, match="must both be values of GRID"):
         bma_lesson(exp, [0.1, 0.5], 2, alpha=0.3, beta=0.5)

@@ -18,7 +18,7 @@ def ogen(**settings):
 
 
 def run_context(setup, text, steps=10):
-    return RunContext(setup.loaded.model.visual, text, setup.logit_scale, steps, 0, torch.device("cpu"))
+    return RunContext(setup.model(), text, setup.logit_scale, steps, 0, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_neighbours_and_unknown_names_follow_the_rule(setup, rule):
     """Known neighbours by the class means' cosine, or by their raw dot product (the official code's
     `cosine_sim_base`, computed on unnormalised means); unknown names by the text cosine."""
     method = Method(ogen(**{"ogen.neighbours": rule}))
-    method.prepare(setup)
+    method.prepare(setup.part_inputs())
     part = method.regularisers[0]
     text = setup.text_features[setup.train_class_ids]
     method.setup(run_context(setup, text))
@@ -110,10 +110,10 @@ def test_warm_up_trains_only_the_generator_then_distillation_starts_at_zero(setu
     snapshots = {}
 
     def on_step(row, encoder, method):
-        snapshots[row["step"]] = ({k: v.clone() for k, v in encoder.state_dict().items()},
+        snapshots[row["step"]] = (encoder.trained_state(),
                                   {k: v.clone() for k, v in method.regularisers[0].generator.state_dict().items()})
 
-    r = run_method(setup, ogen(**{"ogen.warmup": 0.5, "self-distill.start": 0.5}), train, progress=False,
+    r = run_method(setup.for_method(ogen(**{"ogen.warmup": 0.5, "self-distill.start": 0.5}), train), progress=False,
                    on_step=on_step)
     h = r["history"]
     assert [row["warm_up"] for row in h] == [1, 1, 1, 0, 0, 0]
@@ -131,8 +131,7 @@ def test_the_generator_learns_to_synthesise_held_out_class_features():
     Its neighbours are y's family siblings, whose prompts are nearly synonymous for the tiny CLIP, so the
     generated feature stays hard to tell from theirs: the bar is 3x chance and a rise of 0.12."""
     setup = prepare(ExperimentConfig(per_cell=10))
-    r = run_method(setup, ogen(**{"ogen.warmup": 0.9, "self-distill.start": 0.9}),
-                   TrainConfig(steps=60, batch_size=32, lr=1e-4), progress=False)
+    r = run_method(setup.for_method(ogen(**{"ogen.warmup": 0.9, "self-distill.start": 0.9}), TrainConfig(steps=60, batch_size=32, lr=1e-4)), progress=False)
     acc = [row["generated_accuracy"] for row in r["history"]]
     reg = [row["regression"] for row in r["history"]]
     early, late = sum(acc[:10]) / 10, sum(acc[-10:]) / 10
@@ -143,9 +142,9 @@ def test_the_generator_learns_to_synthesise_held_out_class_features():
 def test_stopped_and_resumed_ogen_run_is_bit_identical(setup, tmp_path):
     cfg = ogen(**{"ogen.warmup": 0.25, "self-distill.start": 0.25, "self-distill.snapshots": 4, "ogen.dropout": 0.1})
     train = TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=5)
-    full = run_method(setup, cfg, train, progress=False)
-    run_method(setup, cfg, train, run_dir=tmp_path, stop_after=3, progress=False)
-    rest = run_method(setup, cfg, train, run_dir=tmp_path, resume=True, progress=False)
+    full = run_method(setup.for_method(cfg, train), progress=False)
+    run_method(setup.for_method(cfg, train), run_dir=tmp_path, stop_after=3, progress=False)
+    rest = run_method(setup.for_method(cfg, train), run_dir=tmp_path, resume=True, progress=False)
     for name in ("last", "teacher"):
         for k, v in full["states"][name].items():
             assert torch.equal(v, rest["states"][name][k]), (name, k)
@@ -154,7 +153,7 @@ def test_stopped_and_resumed_ogen_run_is_bit_identical(setup, tmp_path):
 
 def test_base_to_new_with_harmonic_mean():
     setup = prepare(ExperimentConfig(per_cell=4, protocol="base-to-new"))
-    r = run_method(setup, compose("ogen"), TrainConfig(steps=5, batch_size=10, lr=1e-4), progress=False)
+    r = run_method(setup.for_method(compose("ogen"), TrainConfig(steps=5, batch_size=10, lr=1e-4)), progress=False)
     head = r["headline"]["train"]
     assert set(r["headline"]) == {"train"} and set(head) == {"base", "new", "H"}
     assert head["H"] == pytest.approx(harmonic_mean(head["base"], head["new"]))
@@ -163,7 +162,7 @@ def test_base_to_new_with_harmonic_mean():
 def test_missing_inputs_are_named(setup):
     domain_shift = prepare(ExperimentConfig(per_cell=2, protocol="domain-shift"))
     with pytest.raises(ValueError, match="needs held-out class names"):
-        Method(compose("ogen")).prepare(domain_shift)
+        Method(compose("ogen")).prepare(domain_shift.part_inputs())
     with pytest.raises(ValueError, match=r"call method.prepare\(setup\) first"):
         Method(compose("ogen")).setup(run_context(setup, setup.text_features))
     method = Method(compose("ogen"))

@@ -41,7 +41,7 @@ def test_mms_loss_refuses_an_empty_batch():
 def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_writes_nothing(setup, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"step \d+: the loss is nan .*lower --lr"):
-        run_method(setup, compose("clipood"), TrainConfig(steps=6, batch_size=8, lr=1e30), run_dir=run,
+        run_method(setup.for_method(compose("clipood"), TrainConfig(steps=6, batch_size=8, lr=1e30)), run_dir=run,
                    progress=False)
     assert not (run / "results.json").exists()
     assert not list(run.glob("*.safetensors"))

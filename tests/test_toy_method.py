@@ -39,8 +39,8 @@ def test_focal_at_gamma_zero_trains_exactly_as_cross_entropy(registered):
     setup.loaded.model.double()
     setup.zero_shot_state = {k: v.double() if v.is_floating_point() else v for k, v in setup.zero_shot_state.items()}
     train = TrainConfig(steps=3, batch_size=8, lr=1e-4, seed=1)
-    focal = run_method(setup, set_method_fields(compose("focal-bma"), {"focal.gamma": 0.0}), train, progress=False)
-    ce = run_method(setup, compose("bma"), train, progress=False)
+    focal = run_method(setup.for_method(set_method_fields(compose("focal-bma"), {"focal.gamma": 0.0}), train), progress=False)
+    ce = run_method(setup.for_method(compose("bma"), train), progress=False)
     for k, v in ce["states"]["bma"].items():
         assert torch.allclose(v, focal["states"]["bma"][k], atol=1e-9), k
     assert [r["loss"] for r in ce["history"]] == pytest.approx([r["loss"] for r in focal["history"]], abs=1e-12)

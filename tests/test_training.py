@@ -31,7 +31,7 @@ def test_a_run_moves_accuracy_and_the_bma_model_keeps_more_of_zero_shot():
     from clipood_kit.engine.scoring import zero_shot_scores
     setup = prepare(ExperimentConfig(per_cell=30))
     zs = zero_shot_scores(setup)["accuracy"]["unseen"]["new"]
-    r = run_method(setup, compose("bma"), TrainConfig(steps=120, batch_size=32, lr=1e-4, seed=0), progress=False)
+    r = run_method(setup.for_method(compose("bma"), TrainConfig(steps=120, batch_size=32, lr=1e-4, seed=0)), progress=False)
     last, bma = (r["models"][m]["accuracy"]["unseen"]["new"] for m in ("last", "bma"))
     assert last < zs - 4, (zs, last)
     assert bma > last + 1, (last, bma)
@@ -41,7 +41,7 @@ def test_a_run_moves_accuracy_and_the_bma_model_keeps_more_of_zero_shot():
 
 def test_history_has_the_bma_weight_and_zero_shot_share(small):
     exp, setup = small
-    r = run_method(setup, exp.method, exp.train, progress=False)
+    r = run_method(setup.for_method(exp.method, exp.train), progress=False)
     h = r["history"]
     assert [row["step"] for row in h] == list(range(1, 9))
     assert all({"loss", "lr", "average_weight", "zero_shot_share"} <= set(row) for row in h)
@@ -61,10 +61,10 @@ def test_batches_are_balanced_over_domains_and_seeded():
 
 def test_stopped_and_resumed_run_is_bit_identical(small, tmp_path):
     exp, setup = small
-    full = run_method(setup, exp.method, exp.train, run_dir=tmp_path / "full", progress=False)
-    part = run_method(setup, exp.method, exp.train, run_dir=tmp_path / "cut", stop_after=3, progress=False)
+    full = run_method(setup.for_method(exp.method, exp.train), run_dir=tmp_path / "full", progress=False)
+    part = run_method(setup.for_method(exp.method, exp.train), run_dir=tmp_path / "cut", stop_after=3, progress=False)
     assert not part["completed"] and (tmp_path / "cut" / "checkpoints" / "step_000003").is_dir()
-    rest = run_method(setup, exp.method, exp.train, run_dir=tmp_path / "cut", resume=True, progress=False)
+    rest = run_method(setup.for_method(exp.method, exp.train), run_dir=tmp_path / "cut", resume=True, progress=False)
     for name in ("last", "bma"):
         for k, v in full["states"][name].items():
             assert torch.equal(v, rest["states"][name][k]), (name, k)
@@ -85,14 +85,14 @@ kill_at = int(sys.argv[2])
 def on_step(row, encoder, method):
     if row["step"] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-run_method(prepare(exp), exp.method, exp.train, run_dir=sys.argv[1], resume=True, progress=False, on_step=on_step)
+run_method(prepare(exp).for_method(exp.method, exp.train), run_dir=sys.argv[1], resume=True, progress=False, on_step=on_step)
 """
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(small, tmp_path):
     exp, setup = small
     train = TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=1, checkpoint_every=2)
-    full = run_method(setup, exp.method, train, run_dir=tmp_path / "full", progress=False)
+    full = run_method(setup.for_method(exp.method, train), run_dir=tmp_path / "full", progress=False)
     run = tmp_path / "killed"
     killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run), "5"], capture_output=True)
     assert killed.returncode == -signal.SIGKILL
@@ -123,14 +123,43 @@ def test_two_processes_equal_one_process(tmp_path):
     assert moved > 0      # the run did train: BMA differs from the last step
 
 
-def test_a_method_s_own_modules_are_averaged_over_processes(tmp_path):
-    """OGEN's generator sits outside DDP; the trainer averages its gradients, so every process keeps the same one."""
-    out = tmp_path / "ogen.safetensors"
-    proc = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), "2", str(out), "ogen"], capture_output=True,
-                          text=True, timeout=600)
+def _launch(tmp_path, n, method):
+    out = tmp_path / f"{method}{n}.safetensors"
+    proc = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), str(n), str(out), method],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [load_file(f"{out}.rank{r}") for r in (0, 1)]
-    assert ranks[0].keys() == ranks[1].keys()
+    return out
+
+
+def _assert_close(a, b):
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), (k, (a[k] - b[k]).abs().max())
+
+
+@pytest.mark.parametrize("method", ["lp-ft", "probe-ce"])
+def test_parts_with_modules_train_the_same_on_two_processes_as_on_one(tmp_path, method):
+    """A part's module in the model (LP-FT's head, prepared with the model) and a part's own training module
+    (the toy probe, prepared on its own): DDP averages every gradient, nothing is averaged by hand, and two
+    processes give one process's model, and the same own module on both ranks."""
+    one, two = _launch(tmp_path, 1, method), _launch(tmp_path, 2, method)
+    _assert_close(load_file(one), load_file(two))
+    if method == "lp-ft":
+        head = load_file(one)["last/parts.lp-ft.weight"]
+        assert not torch.equal(head, load_file(one)["last/parts.lp-ft.weight"] * 0)
+    else:
+        ranks = [load_file(f"{two}.rank{r}") for r in (0, 1)]
+        for k, v in ranks[0].items():
+            assert torch.equal(v, ranks[1][k]), k
+        _assert_close(load_file(f"{one}.rank0"), ranks[0])
+
+
+def test_ogen_s_generator_is_the_same_on_every_process(tmp_path):
+    """OGEN's generator, prepared by Accelerate, stays identical across processes. (Its draws, u per sample and
+    the attention dropout, are seeded per process and step, so OGEN on k processes is not the 1-process run.)"""
+    two = _launch(tmp_path, 2, "ogen")
+    ranks = [load_file(f"{two}.rank{r}") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and ranks[0]
     for k, v in ranks[0].items():
         assert torch.equal(v, ranks[1][k]), k
 
@@ -138,9 +167,9 @@ def test_a_method_s_own_modules_are_averaged_over_processes(tmp_path):
 def test_bad_train_config_is_refused(small):
     exp, setup = small
     with pytest.raises(ValueError, match="batch_size"):
-        run_method(setup, exp.method, TrainConfig(steps=2, batch_size=0), progress=False)
+        run_method(setup.for_method(exp.method, TrainConfig(steps=2, batch_size=0)), progress=False)
     with pytest.raises(ValueError, match="unknown method 'sgd'"):
-        run_method(setup, compose("sgd"), exp.train, progress=False)
+        run_method(setup.for_method(compose("sgd"), exp.train), progress=False)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -148,7 +177,7 @@ def test_every_registered_method_trains_three_steps_and_is_scored(small, name):
     """Smoke test of the registry: each method trains 3 steps and its models are scored (finite, in range)."""
     import math
     exp, setup = small
-    r = run_method(setup, compose(name), TrainConfig(steps=3, batch_size=8, lr=1e-4, seed=2), progress=False)
+    r = run_method(setup.for_method(compose(name), TrainConfig(steps=3, batch_size=8, lr=1e-4, seed=2)), progress=False)
     assert r["completed"] and len(r["history"]) == 3 and r["primary"] in r["models"]
     assert all(math.isfinite(row["loss"]) for row in r["history"])
     cells = r["models"][r["primary"]]["accuracy"]
@@ -177,8 +206,8 @@ def test_loader_workers_do_not_change_the_batches(small):
     """With 2 loader workers the run equals the run without: each image's augmentation has its own seed."""
     exp, setup = small
     base = TrainConfig(steps=3, batch_size=8, lr=1e-4, seed=6)
-    r0 = run_method(setup, compose("ce"), replace(base, num_workers=0), progress=False)
-    r2 = run_method(setup, compose("ce"), replace(base, num_workers=2), progress=False)
+    r0 = run_method(setup.for_method(compose("ce"), replace(base, num_workers=0)), progress=False)
+    r2 = run_method(setup.for_method(compose("ce"), replace(base, num_workers=2)), progress=False)
     for k, v in r0["states"]["last"].items():
         assert torch.equal(v, r2["states"]["last"][k]), k
     from clipood_kit.engine.training import loader_options
@@ -201,8 +230,10 @@ def test_the_experiments_device_reaches_the_accelerator(monkeypatch):
     import torch
     from clipood_kit.engine.training import accelerator_settings
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert accelerator_settings(torch.device("cpu"), "bf16") == {"cpu": True, "mixed_precision": "bf16"}
+    assert accelerator_settings(torch.device("cpu"), "bf16") == {"cpu": True, "mixed_precision": "bf16",
+                                                                  "kwargs_handlers": []}
     calls = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(d))
-    assert accelerator_settings(torch.device("cuda:1"), "no") == {"cpu": False, "mixed_precision": "no"}
+    assert accelerator_settings(torch.device("cuda:1"), "no") == {"cpu": False, "mixed_precision": "no",
+                                                                   "kwargs_handlers": []}
     assert calls == [torch.device("cuda:1")]

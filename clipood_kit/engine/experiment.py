@@ -27,6 +27,7 @@ from clipood_kit.data import WORLD, open_dataset, splits
 from clipood_kit.methods import Method, MethodConfig, PartInputs, compose, method_from_dict
 from clipood_kit.models.adapted import AdaptedCLIP, PartModule, part_states, tokenize_prompts
 from clipood_kit.models.loader import TINY_NAME, load_clip
+from clipood_kit.engine.encoding import encode
 from clipood_kit.engine.training import TrainConfig
 from clipood_kit.evaluation.zeroshot import default_templates
 
@@ -152,7 +153,6 @@ class Setup:
             return loaded.model.encode_text(loaded.tokenizer(list(prompts)).to(self.device)).float()
 
         def training_features():
-            from clipood_kit.engine.scoring import encode
             return encode(self, self.zero_shot_state, indices=self.train_idx)
 
         return PartInputs(class_names=list(self.dataset.classes), train_class_ids=list(self.train_class_ids),

@@ -268,14 +268,17 @@ def _floats(metrics: dict) -> Dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def accelerator_settings(device: torch.device, precision: str) -> dict:
+def accelerator_settings(device: torch.device, precision: str, every_parameter_every_step: bool = True) -> dict:
     """The Accelerator's settings for a model that the experiment put on `device`: the CPU when the experiment
     chose it (`--device cpu` trains on the CPU even where a GPU is present), else the accelerator; a CUDA index
-    (`cuda:1`) becomes the current CUDA device, which a one-process Accelerator uses."""
+    (`cuda:1`) becomes the current CUDA device, which a one-process Accelerator uses. A method whose steps leave
+    some trained parameters without a gradient (LP-FT's probe, OGEN's warm-up) has DDP look for them."""
+    from accelerate.utils import DistributedDataParallelKwargs
     device = torch.device(device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
-    return {"cpu": device.type == "cpu", "mixed_precision": precision}
+    handlers = [] if every_parameter_every_step else [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    return {"cpu": device.type == "cpu", "mixed_precision": precision, "kwargs_handlers": handlers}
 
 
 def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = False,
@@ -292,7 +295,8 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
     batches and augmentations are functions of (seed, step), the parts draw from their own seeded generators.
     """
     cfg, method, model = task.config, task.method, task.model
-    accelerator = accelerator or Accelerator(**accelerator_settings(next(model.parameters()).device, cfg.precision))
+    accelerator = accelerator or Accelerator(**accelerator_settings(next(model.parameters()).device, cfg.precision,
+                                                                    method.every_parameter_every_step))
     cfg.validate(accelerator.num_processes)
     if (resume or stop_after is not None or cfg.checkpoint_every) and run_dir is None:
         raise ValueError("checkpoints need a run_dir")

@@ -12,6 +12,7 @@ from clipood_kit.methods.averaging import (BetaMovingAverage, ExponentialMovingA
 from clipood_kit.methods.base import Batch, Method, MethodConfig, PartConfig, PartInputs, RunContext
 from clipood_kit.methods.carft import ContextKLConfig
 from clipood_kit.methods.losses import CEConfig, MMSConfig, class_margins, margin_logits, mms_loss, reference_kl
+from clipood_kit.methods.lpft import LPFTConfig
 from clipood_kit.methods.ogen import FeatureGenerator, OGENConfig, SelfDistillConfig
 
 # The paper methods, as presets of parts (each part's config holds the paper's defaults).
@@ -27,6 +28,7 @@ METHODS: Dict[str, MethodConfig] = {
     "car-ft-clipood": MethodConfig("car-ft-clipood", MMSConfig(), (ContextKLConfig(),), BMAConfig()),
     "ogen": MethodConfig("ogen", CEConfig(), (OGENConfig(), SelfDistillConfig())),
     "clipood-grid": MethodConfig("clipood-grid", MMSConfig(), averager=BMAGridConfig()),
+    "lp-ft": MethodConfig("lp-ft", LPFTConfig()),
 }
 
 

@@ -52,6 +52,8 @@ class PartConfig:
     summary: ClassVar[str] = ""
     trains: ClassVar[Tuple[str, ...]] = ()              # the towers this part trains ("image", "text")
     module: ClassVar[Optional[type]] = None             # its PartModule class, when the model holds one
+    every_parameter_every_step: ClassVar[bool] = True   # False: some steps leave trained parameters without a
+                                                        # gradient (DDP must then look for unused parameters)
 
     def build(self) -> "Part":
         raise NotImplementedError
@@ -238,6 +240,10 @@ class Method:
     def trains(self) -> Tuple[str, ...]:
         """The towers the method trains (the union of its parts')."""
         return tuple(t for t in ("image", "text") if any(t in p.cfg.trains for p in self.parts))
+
+    @property
+    def every_parameter_every_step(self) -> bool:
+        return all(p.cfg.every_parameter_every_step for p in self.parts)
 
     def check(self, inputs: PartInputs) -> None:
         for p in self.parts:

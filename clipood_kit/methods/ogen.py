@@ -99,6 +99,7 @@ def nearest_classes(means: torch.Tensor, k: int, rule: str) -> torch.Tensor:
 class OGENConfig(PartConfig):
     kind: ClassVar[str] = "ogen"
     role: ClassVar[str] = "regulariser"
+    every_parameter_every_step: ClassVar[bool] = False      # the warm-up leaves the image tower without gradient
     summary: ClassVar[str] = ("OGEN: class-conditional feature generator, synthetic features of unknown classes "
                               "(regression warm-up, then synthetic-feature CE)")
     k: int = 3                       # nearest known classes per generated feature (official code: 3)
