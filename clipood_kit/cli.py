@@ -118,13 +118,12 @@ def config_summary(exp) -> str:
 
 
 def cmd_finetune(args) -> int:
-    from clipood_kit.engine.runs import check_run_dir, run
+    from clipood_kit.engine.runs import run
     from clipood_kit.engine.scoring import flat_labels
     from clipood_kit.evaluation.zeroshot import format_table
     exp = _experiment_from_args(args)
-    check_run_dir(args.out, args.resume, args.overwrite)
-    print(config_summary(exp))
-    result = run(exp, args.out, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after)
+    result = run(exp, args.out, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after,
+                 on_prepared=lambda setup: print(config_summary(exp), flush=True))
     if not result["completed"]:
         print(f"stopped after step {result['history'][-1]['step']}; resume with the same command and --resume")
         return 0

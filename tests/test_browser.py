@@ -32,7 +32,7 @@ KEY_FIGURES = {"01_world_and_zero_shot.ipynb": ["Zero-shot accuracy (%) per styl
                                                 "Zero-shot accuracy (%) per domain: class and domain"],
                "02_margins.ipynb": ["cos(t_i, t_j)", "Class-adaptive margins", "Accuracy (%) against lambda",
                                     "the chosen image: class probabilities"],
-               "03_beta_moving_average.ipynb": ["BMA weights", "BMA: unseen styles / new", "BMA: train styles / base",
+               "03_beta_moving_average.ipynb": ["BMA weights", "BMA: unseen domains / new", "BMA: train domains / base",
                                                 "Accuracy over training"],
                "04_fine_tuning.ipynb": ["Training loss", "WiSE-FT: accuracy (%) against the mix"],
                "05_features_umap.ipynb": ["How far fine-tuning moved", "UMAP of what the classifier reads"],

@@ -157,6 +157,24 @@ def test_gl_mcm_lambda_is_a_parameter():
     cos = torch.tensor([[0.3, 0.1], [0.2, 0.25]])
     local = torch.tensor([0.9, 0.4])
     for lam in (0.5, 1.0):
-        assert torch.allclose(ood.all_scores(cos, 10.0, local, lam)["GL-MCM"], ood.mcm(cos) + lam * local)
-    half = ood.evaluate(cos, cos.flip(0), 10.0, local, local.flip(0), gl_lambda=0.5)
+        got = ood.all_scores(cos, 10.0, local, {"GL-MCM.lambda": lam})["GL-MCM"]
+        assert torch.allclose(got, ood.mcm(cos) + lam * local)
+    half = ood.evaluate(cos, cos.flip(0), 10.0, local, local.flip(0), params={"GL-MCM.lambda": 0.5})
     assert "GL-MCM" in half
+
+
+def test_the_score_registry_takes_a_new_score_with_a_parameter_and_the_experiment_sets_it(monkeypatch):
+    """A score with a parameter is one registry entry; `--set ood.SCORE.PARAM=V` reaches it with no new field."""
+    from clipood_kit.engine.builder import build_experiment
+    monkeypatch.setitem(ood.SCORES, "top2-gap", ood.Score(
+        lambda c, scale, local, weight: weight * (c.topk(2, dim=1).values[:, 0] - c.topk(2, dim=1).values[:, 1]),
+        {"weight": 1.0}))
+    cos = torch.tensor([[0.3, 0.1, 0.0], [0.2, 0.25, 0.1]])
+    got = ood.all_scores(cos, 10.0, params={"top2-gap.weight": 2.0})["top2-gap"]
+    assert torch.allclose(got, torch.tensor([0.4, 0.1]))
+    exp = build_experiment(settings=["ood.top2-gap.weight=3", "ood.GL-MCM.lambda=0.5"])
+    assert exp.ood_params == {"top2-gap.weight": 3.0, "GL-MCM.lambda": 0.5}
+    with pytest.raises(ValueError, match="unknown OOD score parameter 'MCM.lambda'"):
+        build_experiment(settings=["ood.MCM.lambda=1"])
+    with pytest.raises(ValueError, match="must be > 0"):
+        ood.score_params({"MCM.temperature": 0.0})

@@ -79,10 +79,10 @@ def test_a_figure_widget_is_resized_to_the_page_once_a_view_has_drawn():
 
 def test_set_cells_moves_one_models_dots_in_both_panels():
     from clipood_kit.viz.figures import cells_figure, set_cells
-    rows = {"zero-shot": {"train styles / base": 80.0, "unseen styles / new": 90.0, "OOD AUROC (MCM)": 50.0},
-            "CE": {"train styles / base": 95.0, "unseen styles / new": 85.0, "OOD AUROC (MCM)": 48.0}}
+    rows = {"zero-shot": {"train domains / base": 80.0, "unseen domains / new": 90.0, "OOD AUROC (MCM)": 50.0},
+            "CE": {"train domains / base": 95.0, "unseen domains / new": 85.0, "OOD AUROC (MCM)": 48.0}}
     fig = cells_figure(rows, "t")
-    set_cells(fig, 1, {"train styles / base": 70.0, "unseen styles / new": 60.0, "OOD AUROC (MCM)": 55.0}, "MMS")
+    set_cells(fig, 1, {"train domains / base": 70.0, "unseen domains / new": 60.0, "OOD AUROC (MCM)": 55.0}, "MMS")
     moved = [t for t in fig.data if t.meta["model"] == 1]
     assert [list(t.x) for t in moved] == [[70.0, 60.0], [55.0]]
     assert [list(t.text) for t in moved] == [["70.0", "60.0"], ["55.0"]] and all(t.name == "MMS" for t in moved)

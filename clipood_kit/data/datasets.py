@@ -140,15 +140,15 @@ class FolderDataset(DomainDataset):
         self.name = f"folder({self.root.resolve()})"
 
     def verify(self, indices: Sequence[int], workers: int = 8) -> None:
-        """Check that every image among `indices` opens and passes PIL's integrity check (headers and, for PNG,
-        chunk checksums; pixels are not decoded), in parallel threads, so a broken file is found before training
-        rather than in the middle of it or after."""
+        """Check that every image among `indices` decodes (its pixels, not only its header: a truncated JPEG has a
+        good header), in parallel threads, so a broken file is found before any model is loaded or trained,
+        rather than in the middle of the run or after. The error lists every broken file."""
         from concurrent.futures import ThreadPoolExecutor
 
         def bad(i: int) -> Optional[str]:
             try:
                 with Image.open(self.paths[i]) as img:
-                    img.verify()
+                    img.load()
                 return None
             except Exception as e:      # noqa: BLE001 - any failure to open is a broken file
                 return f"{self.paths[i]} ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
@@ -156,7 +156,7 @@ class FolderDataset(DomainDataset):
         with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
             broken = [b for b in pool.map(bad, [int(i) for i in indices]) if b]
         if broken:
-            raise DatasetError(f"{len(broken)} unreadable image(s) in {self.root}, e.g. {'; '.join(broken[:3])}. "
+            raise DatasetError(f"{len(broken)} unreadable image(s) in {self.root}: {'; '.join(broken)}. "
                                f"Replace or delete them, then run again")
 
     def load(self, index: int) -> torch.Tensor:

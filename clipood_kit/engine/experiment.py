@@ -58,7 +58,8 @@ class ExperimentConfig:
     device: str = "auto"                     # "auto": the accelerator when present, else the CPU
     cache_dir: Optional[str] = None          # feature cache (None: ~/.cache/clipood-kit/features; "off": none)
     fpr_rule: str = ood.DEFAULT_FPR_RULE     # FPR95 threshold rule: "at-least" (ours) or "nearest" (official MCM)
-    gl_lambda: float = ood.GL_MCM_LAMBDA     # GL-MCM's weight of the local part (official ImageNet script: 0.5)
+    ood_params: Dict[str, float] = field(default_factory=dict)   # OOD score parameters, 'SCORE.PARAM': value
+                                             # (`ood.SCORES`; e.g. GL-MCM.lambda 0.5, the official ImageNet script's)
 
     def __post_init__(self):
         if isinstance(self.method, str):
@@ -70,8 +71,8 @@ class ExperimentConfig:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         ood.check_fpr_rule(self.fpr_rule)
-        if not (self.gl_lambda >= 0 and math.isfinite(self.gl_lambda)):
-            raise ValueError(f"gl_lambda must be finite and >= 0 (GL-MCM: 1.0, official ImageNet 0.5), got {self.gl_lambda}")
+        self.ood_params = dict(self.ood_params)
+        ood.score_params(self.ood_params)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -206,7 +207,9 @@ class Setup:
 
 
 def prepare(cfg: ExperimentConfig) -> Setup:
-    loaded = load_clip(cfg.model, cfg.pretrained, device=cfg.device)
+    """The data, splits and the zero-shot model of a spec. Everything about the data is checked first (domains,
+    splits, every image the run will read, decoded), then the weights are loaded, so a bad input stops the run
+    before any slow work."""
     dataset = open_dataset(cfg.data, cfg.per_cell, cfg.data_seed)
     names = dataset.domains
     if cfg.source_domains is None:
@@ -243,6 +246,7 @@ def prepare(cfg: ExperimentConfig) -> Setup:
                                              train_idx[dataset.domain_ids[train_idx] == d]) for d in source_ids]).sort().values
     eval_idx = torch.cat([held, targets]).sort().values
     dataset.verify(torch.cat([train_idx, eval_idx]).tolist())    # every image the run will read, before any work
+    loaded = load_clip(cfg.model, cfg.pretrained, device=cfg.device)
     train_domains = dataset.domain_ids[train_idx]
     pools = [(train_domains == d).nonzero().squeeze(1) for d in source_ids]
     templates = cfg.templates or default_templates(cfg.model, cfg.data)

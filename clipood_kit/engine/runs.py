@@ -92,6 +92,13 @@ def build_task(setup: Setup, method: Method, train: Optional[TrainConfig] = None
                      config=train or effective_train(setup.cfg.train, setup))
 
 
+def check_methods(setup: Setup, methods) -> None:
+    """Every method's own requirements on this experiment, before any of them trains (a bench, a lesson)."""
+    inputs = setup.part_inputs()
+    for method in methods:
+        Method(method).check(inputs)
+
+
 def effective_train(train: TrainConfig, setup: Setup) -> TrainConfig:
     """The training config as it runs: `batch_per_domain` x the source domains becomes the global batch."""
     if train.batch_per_domain is not None:
@@ -114,12 +121,17 @@ def check_training_allowed(what: str) -> None:
 
 
 def run(spec: ExperimentConfig, out: Optional[Path] = None, resume: bool = False, overwrite: bool = False,
-        stop_after: Optional[int] = None, progress: bool = True, on_step: Optional[Callable] = None) -> dict:
-    """Run an experiment spec end to end: check the run folder, prepare, train its method, score, write `out`.
-    `clipood-kit finetune` is this function; the same spec gives the same run, bit for bit."""
+        stop_after: Optional[int] = None, progress: bool = True, on_step: Optional[Callable] = None,
+        on_prepared: Optional[Callable[[Setup], None]] = None) -> dict:
+    """Run an experiment spec end to end: check the run folder, prepare (data checked, weights loaded), check
+    the method's requirements, train, score, write `out`. `clipood-kit finetune` is this function
+    (`on_prepared` prints its summary); the same spec gives the same run, bit for bit."""
     if out is not None:
         check_run_dir(out, resume, overwrite)
     setup = prepare(spec)
+    Method(spec.method).check(setup.part_inputs())
+    if on_prepared is not None:
+        on_prepared(setup)
     return run_method(setup, run_dir=out, resume=resume, stop_after=stop_after, overwrite=overwrite,
                       progress=progress, on_step=on_step, checked=True)
 

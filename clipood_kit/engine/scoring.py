@@ -122,7 +122,7 @@ def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, do
     for shift, m in sets.items():
         local = (None, None) if local_mcm is None else (local_mcm[in_dist], local_mcm[m])
         out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.logit_scale, *local, fpr_rule=setup.cfg.fpr_rule,
-                                  gl_lambda=setup.cfg.gl_lambda)
+                                  params=setup.cfg.ood_params)
     return out
 
 
@@ -131,7 +131,7 @@ def ood_score_sets(setup: Setup, state: Dict[str, torch.Tensor]) -> Dict[str, Di
     sets and scores as `ood_detection` (the OOD notebook's histograms and ROC curves)."""
     enc = encode(setup, state)
     cos = enc["features"] @ state_classifier(setup, state)[setup.base_ids].T
-    scores = ood.all_scores(cos, setup.logit_scale, enc.get("local_mcm"), setup.cfg.gl_lambda)
+    scores = ood.all_scores(cos, setup.logit_scale, enc.get("local_mcm"), setup.cfg.ood_params)
     return {name: {score: values[m] for score, values in scores.items()}
             for name, m in ood_sets(setup, enc["labels"], enc["domains"]).items()}
 

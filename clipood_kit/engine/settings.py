@@ -1,7 +1,8 @@
 """`--set KEY=VALUE`: any field of an experiment, its training config or its method's parts, typed and validated.
 
 Keys: `train.FIELD` (TrainConfig), `PART.FIELD` for a part of the method (`mms.margin_lambda`, `bma.alpha`,
-`ogen.k`, ...), or an experiment field (`per_cell`, `holdout_fraction`, `fpr_rule`, ...). Values are parsed by
+`ogen.k`, ...), `ood.SCORE.PARAM` for an OOD score's parameter (`ood.GL-MCM.lambda`, `evaluation/ood.py`), or an
+experiment field (`per_cell`, `holdout_fraction`, `fpr_rule`, ...). Values are parsed by
 the field's type: numbers, `none` for optional fields, comma-separated tuples (`wise-ft.mixes=0,0.5,1`).
 """
 from __future__ import annotations
@@ -12,9 +13,10 @@ import typing
 from dataclasses import replace
 from typing import Any, Dict, Iterable, Tuple
 
+from clipood_kit.evaluation.ood import score_params
 from clipood_kit.methods import MethodConfig
 
-SKIP_EXPERIMENT = ("method", "train")
+SKIP_EXPERIMENT = ("method", "train", "ood_params")
 
 
 def _fields(obj) -> Dict[str, Any]:
@@ -98,7 +100,12 @@ def apply_settings(exp, items: Iterable[str]):
     for item in items:
         key, text = split_setting(item)
         head, _, name = key.partition(".")
-        if head == "train":
+        if head == "ood":
+            ood_params = dict(top.get("ood_params", exp.ood_params))
+            ood_params[name] = parse_value(key, text, float)
+            score_params(ood_params)
+            top["ood_params"] = ood_params
+        elif head == "train":
             fields = _fields(exp.train)
             if name not in fields:
                 raise ValueError(f"--set {key}: the training config has no field {name!r}; its fields are {list(fields)}")

@@ -111,8 +111,9 @@ def image_image_cosine(features: torch.Tensor) -> float:
 def run_card(model: str = TINY_NAME, pretrained: Optional[str] = "default", data: str = WORLD, per_cell: int = 20,
              seed: int = 1, templates: Optional[Sequence[str]] = None, device: str = "auto") -> Dict:
     """Load a model and a dataset and return their card (the `clipood-kit clip-card` command)."""
-    loaded = load_clip(model, pretrained, device=device)
     dataset = open_dataset(data, per_cell, seed)
+    dataset.verify(range(len(dataset)))          # every broken image, listed, before the model loads
+    loaded = load_clip(model, pretrained, device=device)
     templates = templates or default_templates(model, data)
     return clip_card(loaded, dataset, templates, is_world=data == WORLD)
 

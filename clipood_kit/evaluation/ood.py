@@ -12,6 +12,11 @@ Scores (higher = more in-distribution), from s_i = cos(f, t_i), the raw cosines 
              2023; lambda 1 by default, a parameter), only where the image tower gives local features (`evaluation.has_local_features`);
              the tiny CLIP's ModifiedResNet has no patch tokens, so its tables have no GL-MCM row.
 
+The scores live in one registry, `SCORES` (like the FPR rules): each entry names its function, its parameters
+with their defaults and whether it needs local features. An experiment overrides a parameter with
+`--set ood.SCORE.PARAM=VALUE` (`ExperimentConfig.ood_params`, e.g. `ood.GL-MCM.lambda=0.5`, the official
+ImageNet script's); a new score is one function and one registry entry.
+
 Metrics, with ID as the positive class: FPR at 95 % TPR, AUROC, AUPR (average precision). FPR95 has two
 threshold rules (`FPR_RULES`): "at-least" (ours, the default: the highest threshold that keeps at least 95 % of
 ID samples, scikit-learn's ROC convention) and "nearest" (the MCM and GL-MCM code's Hendrycks
@@ -21,7 +26,8 @@ is nearest 95 %, ties to the lower threshold). Tables name the rule they use.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -47,10 +53,7 @@ def neg_entropy(cosines: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     return (log_p.exp() * log_p).sum(1)
 
 
-GL_MCM_LAMBDA = 1.0   # the GL-MCM paper's default; its official ImageNet script uses 0.5 (ExperimentConfig.gl_lambda)
-
-
-def gl_mcm(cosines: torch.Tensor, local_part: torch.Tensor, lam: float = GL_MCM_LAMBDA,
+def gl_mcm(cosines: torch.Tensor, local_part: torch.Tensor, lam: float = 1.0,
            temperature: float = 1.0) -> torch.Tensor:
     """GL-MCM = MCM of the global cosines (N x C) + lam * the local part (N, from `local_mcm`)."""
     return mcm(cosines, temperature) + lam * local_part
@@ -61,15 +64,55 @@ def local_mcm(local_cosines: torch.Tensor, temperature: float = 1.0) -> torch.Te
     return torch.softmax(local_cosines / temperature, dim=-1).amax(dim=(1, 2))
 
 
-def all_scores(cosines: torch.Tensor, logit_scale: float, local: torch.Tensor = None,
-               gl_lambda: float = GL_MCM_LAMBDA) -> Dict[str, torch.Tensor]:
-    """Every score of the module docstring for a batch of cosines (N x C); GL-MCM when `local` holds the
-    images' local MCM part (N, from `local_mcm` or `evaluation.encode_images(local_classifier=...)`)."""
-    out = {"MCM": mcm(cosines), "MSP": msp(cosines, logit_scale), "max-logit": max_logit(cosines),
-           "energy": energy(cosines), "entropy": neg_entropy(cosines)}
-    if local is not None:
-        out["GL-MCM"] = gl_mcm(cosines, local, gl_lambda)
+@dataclass(frozen=True)
+class Score:
+    """An OOD score: `compute(cosines, logit_scale, local, **params)` -> N scores (higher = more ID)."""
+
+    compute: Callable[..., torch.Tensor]
+    params: Mapping[str, float] = field(default_factory=dict)
+    needs_local: bool = False
+    summary: str = ""
+
+
+SCORES: Dict[str, Score] = {
+    "MCM": Score(lambda c, scale, local, temperature: mcm(c, temperature), {"temperature": 1.0},
+                 summary="max softmax of the cosines at temperature T (MCM)"),
+    "MSP": Score(lambda c, scale, local: msp(c, scale), summary="max softmax at the classifier's logit scale"),
+    "max-logit": Score(lambda c, scale, local: max_logit(c), summary="largest cosine"),
+    "energy": Score(lambda c, scale, local, temperature: energy(c, temperature), {"temperature": 1.0},
+                    summary="T logsumexp(s / T)"),
+    "entropy": Score(lambda c, scale, local, temperature: neg_entropy(c, temperature), {"temperature": 1.0},
+                     summary="negative entropy of softmax(s / T)"),
+    "GL-MCM": Score(lambda c, scale, local, **p: gl_mcm(c, local, p["lambda"], p["temperature"]),
+                    {"lambda": 1.0, "temperature": 1.0}, needs_local=True,
+                    summary="MCM + lambda x the patches' local MCM (ViT towers)"),
+}
+
+
+def score_params(overrides: Optional[Mapping[str, float]] = None) -> Dict[str, Dict[str, float]]:
+    """Every score's parameters: the registry's defaults with `{'SCORE.PARAM': value}` overrides, validated."""
+    out = {name: dict(s.params) for name, s in SCORES.items()}
+    for key, value in (overrides or {}).items():
+        name, _, param = key.partition(".")
+        if name not in SCORES or param not in SCORES[name].params:
+            known = [f"{n}.{q}" for n, s in SCORES.items() for q in s.params]
+            raise ValueError(f"unknown OOD score parameter {key!r}; the scores' parameters are {known}")
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"OOD score parameter {key} must be finite and >= 0, got {value!r}")
+        if param == "temperature" and value == 0:
+            raise ValueError(f"OOD score parameter {key} must be > 0 (it divides the cosines)")
+        out[name][param] = float(value)
     return out
+
+
+def all_scores(cosines: torch.Tensor, logit_scale: float, local: torch.Tensor = None,
+               params: Optional[Mapping[str, float]] = None) -> Dict[str, torch.Tensor]:
+    """Every registered score for a batch of cosines (N x C), with `params` overrides ('GL-MCM.lambda'); the
+    scores that need local features only when `local` holds the images' local MCM part (N, from `local_mcm` or
+    `evaluation.encode_images(local_classifier=...)`)."""
+    values = score_params(params)
+    return {name: s.compute(cosines, logit_scale, local, **values[name]) for name, s in SCORES.items()
+            if local is not None or not s.needs_local}
 
 
 def _check(id_scores: torch.Tensor, ood_scores: torch.Tensor):
@@ -159,11 +202,11 @@ def metrics(fpr_rule: str = DEFAULT_FPR_RULE) -> Dict[str, Callable[[torch.Tenso
 
 def evaluate(id_cosines: torch.Tensor, ood_cosines: torch.Tensor, logit_scale: float, id_local: torch.Tensor = None,
              ood_local: torch.Tensor = None, fpr_rule: str = DEFAULT_FPR_RULE,
-             gl_lambda: float = GL_MCM_LAMBDA) -> Dict[str, Dict[str, float]]:
+             params: Optional[Mapping[str, float]] = None) -> Dict[str, Dict[str, float]]:
     """Every score x every metric (metrics in %), for ID and OOD cosines to the same ID class features
-    (GL-MCM too when both local MCM parts are given); FPR95 by `fpr_rule`."""
+    (GL-MCM too when both local MCM parts are given); FPR95 by `fpr_rule`, score parameters by `params`."""
     fns = metrics(fpr_rule)
-    id_scores = all_scores(id_cosines, logit_scale, id_local, gl_lambda)
-    ood_scores = all_scores(ood_cosines, logit_scale, ood_local, gl_lambda)
+    id_scores = all_scores(id_cosines, logit_scale, id_local, params)
+    ood_scores = all_scores(ood_cosines, logit_scale, ood_local, params)
     return {name: {m: 100.0 * fn(id_scores[name], ood_scores[name]) for m, fn in fns.items()}
             for name in id_scores}

@@ -33,8 +33,9 @@ def default_templates(model: str, data: str) -> List[str]:
 def run_zeroshot(cfg: ZeroShotConfig, progress: bool = True) -> Dict:
     """Accuracy (%) per domain and their mean, with the config and model id (JSON-ready)."""
     start = time.perf_counter()
-    loaded = load_clip(cfg.model, cfg.pretrained, device=cfg.device)
     dataset = open_dataset(cfg.data, cfg.per_cell, cfg.seed)
+    dataset.verify(range(len(dataset)))          # every broken image, listed, before the model loads
+    loaded = load_clip(cfg.model, cfg.pretrained, device=cfg.device)
     templates = cfg.templates or default_templates(cfg.model, cfg.data)
     accuracy = evaluation.zeroshot_accuracy(
         loaded.model, loaded.tokenizer, TransformedSubset(dataset, range(len(dataset)), loaded.preprocess),

@@ -16,7 +16,7 @@ from clipood_kit.core import store
 from clipood_kit.engine.experiment import ExperimentConfig, inputs_identity, prepare
 from clipood_kit.methods import compose
 from clipood_kit.studies.projection import umap_projection
-from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.runs import check_methods, run_method
 from clipood_kit.engine.scoring import StateScorer, ood_score_sets, zero_shot_scores
 from clipood_kit.studies.sweeps import bma_grid, bma_over_training, record_run, trajectory_for, wise_curve
 
@@ -64,6 +64,7 @@ def fine_tuning_lesson(exp: ExperimentConfig, methods: Sequence[str], mixes: Seq
     the first method's last step with the zero-shot model at every mix)."""
     def compute() -> dict:
         setup = prepare(exp)
+        check_methods(setup, [compose(m) for m in methods])
         ends = trajectory_for(setup.for_method(compose(methods[0])), every=exp.train.steps)   # t = 0 and T
         scores, histories = {"zero-shot": zero_shot_scores(setup)}, {}
         for i, name in enumerate(methods):
@@ -102,6 +103,7 @@ def ood_lesson(exp: ExperimentConfig, methods: Sequence[str]) -> dict:
     properties of the model that explain them: its logit scale and the mean cosine between class text features."""
     def compute() -> dict:
         setup = prepare(exp)
+        check_methods(setup, [compose(m) for m in methods])
         sets = {"zero-shot": ood_score_sets(setup, setup.zero_shot_state)}
         for name in methods:
             result = run_method(setup.for_method(compose(name)), progress=False)

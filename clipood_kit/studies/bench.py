@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.core.io import write_json, write_text
 from clipood_kit.engine.builder import with_seed
-from clipood_kit.methods import Method, MethodConfig
-from clipood_kit.engine.runs import run_method
+from clipood_kit.methods import MethodConfig
+from clipood_kit.engine.runs import check_methods, run_method
 from clipood_kit.engine.scoring import zero_shot_scores
 from clipood_kit.engine.presets import demo_experiment
 from clipood_kit.engine.settings import set_method_fields
@@ -58,9 +58,7 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True) -> dict:
     per_seed, runs, umap_data, setup0 = [], {}, None, None
     for seed in tqdm(cfg.seeds, desc="seeds", disable=not progress or len(cfg.seeds) == 1):
         setup = prepare(with_seed(cfg.experiment, seed))
-        inputs = setup.part_inputs()
-        for method in cfg.methods.values():          # every method's requirements, before any training
-            Method(method).check(inputs)
+        check_methods(setup, cfg.methods.values())     # every method's requirements, before any training
         rows = {"zero-shot": zero_shot_scores(setup)}
         kept = {}
         for label, method in tqdm(cfg.methods.items(), desc=f"methods (seed {seed})", disable=not progress):

@@ -111,7 +111,7 @@ def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: 
         raise ValueError(f"unknown sweep {kind!r}; choose one of {SWEEP_KINDS}")
     if not values:
         raise ValueError("a sweep needs at least one value")
-    label = "unseen styles / new"
+    label = "unseen domains / new"
     sections = []
     result: dict = {"kind": kind, "experiment": exp.to_dict()}
     if kind == "lambda":
@@ -141,7 +141,7 @@ def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: 
         else:
             points = wise_curve(run["trajectory"], scorer, values)
             result.update(mixes=list(values), points=points)
-            curves = {c: [cells_of(p)[c] for p in points] for c in (label, "train styles / base")}
+            curves = {c: [cells_of(p)[c] for p in points] for c in (label, "train domains / base")}
             sections.append(("WiSE-FT mix", "", figures.curve_figure(
                 values, curves, f"WiSE-FT of {exp.method.name}: accuracy (%) against the mix", "mix a "
                 "(0 = zero-shot, 1 = fine-tuned)", "accuracy (%)", references=refs)))

@@ -40,7 +40,7 @@ def model_colour(name: str) -> str:
 
 
 def cell_colour(cell: str) -> str:
-    """The colour of a cell by its label ('unseen domains / new', 'unseen styles / new')."""
+    """The colour of a cell by its label ('unseen domains / new')."""
     group, _, cls = cell.partition(" / ")
     key = ("unseen" if group.startswith("unseen") else "train", cls.strip())
     return CELL_COLOURS.get(key, "#000000")

@@ -70,7 +70,7 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
         fpr = {m: {score: f"{v[score]['FPR95']['mean']:.1f}" for score in v} for m, v in ood.items()}
         scores = list(next(iter(auroc.values())))
         sections.append(("Which OOD score after which method",
-                         "<p>Every score on the semantic shift (new classes in the training styles against "
+                         "<p>Every score on the semantic shift (new classes in the training domains against "
                          "held-out base-class images there), mean over seeds. Table: FPR at 95 % TPR (%, lower is "
                          "better); heatmap: AUROC (%).</p>"
                          + figures.table_html(fpr, scores), figures.score_heatmap(auroc, "AUROC (%)")))

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipood_kit.engine.scoring import label
 from clipood_kit.evaluation import ood
 from clipood_kit.methods import beta_weights, class_margins, margin_logits, zero_shot_share
 
@@ -87,9 +88,9 @@ VIEW_CELLS = (("train", "base"), ("train", "new"), ("unseen", "base"), ("unseen"
 
 
 def cells_of(scores: dict) -> Dict[str, float]:
-    """The cells the notebooks' sliders show, labelled: accuracy of VIEW_CELLS and MCM's AUROC (semantic shift)."""
-    from clipood_kit.engine.scoring import label
-    out = {label(*c).replace(" domains", " styles"): scores["accuracy"][c[0]][c[1]] for c in VIEW_CELLS}
+    """The cells the notebooks' sliders show, labelled ('unseen domains / new'): accuracy of VIEW_CELLS and MCM's
+    AUROC (semantic shift)."""
+    out = {label(*c): scores["accuracy"][c[0]][c[1]] for c in VIEW_CELLS}
     if "semantic" in scores.get("ood", {}):
         out["OOD AUROC (MCM)"] = scores["ood"]["semantic"]["MCM"]["AUROC"]
     return out
