@@ -174,7 +174,7 @@ def copy_of(runs, name, tmp_path) -> Path:
     ("stopped", ["--steps", "3", "--resume", "--lr", "1e-3"], "differs from the checkpoint's in 1 field\\(s\\): "
                                                                 "train.lr: 0.0001 -> 0.001"),
     ("stopped", ["--steps", "3", "--resume", "--seed", "7"], "experiment.split_seed: 0 -> 7; train.seed: 0 -> 7"),
-    ("stopped", ["--steps", "3", "--resume", "--method", "ce"], "method.averager: .* method.name: 'clipood' -> 'ce'"),
+    ("stopped", ["--steps", "3", "--resume", "--method", "ce"], "experiment.method.averager: .* experiment.method.name: 'clipood' -> 'ce'"),
     ("stopped", ["--steps", "3", "--resume", "--per-cell", "3"], "experiment.per_cell: 2 -> 3"),
     ("stopped", ["--steps", "4", "--resume"], "train.steps: 3 -> 4"),
 ])

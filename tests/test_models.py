@@ -65,3 +65,11 @@ def test_word_tokenizer_pools_at_the_end_token_and_names_unknown_words(tiny):
     assert tok.vocab_size == tiny.model.vocab_size
     with pytest.raises(TokenizerError, match=r"\['giraffe'\]"):
         tok("a photo of a giraffe")
+
+
+def test_weights_of_another_architecture_name_the_one_they_look_like():
+    """The tiny CLIP's file loaded as RN50: the message names the architecture whose shapes the file has."""
+    from clipood_kit.models.loader import architectures_like, tiny_weights_path
+    assert architectures_like(tiny_weights_path()) == ["tiny-clip-world"]
+    with pytest.raises(ValueError, match="the file looks like tiny-clip-world: pass --model tiny-clip-world"):
+        load_clip("RN50", str(tiny_weights_path()))

@@ -2,7 +2,7 @@
 FL = -(1 - p_y)^gamma log p_y. This module plus one line in the METHODS registry is all it takes
 (tests/test_toy_method.py adds that line)."""
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from clipood_kit.methods.base import Loss, PartConfig, Regulariser
 class FocalConfig(PartConfig):
     kind: ClassVar[str] = "focal"
     role: ClassVar[str] = "loss"
+    trains: ClassVar[Tuple[str, ...]] = ("image",)          # what it fine-tunes: the image tower
     summary: ClassVar[str] = "focal loss -(1 - p_y)^gamma log p_y on scaled cosines"
     gamma: float = 2.0
 

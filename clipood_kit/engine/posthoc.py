@@ -21,8 +21,16 @@ from typing import Dict, List, Optional
 import torch
 
 from clipood_kit.methods.averaging import beta_weights
+from clipood_kit.models.adapted import AdaptedCLIP
 
 State = Dict[str, torch.Tensor]
+
+
+def trained_state(model: torch.nn.Module) -> State:
+    """What a model trains (`AdaptedCLIP.trained_state`); every entry of any other module."""
+    if isinstance(model, AdaptedCLIP):
+        return model.trained_state()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 class Trajectory:
@@ -60,7 +68,7 @@ class Trajectory:
             if step % self.every == 0 or step == self.total_steps:
                 self._add(step, model.state_dict(), self.names)
             if step == self.total_steps:
-                self.template = model.trained_state()
+                self.template = trained_state(model)
         return on_step
 
     @property

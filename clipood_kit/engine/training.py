@@ -311,6 +311,9 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
     groups += [{"params": [p for p in m.parameters() if p.requires_grad], "lr_scale": part.lr_scale}
                for part, _, m in own]
+    if not any(g["params"] for g in groups):
+        raise ValueError(f"method {method.name!r} trains nothing: none of its parts declares a tower it trains "
+                         f"(PartConfig.trains, e.g. ('image',)) or a module of its own")
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     freeze_batchnorm(model)

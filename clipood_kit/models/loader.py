@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import open_clip
 import torch
@@ -135,6 +135,56 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
     return device
 
 
+def _shapes(path) -> Dict[str, tuple]:
+    """Entry name -> shape of a weights file, read without loading tensors where the format allows."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    state = torch.load(path, map_location="meta", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    return {k.removeprefix("module."): tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def _signature_of_file(shapes: Dict[str, tuple]) -> Optional[tuple]:
+    """(embed dim, text width, text layers, vision kind, vision width, vision layers, patch) from entry shapes."""
+    if "text_projection" not in shapes or "token_embedding.weight" not in shapes:
+        return None
+    blocks = lambda prefix: len({m.group(1) for k in shapes for m in [re.match(prefix + r"(\d+)\.", k)] if m})  # noqa: E731
+    text = (shapes["text_projection"][1], shapes["token_embedding.weight"][1], blocks(r"transformer\.resblocks\."))
+    if "visual.conv1.weight" in shapes and any(k.startswith("visual.transformer.") for k in shapes):
+        conv = shapes["visual.conv1.weight"]
+        return text + ("vit", conv[0], blocks(r"visual\.transformer\.resblocks\."), conv[2])
+    if "visual.layer1.0.conv1.weight" in shapes:
+        stages = tuple(blocks(rf"visual\.layer{i}\.") for i in range(1, 5))
+        return text + ("resnet", shapes["visual.conv1.weight"][0] * 2, stages, None)
+    return None
+
+
+def _signature_of_config(cfg: dict) -> Optional[tuple]:
+    v, tc = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    if "hf_model_name" in tc or "timm_model_name" in v:
+        return None
+    text = (cfg.get("embed_dim"), tc.get("width", 512), tc.get("layers", 12))
+    layers = v.get("layers")
+    if isinstance(layers, (list, tuple)):
+        return text + ("resnet", v.get("width", 64), tuple(layers), None)
+    return text + ("vit", v.get("width", 768), layers, v.get("patch_size"))
+
+
+def architectures_like(path) -> List[str]:
+    """The open_clip architectures whose shapes match a weights file's (its tower widths, depths, patch size,
+    embedding size), for the message of a file loaded as the wrong architecture; [] when it cannot tell."""
+    try:
+        sig = _signature_of_file(_shapes(path))
+    except Exception:               # noqa: BLE001 - an unreadable file: the loader's own message says why
+        return []
+    if sig is None:
+        return []
+    like = [m for m in open_clip.list_models() if _signature_of_config(open_clip.get_model_config(m) or {}) == sig]
+    return sorted(like, key=lambda m: (len(m), m))              # the plain name first: ViT-B-32, then variants
+
+
 TRAINED_STATE_FORMAT = "clipood-kit trained state"
 
 
@@ -209,7 +259,10 @@ def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", devi
             name, pretrained=pretrained, device=device, cache_dir=cache_dir, weights_only=True, **kwargs)
     except Exception as e:              # noqa: BLE001 - every failure to read a weights file is one user error
         if is_file:
-            raise ValueError(f"cannot load {pretrained} as {name} weights: {_short_reason(e)}; expected an "
+            looks = architectures_like(pretrained)
+            hint = (f"; the file looks like {' or '.join(looks[:4])}: pass --model {looks[0]}"
+                    if looks and name not in looks else "")
+            raise ValueError(f"cannot load {pretrained} as {name} weights: {_short_reason(e)}{hint}; expected an "
                              f"open_clip state dict of {name} (.safetensors, .pt, .pth or .bin), e.g. a run's "
                              f"model_*.safetensors or open_clip's file for this architecture") from None
         if not isinstance(e, RuntimeError) or "download" not in str(e).lower():
