@@ -23,7 +23,8 @@ def encode(setup, state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor
     subset = setup.eval_idx if indices is None else indices
     if state is setup.zero_shot_state and setup.cache is not None:
         key = {"model": setup.inputs["model"], "data": setup.dataset.describe(), "data_files": setup.inputs["data"],
-               "indices": tensor_digest(subset), "n": len(subset), "transform": repr(setup.loaded.preprocess)}
+               "indices": tensor_digest(subset), "n": len(subset), "transform": repr(setup.loaded.preprocess),
+               "precision": setup.eval_precision}
         return setup.cache.get("zero-shot-images", key, lambda: _encode(setup, state, subset, progress))
     return _encode(setup, state, subset, progress)
 
@@ -55,7 +56,8 @@ def _encode(setup, state: Dict[str, torch.Tensor], subset: torch.Tensor, progres
     shard = subset[rank::world] if world > 1 else subset
     out = evaluation.encode_images(model.visual, TransformedSubset(setup.dataset, shard, setup.loaded.preprocess),
                                    setup.cfg.eval_batch_size, setup.device, progress=progress and rank == 0,
-                                   local_classifier=local, adapt=adapt) if len(shard) else None
+                                   local_classifier=local, adapt=adapt, precision=setup.eval_precision
+                                   ) if len(shard) else None
     if world == 1:
         return out
     parts = gather_object([out])                      # one entry per process, in rank order

@@ -55,6 +55,7 @@ class ExperimentConfig:
     method: MethodConfig = field(default_factory=_default_method)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_batch_size: int = 256
+    eval_precision: Optional[str] = None     # autocast of evaluation: None = the training precision; "no", "bf16", "fp16"
     device: str = "auto"                     # "auto": the accelerator when present, else the CPU
     cache_dir: Optional[str] = None          # feature cache (None: ~/.cache/clipood-kit/features; "off": none)
     fpr_rule: str = ood.DEFAULT_FPR_RULE     # FPR95 threshold rule: "at-least" (ours) or "nearest" (official MCM)
@@ -71,6 +72,9 @@ class ExperimentConfig:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         ood.check_fpr_rule(self.fpr_rule)
+        if self.eval_precision not in (None, "no", "bf16", "fp16"):
+            raise ValueError(f"eval_precision must be none (the training precision), 'no', 'bf16' or 'fp16', got "
+                             f"{self.eval_precision!r}")
         self.ood_params = dict(self.ood_params)
         ood.score_params(self.ood_params)
 
@@ -133,6 +137,11 @@ class Setup:
     def device(self) -> torch.device:
         """Where the model and evaluation live (the experiment's device, 'auto' resolved)."""
         return next(self.loaded.model.parameters()).device
+
+    @property
+    def eval_precision(self) -> str:
+        """The autocast of evaluation: the spec's `eval_precision`, else the training precision."""
+        return self.cfg.eval_precision or self.cfg.train.precision
 
     @property
     def logit_scale(self) -> float:

@@ -28,7 +28,7 @@ from clipood_kit.engine.scoring import evaluate_state, headline
 from clipood_kit.engine.training import CHECKPOINTS, FineTuneOutput, TrainConfig, TrainTask, fine_tune
 
 # fields that may change between a run and its resumption: they do not change what is computed
-RESUMABLE_CHANGES = {"experiment": ("eval_batch_size", "device", "cache_dir"), "train": ("checkpoint_every", "num_workers")}
+RESUMABLE_CHANGES = {"experiment": ("eval_batch_size", "eval_precision", "device", "cache_dir"), "train": ("checkpoint_every", "num_workers")}
 
 
 def run_identity(setup: Setup) -> dict:

@@ -179,7 +179,7 @@ class StateScorer:
     def features(self, state: Dict[str, torch.Tensor]) -> torch.Tensor:
         model = self.setup.scratch_for(state).eval()
         dtype, device = next(model.visual.parameters()).dtype, self.setup.device
-        with torch.inference_mode():
+        with torch.inference_mode(), evaluation.autocast(device, self.setup.eval_precision):
             out = [torch.nn.functional.normalize(model.image_features(batch.to(device, dtype)).float(), dim=-1).cpu()
                    for batch in self.images.split(self.batch_size)]
         return torch.cat(out)

@@ -47,6 +47,17 @@ def context_classifier(model: torch.nn.Module, tokenizer, classnames: Sequence[s
     return context_features(torch.stack(per_template))
 
 
+def autocast(device, precision: str):
+    """The autocast context of a run's precision ("no": none) on `device`."""
+    import contextlib
+    if precision in (None, "no"):
+        return contextlib.nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {precision!r}")
+    return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
+
+
 def has_local_features(visual: torch.nn.Module) -> bool:
     """True for open_clip ViT towers whose last block is a standard residual attention block with class-token
     pooling: the towers `local_image_features` handles. ResNet towers (the tiny CLIP's) have no patch tokens."""
@@ -87,10 +98,12 @@ def local_image_features(visual: torch.nn.Module, images: torch.Tensor) -> Tuple
 def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 256, device: torch.device | str | None = None,
                   num_workers: int = 0, progress: bool = False, desc: str = "encode",
                   local_classifier: Optional[torch.Tensor] = None,
-                  adapt: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+                  adapt: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                  precision: str = "no") -> Dict[str, torch.Tensor]:
     """L2-normalised image features of an image tower (`model.visual`) with labels and domains:
     {'features', 'labels', 'domains'}. The tower's train/eval mode is restored afterwards. `adapt` acts on the
     tower's raw features before they are normalised (a method's image adapters, `AdaptedCLIP.image_features`).
+    `precision` "bf16" or "fp16" runs the tower under autocast (features are normalised in fp32).
 
     With `local_classifier` (C x D class text features; ViT towers only), also 'local_mcm': per image the local
     part of GL-MCM, max over patches p and classes i of softmax_i(cos(local_p, t_i)) (see `ood.local_mcm`).
@@ -103,13 +116,14 @@ def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 2
     feats, labels, domains, local_mcm = [], [], [], []
     for images, y, d in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images = images.to(device, dtype=dtype)
-        if local_classifier is None:
-            pooled = visual(images)
-            feats.append(F.normalize((adapt(pooled) if adapt else pooled).float(), dim=-1).cpu())
-        else:
-            pooled, local = local_image_features(visual, images)
+        with autocast(device, precision):
+            if local_classifier is None:
+                pooled, local = visual(images), None
+            else:
+                pooled, local = local_image_features(visual, images)
             pooled = adapt(pooled) if adapt else pooled
-            feats.append(F.normalize(pooled.float(), dim=-1).cpu())
+        feats.append(F.normalize(pooled.float(), dim=-1).cpu())
+        if local is not None:
             cos = F.normalize(local.float(), dim=-1) @ local_classifier.to(local.device, torch.float32).T
             local_mcm.append(ood.local_mcm(cos).cpu())
         labels.append(y)
