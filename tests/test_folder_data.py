@@ -63,3 +63,27 @@ def test_unreadable_image_names_the_file(world_tree, tmp_path):
     i = data.paths.index(bad)
     with pytest.raises(DatasetError, match="cannot read image .*neon/heart/00001.png"):
         data[i]
+
+
+def test_the_image_check_decodes_pixels_and_lists_every_broken_file(world_tree, tmp_path):
+    """A JPEG cut in its pixel data has a good header (PIL's verify() passes it); the check decodes the pixels
+    and lists every broken file, also in zeroshot, before any model loads."""
+    import io
+    from PIL import Image
+    from clipood_kit.evaluation.zeroshot import ZeroShotConfig, run_zeroshot
+    root = _copy(world_tree, tmp_path)
+    photo = Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy())
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=95)
+    cut = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    broken = [root / "neon" / "heart" / "cut.jpg", root / "sketch" / "ring" / "cut.jpg"]
+    for path in broken:
+        path.write_bytes(cut)
+    with Image.open(broken[0]) as img:
+        img.verify()                                   # the header check alone would pass it
+    data = FolderDataset(root)
+    with pytest.raises(DatasetError, match="2 unreadable image") as err:
+        data.verify(range(len(data)))
+    assert all(str(p) in str(err.value) for p in broken)
+    with pytest.raises(DatasetError, match="2 unreadable image"):
+        run_zeroshot(ZeroShotConfig(data=str(root), pretrained="/no/such/weights.safetensors"), progress=False)
