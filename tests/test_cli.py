@@ -34,3 +34,14 @@ def test_the_preset_defaults_named_in_help_are_the_presets():
     assert helps["--steps"].endswith(f"tiny-world: {exp.train.steps})")
     assert helps["--lr"].endswith(f"tiny-world: {exp.train.lr})")
     assert helps["--per-cell"].endswith(f"tiny-world: {exp.per_cell})")
+
+
+def test_compare_and_demo_take_the_model_data_and_template_flags_through_the_one_builder():
+    from clipood_kit.cli import _bench_overrides, build_parser
+    from clipood_kit.studies.bench import compare_bench
+    args = build_parser().parse_args(["compare", "--model", "RN50", "--pretrained", "/w.pt", "--template", "a {}.",
+                                      "--template", "a photo of a {}.", "--lr", "3e-5", "--set", "fpr_rule=nearest"])
+    cfg = _bench_overrides(compare_bench((0,)), args)
+    exp = cfg.experiment
+    assert (exp.model, exp.pretrained, exp.templates, exp.train.lr, exp.fpr_rule) == (
+        "RN50", "/w.pt", ["a {}.", "a photo of a {}."], 3e-5, "nearest")

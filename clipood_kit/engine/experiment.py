@@ -168,7 +168,7 @@ class Setup:
         return PartInputs(class_names=list(self.dataset.classes), train_class_ids=list(self.train_class_ids),
                           text_features=self.text_features, templates=list(self.templates), protocol=self.cfg.protocol,
                           encode_prompts=encode_prompts, training_features=training_features,
-                          tokenize=lambda prompts: loaded.tokenizer(list(prompts)))
+                          tokenize=lambda prompts: loaded.tokenizer(list(prompts)), seed=self.cfg.train.seed)
 
     def model(self, towers=("image",), parts: Optional[Dict[str, PartModule]] = None) -> AdaptedCLIP:
         """A fresh model at the zero-shot weights (`models.adapted.AdaptedCLIP`) on the setup's device; the text

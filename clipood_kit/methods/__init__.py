@@ -12,6 +12,7 @@ from clipood_kit.methods.averaging import (BetaMovingAverage, ExponentialMovingA
 from clipood_kit.methods.base import Batch, Method, MethodConfig, PartConfig, PartInputs, RunContext
 from clipood_kit.methods.carft import ContextKLConfig
 from clipood_kit.methods.losses import CEConfig, MMSConfig, class_margins, margin_logits, mms_loss, reference_kl
+from clipood_kit.methods.clip_adapter import CLIPAdapterConfig
 from clipood_kit.methods.lpft import LPFTConfig
 from clipood_kit.methods.ogen import FeatureGenerator, OGENConfig, SelfDistillConfig
 
@@ -29,6 +30,7 @@ METHODS: Dict[str, MethodConfig] = {
     "ogen": MethodConfig("ogen", CEConfig(), (OGENConfig(), SelfDistillConfig())),
     "clipood-grid": MethodConfig("clipood-grid", MMSConfig(), averager=BMAGridConfig()),
     "lp-ft": MethodConfig("lp-ft", LPFTConfig()),
+    "clip-adapter": MethodConfig("clip-adapter", CLIPAdapterConfig()),
 }
 
 

@@ -78,6 +78,11 @@ class PartInputs:
     training_features: Callable[[], Dict[str, torch.Tensor]]       # zero-shot image features of the training
                                                                    # images: {'features' (normalised), 'labels'}
     tokenize: Optional[Callable[[List[str]], torch.Tensor]] = None
+    seed: int = 0                                      # the run's training seed (a part module's initial draw)
+
+    def part_seed(self, kind: str) -> int:
+        """The run's seed for one part's initial draws (the same rule as `RunContext.part_seed`)."""
+        return (self.seed * 1_000_003 + zlib.crc32(kind.encode())) % (2**31 - 1)
 
     @property
     def unknown_class_ids(self) -> List[int]:
