@@ -137,10 +137,13 @@ class OGENGenerator(Regulariser):
         return self.cfg.lr_scale
 
     def check(self, inputs: PartInputs) -> None:
-        unknown, known, k = len(inputs.unknown_class_ids), len(inputs.train_class_ids), self.cfg.k
-        if not unknown:
+        if not inputs.unknown_class_ids:
             raise ValueError(f"ogen needs held-out class names, but protocol {inputs.protocol!r} trains on every "
                              f"class; use base-to-new, in-the-wild or open-world")
+        self._check_counts(len(inputs.train_class_ids), len(inputs.unknown_class_ids))
+
+    def _check_counts(self, known: int, unknown: int) -> None:
+        k = self.cfg.k
         if known < k + 1 or unknown < k:
             raise ValueError(f"ogen with ogen.k={k} needs at least {k + 1} training classes and {k} unknown (held-out) "
                              f"classes; this experiment has {known} and {unknown}. Lower ogen.k or use a "
@@ -165,11 +168,7 @@ class OGENGenerator(Regulariser):
         if self.unknown_text_features is None or self.class_feature_mean is None or self.class_feature_std is None:
             raise ValueError("ogen needs unknown_text_features (held-out class names) and the training classes' "
                              "class_feature_mean / class_feature_std: call method.prepare(setup) first")
-        n_known, n_unknown = len(t), len(self.unknown_text_features)
-        if n_known < k + 1 or n_unknown < k:
-            raise ValueError(f"ogen with ogen.k={k} needs at least {k + 1} training classes and {k} unknown (held-out) "
-                             f"classes; this experiment has {n_known} and {n_unknown}. Lower ogen.k or use a "
-                             f"protocol with held-out classes (base-to-new, in-the-wild, open-world)")
+        self._check_counts(len(t), len(self.unknown_text_features))     # also when the inputs were set by hand
         if self.class_feature_mean.shape != t.shape or self.class_feature_std.shape != t.shape:
             raise ValueError(f"class feature statistics must be {tuple(t.shape)} (training classes x dim); got "
                              f"{tuple(self.class_feature_mean.shape)} and {tuple(self.class_feature_std.shape)}")
