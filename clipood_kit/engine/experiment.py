@@ -165,10 +165,18 @@ class Setup:
         def training_features():
             return encode(self, self.zero_shot_state, indices=self.train_idx)
 
+        @torch.no_grad()
+        def embed_tokens(tokens):
+            if not hasattr(loaded.model, "token_embedding"):
+                raise ValueError(f"{self.cfg.model} has no token embedding (an HF text tower): prompt learning needs "
+                                 f"an open_clip CLIP text transformer")
+            return loaded.model.token_embedding(tokens.to(self.device)).float().cpu()
+
         return PartInputs(class_names=list(self.dataset.classes), train_class_ids=list(self.train_class_ids),
                           text_features=self.text_features, templates=list(self.templates), protocol=self.cfg.protocol,
                           encode_prompts=encode_prompts, training_features=training_features,
-                          tokenize=lambda prompts: loaded.tokenizer(list(prompts)), seed=self.cfg.train.seed)
+                          tokenize=lambda prompts: loaded.tokenizer(list(prompts)), embed_tokens=embed_tokens,
+                          seed=self.cfg.train.seed)
 
     def model(self, towers=("image",), parts: Optional[Dict[str, PartModule]] = None) -> AdaptedCLIP:
         """A fresh model at the zero-shot weights (`models.adapted.AdaptedCLIP`) on the setup's device; the text

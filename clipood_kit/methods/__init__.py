@@ -13,6 +13,8 @@ from clipood_kit.methods.base import Batch, Method, MethodConfig, PartConfig, Pa
 from clipood_kit.methods.carft import ContextKLConfig
 from clipood_kit.methods.losses import CEConfig, MMSConfig, class_margins, margin_logits, mms_loss, reference_kl
 from clipood_kit.methods.clip_adapter import CLIPAdapterConfig
+from clipood_kit.methods.coop import CoOpConfig
+from clipood_kit.methods.flyp import FLYPConfig
 from clipood_kit.methods.lpft import LPFTConfig
 from clipood_kit.methods.ogen import FeatureGenerator, OGENConfig, SelfDistillConfig
 
@@ -31,6 +33,8 @@ METHODS: Dict[str, MethodConfig] = {
     "clipood-grid": MethodConfig("clipood-grid", MMSConfig(), averager=BMAGridConfig()),
     "lp-ft": MethodConfig("lp-ft", LPFTConfig()),
     "clip-adapter": MethodConfig("clip-adapter", CLIPAdapterConfig()),
+    "coop": MethodConfig("coop", CoOpConfig()),
+    "flyp": MethodConfig("flyp", FLYPConfig()),
 }
 
 

@@ -78,6 +78,7 @@ class PartInputs:
     training_features: Callable[[], Dict[str, torch.Tensor]]       # zero-shot image features of the training
                                                                    # images: {'features' (normalised), 'labels'}
     tokenize: Optional[Callable[[List[str]], torch.Tensor]] = None
+    embed_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None   # token ids -> the zero-shot embeddings
     seed: int = 0                                      # the run's training seed (a part module's initial draw)
 
     def part_seed(self, kind: str) -> int:

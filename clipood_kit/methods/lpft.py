@@ -37,7 +37,7 @@ class ClassHead(PartModule):
         self.weight = nn.Parameter(weight.detach().clone())
         self.register_buffer("class_ids", class_ids.detach().clone().long())
 
-    def adapt_classes(self, class_features: torch.Tensor) -> torch.Tensor:
+    def adapt_classes(self, class_features: torch.Tensor, text=None) -> torch.Tensor:
         rows = F.normalize(self.weight, dim=-1).to(class_features.dtype)
         return class_features.index_copy(0, self.class_ids, rows)
 

@@ -42,7 +42,7 @@ class TextTower(nn.Module):
     `forward()` -> C x D class features, the template ensemble. Holds a copy of the CLIP model without its image
     tower, so any open_clip text tower (transformer, HF text model) encodes as `encode_text` does."""
 
-    def __init__(self, clip: nn.Module, tokens: torch.Tensor):
+    def __init__(self, clip: nn.Module, tokens: Optional[torch.Tensor] = None):
         super().__init__()
         visual = clip.visual
         clip.visual = None
@@ -59,16 +59,39 @@ class TextTower(nn.Module):
         features = self.clip.encode_text(self.tokens.reshape(t * c, n)).float()
         return ensemble_text_features(features.reshape(t, c, -1))
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (N x L x W) of token ids: the first step of open_clip's `CLIP.encode_text`."""
+        if not hasattr(self.clip, "token_embedding"):
+            raise ValueError(f"{type(self.clip).__name__} has no token embedding to learn prompts in (an HF text "
+                             f"tower); prompt learning needs an open_clip CLIP text transformer")
+        return self.clip.token_embedding(tokens).to(self.clip.transformer.get_cast_dtype())
+
+    def encode_embedded(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Text features of prompts given as embeddings (N x L x W), pooled at the positions `tokens` pool at:
+        the rest of open_clip's `CLIP.encode_text` after the embedding lookup (positions, transformer, final
+        norm, pooling, projection), so prompt learning runs the frozen tower exactly as CLIP does."""
+        from open_clip.transformer import text_global_pool
+        clip = self.clip
+        x = embeddings + clip.positional_embedding.to(embeddings.dtype)
+        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        x = clip.ln_final(x)
+        x = text_global_pool(x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+        if clip.text_projection is not None:
+            x = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
+        return x
+
 
 class PartModule(nn.Module):
     """A part's module that is part of the model (a head, prompt context, an adapter). Override `adapt_image`
-    and/or `adapt_classes`; `from_state` rebuilds the module from its entries of a saved state (scoring a run's
-    state needs no config)."""
+    and/or `adapt_classes` (which gets the model's text tower, frozen or not, when `needs_text_tower`);
+    `from_state` rebuilds the module from its entries of a saved state (scoring a run's state needs no config)."""
+
+    needs_text_tower = False
 
     def adapt_image(self, features: torch.Tensor) -> torch.Tensor:
         return features
 
-    def adapt_classes(self, class_features: torch.Tensor) -> torch.Tensor:
+    def adapt_classes(self, class_features: torch.Tensor, text: Optional[TextTower] = None) -> torch.Tensor:
         return class_features
 
     @classmethod
@@ -103,6 +126,8 @@ class AdaptedCLIP(nn.Module):
             if tokens is None:
                 raise ValueError("training the text tower needs the tokenised class prompts (tokens)")
             text = TextTower(clip, tokens)
+        elif any(m.needs_text_tower for m in (parts or {}).values()):
+            text = TextTower(clip).requires_grad_(False)     # frozen: prompt learning runs through it
         param = next(visual.parameters())
         parts = {k: m.to(param.device, param.dtype) for k, m in (parts or {}).items()}
         return cls(visual, class_features.to(param.device), text, parts)
@@ -120,10 +145,14 @@ class AdaptedCLIP(nn.Module):
     def class_features(self) -> torch.Tensor:
         """C x D class features (all classes): the text tower's ensemble or the frozen one, then every part's
         `adapt_classes`."""
-        features = self.text() if self.text is not None else self.frozen_class_features
+        features = self.text() if self.text_trains else self.frozen_class_features
         for module in self.parts.values():
-            features = module.adapt_classes(features)
+            features = module.adapt_classes(features, self.text)
         return features
+
+    @property
+    def text_trains(self) -> bool:
+        return self.text is not None and any(p.requires_grad for p in self.text.parameters())
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(image features, class features): everything that trains runs here, so one `accelerator.prepare`
@@ -137,16 +166,16 @@ class AdaptedCLIP(nn.Module):
     @property
     def classifier_is_frozen(self) -> bool:
         """True when the class features are the frozen zero-shot ones (no text tower, no part acts on them)."""
-        return self.text is None and all(type(m).adapt_classes is PartModule.adapt_classes
-                                         for m in self.parts.values())
+        return not self.text_trains and all(type(m).adapt_classes is PartModule.adapt_classes
+                                            for m in self.parts.values())
 
     # -- the state -------------------------------------------------------------------------------------------
     def state_prefixes(self) -> Tuple[str, ...]:
-        """The entries that train: 'visual.' when the image tower trains, 'text.' and 'parts.' when present."""
+        """The entries that train: 'visual.' and 'text.' when the tower trains, 'parts.' when present."""
         out = []
         if any(p.requires_grad for p in self.visual.parameters()):
             out.append("visual.")
-        if self.text is not None:
+        if self.text_trains:
             out.append("text.")
         if len(self.parts):
             out.append("parts.")

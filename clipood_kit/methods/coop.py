@@ -1,0 +1,112 @@
+"""CoOp, context optimisation (Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022; official
+code github.com/KaiyangZhou/CoOp, `trainers/coop.py`).
+
+Both encoders stay frozen; the prompt's context words become M learnable vectors in the text tower's input
+space (official `PromptLearner`, lines 60-160, class token at the end):
+
+    prompt_c = [SOS] [v_1] ... [v_M] [CLASS_c] [. EOS ...]      (embeddings; v shared, or one set per class)
+    t_c      = text_tower(prompt_c)                              (the frozen transformer, pooled at EOS)
+    logits   = logit_scale * cos(f, t_c),   cross-entropy on the training classes.
+
+- Initialisation: from the embeddings of `ctx_init` ("a photo of a", the official CTX_INIT option; M = its number
+  of tokens), or, with `ctx_init=""`, N(0, 0.02) vectors (the official default, N_CTX = `n_ctx`). The official
+  random-init prompt holds M "X" tokens only to fix the positions; here the placeholder is the word "a" (the
+  tiny CLIP's vocabulary has no "X"); the placeholders' embeddings are replaced by the context, as there.
+- `class_specific` (official CSC): one context per class. With `ctx_init`, every class starts from it.
+- The same context serves every class, trained or not: the new classes' features come from the learned prompt
+  (CoOp's base-to-new setting).
+- Here the context is a part's module in the model (`models.adapted.PartModule`, `parts.coop.ctx`), run through
+  the model's frozen text tower (`TextTower.encode_embedded`, which repeats open_clip's `encode_text` after the
+  embedding lookup); the prefix and suffix embeddings are looked up from the frozen embedding at each call
+  rather than stored (the official code stores them as buffers: the same values).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Tuple
+
+import torch
+from torch import nn
+
+from clipood_kit.methods.base import Batch, Loss, Metrics, PartConfig, PartInputs
+from clipood_kit.methods.losses import mms_loss
+from clipood_kit.models.adapted import PartModule
+
+
+class PromptContext(PartModule):
+    """Learnable context vectors (M x W, or C x M x W class-specific) spliced into every class's prompt tokens
+    (C x L) after the start token; `adapt_classes` returns the prompts' text features (C x D)."""
+
+    needs_text_tower = True
+
+    def __init__(self, ctx: torch.Tensor, tokens: torch.Tensor):
+        super().__init__()
+        self.ctx = nn.Parameter(ctx.detach().clone())
+        self.register_buffer("tokens", tokens.detach().clone().long())
+
+    def prompts(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[SOS] ctx [CLASS . EOS ...]: the official `PromptLearner.forward`, class token at the end."""
+        n_cls, m = self.tokens.shape[0], self.ctx.shape[-2]
+        ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.unsqueeze(0).expand(n_cls, -1, -1)
+        return torch.cat([embeddings[:, :1], ctx.to(embeddings.dtype), embeddings[:, 1 + m:]], dim=1)
+
+    def adapt_classes(self, class_features: torch.Tensor, text=None) -> torch.Tensor:
+        if text is None:
+            raise ValueError("prompt context needs the model's text tower")
+        with torch.no_grad():
+            embeddings = text.embed(self.tokens)
+        return text.encode_embedded(self.prompts(embeddings), self.tokens)
+
+    @classmethod
+    def from_state(cls, state) -> "PromptContext":
+        return cls(state["ctx"], state["tokens"])
+
+
+@dataclass
+class CoOpConfig(PartConfig):
+    kind: ClassVar[str] = "coop"
+    role: ClassVar[str] = "loss"
+    summary: ClassVar[str] = "CoOp: learnable prompt context in the frozen text tower, cross-entropy"
+    trains: ClassVar[Tuple[str, ...]] = ()                 # both towers frozen: only the context learns
+    module: ClassVar[Optional[type]] = PromptContext
+    ctx_init: str = "a photo of a"   # official CTX_INIT; "" = random N(0, 0.02) context of n_ctx vectors
+    n_ctx: int = 4                   # with random init (official N_CTX: 16; the tiny CLIP's prompts hold 12 tokens)
+    class_specific: bool = False     # official CSC
+
+    def validate(self) -> None:
+        if not self.ctx_init and (not isinstance(self.n_ctx, int) or self.n_ctx < 1):
+            raise ValueError(f"coop.n_ctx must be an integer >= 1, got {self.n_ctx!r}")
+
+    def build(self) -> "CoOp":
+        return CoOp(self)
+
+
+class CoOp(Loss):
+    def _prefix(self) -> str:
+        return self.cfg.ctx_init.strip() or " ".join(["a"] * self.cfg.n_ctx)
+
+    def check(self, inputs: PartInputs) -> None:
+        if inputs.tokenize is None or inputs.embed_tokens is None:
+            raise ValueError("coop needs the experiment's tokenizer and token embedding")
+        try:
+            inputs.tokenize([f"{self._prefix()} {name}." for name in inputs.class_names])
+        except Exception as e:       # noqa: BLE001 - a prompt the tokenizer refuses is a config error
+            raise ValueError(f"coop cannot build its prompts '{self._prefix()} CLASS.': {e}") from None
+
+    def model_module(self, inputs: PartInputs) -> PromptContext:
+        tokens = inputs.tokenize([f"{self._prefix()} {name}." for name in inputs.class_names])
+        init = inputs.tokenize([self._prefix()])
+        m = int((init[0] != 0).sum()) - 2                      # the prefix's own tokens, without SOS and EOS
+        if self.cfg.ctx_init.strip():
+            ctx = inputs.embed_tokens(init)[0, 1:1 + m]        # official: embedding[0, 1 : 1 + n_ctx]
+            if self.cfg.class_specific:
+                ctx = ctx.unsqueeze(0).repeat(len(inputs.class_names), 1, 1)
+        else:
+            width = inputs.embed_tokens(init).shape[-1]
+            shape = (len(inputs.class_names), m, width) if self.cfg.class_specific else (m, width)
+            gen = torch.Generator().manual_seed(inputs.part_seed(self.cfg.kind))
+            ctx = torch.randn(*shape, generator=gen) * 0.02    # official: nn.init.normal_(std=0.02)
+        return PromptContext(ctx, tokens)
+
+    def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
+        return mms_loss(batch.features, batch.class_features, batch.labels, 0.0, self.run.logit_scale), {}

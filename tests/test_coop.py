@@ -1,0 +1,72 @@
+"""CoOp (methods/coop.py) against the official prompt assembly (KaiyangZhou/CoOp `trainers/coop.py`,
+`PromptLearner`, class token at the end) and trained end to end with both towers frozen."""
+import torch
+import torch.nn.functional as F
+
+from clipood_kit.engine.builder import build_experiment
+from clipood_kit.engine.encoding import state_classifier
+from clipood_kit.engine.experiment import prepare
+from clipood_kit.engine.runs import run_method
+from clipood_kit.engine.scoring import evaluate_state
+from clipood_kit.methods import Method, compose
+from clipood_kit.methods.coop import PromptContext
+from clipood_kit.engine.settings import set_method_fields
+
+
+def _setup(**kw):
+    return prepare(build_experiment(per_cell=3, cache_dir="off", **kw))
+
+
+def test_initialised_from_a_photo_of_a_it_is_clip_s_own_prompt():
+    """With the context initialised from the embeddings of 'a photo of a', every class feature equals CLIP's
+    encoding of the prompt 'a photo of a CLASS.' (the official init: embedding[0, 1 : 1 + n_ctx])."""
+    setup = _setup(method="coop")
+    method = Method(setup.cfg.method)
+    method.prepare(setup.part_inputs())
+    model = setup.model_for(method)
+    ours = F.normalize(model.class_features(), dim=-1)
+    with torch.no_grad():
+        clip = setup.loaded.model
+        direct = F.normalize(clip.encode_text(setup.loaded.tokenizer(
+            [f"a photo of a {c}." for c in setup.dataset.classes])).float(), dim=-1)
+    assert torch.allclose(ours, direct, atol=1e-5)
+    assert model.parts["coop"].ctx.shape == (4, clip.token_embedding.weight.shape[1])
+
+
+def test_the_prompt_is_sos_then_context_then_the_class_tokens():
+    """A transcription of the official forward: cat([prefix (n_cls, 1, dim), ctx (n_cls, n_ctx, dim),
+    suffix (n_cls, *, dim)], dim=1), with the generic context expanded over the classes."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 50, (3, 9), generator=g)
+    embeddings = torch.randn(3, 9, 8, generator=g)
+    ctx = torch.randn(2, 8, generator=g)
+    prompts = PromptContext(ctx, tokens).prompts(embeddings)
+    for c in range(3):
+        assert torch.equal(prompts[c, 0], embeddings[c, 0])                 # SOS
+        assert torch.equal(prompts[c, 1:3], ctx)                            # the shared context
+        assert torch.equal(prompts[c, 3:], embeddings[c, 3:])               # CLASS . EOS padding
+    specific = torch.randn(3, 2, 8, generator=g)
+    assert torch.equal(PromptContext(specific, tokens).prompts(embeddings)[:, 1:3], specific)
+
+
+def test_only_the_context_trains_and_new_classes_use_it():
+    setup = _setup(steps=4, batch_size=8, lr=2e-3, method="coop")
+    r = run_method(setup, progress=False)
+    last = r["states"]["last"]
+    assert set(last) == {"parts.coop.ctx", "parts.coop.tokens"}
+    method = Method(setup.cfg.method)
+    method.prepare(setup.part_inputs())
+    zero = setup.model_for(method).trained_state()
+    assert not torch.equal(zero["parts.coop.ctx"], last["parts.coop.ctx"])
+    moved, start = state_classifier(setup, last), state_classifier(setup, zero)
+    assert not torch.allclose(moved[setup.new_ids], start[setup.new_ids])   # the new classes' prompts moved too
+    assert evaluate_state(setup, last) == r["models"]["last"]
+
+
+def test_random_class_specific_context_has_one_context_per_class():
+    setup = _setup(method=set_method_fields(compose("coop"), {"coop.ctx_init": "", "coop.n_ctx": 3,
+                                                               "coop.class_specific": True}))
+    method = Method(setup.cfg.method)
+    method.prepare(setup.part_inputs())
+    ctx = setup.model_for(method).parts["coop"].ctx
+    assert ctx.shape[:2] == (len(setup.dataset.classes), 3) and 0.01 < float(ctx.detach().std()) < 0.03
