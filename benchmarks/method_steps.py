@@ -1,0 +1,52 @@
+"""The cost of a training step per method against a CE step, on the tiny CLIP (CPU): CE (image tower),
+CoOp (prompt context through the frozen text tower), CLIP-Adapter (an adapter on frozen features), FLYP (both
+towers, the text tower over every class's prompt ensemble each step). Runs are interleaved so machine noise
+hits each alike; prints the median seconds per step and the ratio to CE.
+
+    python benchmarks/method_steps.py [--steps 40] [--repeats 3]
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from clipood_kit import build_experiment, prepare
+from clipood_kit.engine.runs import build_task
+from clipood_kit.engine.training import fine_tune
+from clipood_kit.methods import Method
+
+METHODS = ("ce", "coop", "clip-adapter", "flyp")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    setup = prepare(build_experiment(steps=args.steps, batch_size=32, cache_dir="off"))
+
+    def step_seconds(name):
+        s = setup.for_method(build_experiment(method=name).method)
+        method = Method(s.cfg.method)
+        method.prepare(s.part_inputs())
+        task = build_task(s, method)
+        start = time.perf_counter()
+        fine_tune(task, progress=False)
+        return (time.perf_counter() - start) / args.steps
+
+    for name in METHODS:                                    # warm-up
+        step_seconds(name)
+    runs = {name: [] for name in METHODS}
+    for _ in range(args.repeats):
+        for name in METHODS:
+            runs[name].append(step_seconds(name))
+    median = {n: statistics.median(v) for n, v in runs.items()}
+    print(json.dumps({"benchmark": "method_steps", "threads": torch.get_num_threads(), "batch_size": 32,
+                      "ms_per_step": {n: round(1000 * m, 2) for n, m in median.items()},
+                      "ratio_to_ce": {n: round(m / median["ce"], 3) for n, m in median.items()}}))
+
+
+if __name__ == "__main__":
+    main()
