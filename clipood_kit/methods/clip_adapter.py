@@ -21,8 +21,8 @@ from typing import ClassVar, Optional, Tuple
 import torch
 from torch import nn
 
-from clipood_kit.methods.base import Batch, Loss, Metrics, PartConfig, PartInputs
-from clipood_kit.methods.losses import mms_loss
+from clipood_kit.methods.base import PartConfig, PartInputs
+from clipood_kit.methods.losses import CrossEntropy
 from clipood_kit.models.adapted import PartModule
 
 
@@ -65,7 +65,9 @@ class CLIPAdapterConfig(PartConfig):
         return CLIPAdapter(self)
 
 
-class CLIPAdapter(Loss):
+class CLIPAdapter(CrossEntropy):
+    """Cross-entropy on the model's class features (`losses.CrossEntropy`), through this part's module."""
+
     def check(self, inputs: PartInputs) -> None:
         dim = inputs.text_features.shape[1]
         if dim % self.cfg.reduction:
@@ -75,6 +77,3 @@ class CLIPAdapter(Loss):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(inputs.part_seed(self.cfg.kind))
             return ImageAdapter(inputs.text_features.shape[1], self.cfg.reduction, self.cfg.ratio)
-
-    def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
-        return mms_loss(batch.features, batch.class_features, batch.labels, 0.0, self.run.logit_scale), {}

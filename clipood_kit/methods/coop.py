@@ -28,8 +28,8 @@ from typing import ClassVar, Optional, Tuple
 import torch
 from torch import nn
 
-from clipood_kit.methods.base import Batch, Loss, Metrics, PartConfig, PartInputs
-from clipood_kit.methods.losses import mms_loss
+from clipood_kit.methods.base import PartConfig, PartInputs
+from clipood_kit.methods.losses import CrossEntropy
 from clipood_kit.models.adapted import PartModule
 
 
@@ -81,7 +81,9 @@ class CoOpConfig(PartConfig):
         return CoOp(self)
 
 
-class CoOp(Loss):
+class CoOp(CrossEntropy):
+    """Cross-entropy on the model's class features (`losses.CrossEntropy`), through this part's module."""
+
     def _prefix(self) -> str:
         return self.cfg.ctx_init.strip() or " ".join(["a"] * self.cfg.n_ctx)
 
@@ -107,6 +109,3 @@ class CoOp(Loss):
             gen = torch.Generator().manual_seed(inputs.part_seed(self.cfg.kind))
             ctx = torch.randn(*shape, generator=gen) * 0.02    # official: nn.init.normal_(std=0.02)
         return PromptContext(ctx, tokens)
-
-    def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
-        return mms_loss(batch.features, batch.class_features, batch.labels, 0.0, self.run.logit_scale), {}
