@@ -195,6 +195,10 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="'world' or the root of a DomainBed-style folder tree "
                    f"{_preset_note('data')}")
     p.add_argument("--per-cell", type=int, default=None, help=f"world: images per (style, class) {_preset_note('per_cell')}")
+    p.add_argument("--ood-data", action="append", metavar="[near:|far:][NAME=]FOLDER",
+                   help="an OOD set to score: a folder of images (any depth), as the MCM code reads iNaturalist, SUN, "
+                        "Places or Textures; far-OOD unless 'near:'; repeat (default: none; the world adds its own "
+                        "far-OOD sets, glyphs and textures)")
     p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None,
                    help=f"what is trained and tested {_preset_note('protocol')}")
     p.add_argument("--source", action="append", help="source (training) domain; repeat (default: the world's photo "
@@ -234,6 +238,10 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
                    "(default: auto)")
     p.add_argument("--data", default=None, help="'world' (default) or the root of a DomainBed-style folder tree")
     p.add_argument("--per-cell", type=int, default=None, help="world: images per (style, class) (default: the bench's, 30)")
+    p.add_argument("--ood-data", action="append", metavar="[near:|far:][NAME=]FOLDER",
+                   help="an OOD set to score: a folder of images (any depth), as the MCM code reads iNaturalist, SUN, "
+                        "Places or Textures; far-OOD unless 'near:'; repeat (default: none; the world adds its own "
+                        "far-OOD sets, glyphs and textures)")
     p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None,
                    help="what is trained and tested (default: the bench's, open-world)")
     p.add_argument("--source", action="append", help="source (training) domain; repeat (default: the world's photo "

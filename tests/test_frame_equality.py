@@ -24,6 +24,17 @@ def flat(d, prefix=""):
     return out
 
 
+def close(key, a, b):
+    """Weights, losses and accuracies to 1e-5 (relative); an OOD metric to a couple of images. The numbers were
+    written on one CPU and are checked on others, whose BLAS sums in another order: float64 scores that nearly tie
+    can swap (AUROC and AUPR move by 1 / (n_ID n_OOD), about 0.01 points; FPR95 by one OOD image, 1 / n_OOD, about
+    0.4 points), and parts kept in float32 (OGEN's teacher) differ by 1e-6. A real change of a method moves
+    its weights far more than that."""
+    if "/ood/" in key:
+        return math.isclose(a, b, abs_tol=1.0 if key.endswith("FPR95") else 0.05)
+    return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9)
+
+
 @pytest.fixture(scope="module")
 def now():
     from method_numbers import method_numbers
@@ -35,14 +46,15 @@ def test_a_method_gives_the_numbers_it_gave_before_the_rebuild(now, name):
     before = flat(json.loads((GOLDEN / "methods_before_frame.json").read_text())[name])
     after = flat(json.loads(json.dumps(now[name])))
     assert sorted(before) == sorted(after), set(before) ^ set(after)
-    off = {k: (before[k], after[k]) for k in before
-           if not math.isclose(before[k], after[k], rel_tol=1e-6, abs_tol=1e-9)}
+    off = {k: (before[k], after[k]) for k in before if not close(k, before[k], after[k])}
     assert not off, f"{len(off)} numbers moved, e.g. {list(off.items())[:5]}"
 
 
 def test_the_comparison_fails_on_a_moved_number():
-    """The check above is not vacuous: one weight off by 1e-5 (relative) is caught."""
+    """The check above is not vacuous: one weight off by 1e-4 (relative) is caught, and an AUROC off by 0.1 points."""
     before = flat(json.loads((GOLDEN / "methods_before_frame.json").read_text())["ce"])
     key = next(k for k in before if k.startswith("weights/last/"))
-    moved = dict(before, **{key: before[key] * (1 + 1e-5) + 1e-5})
-    assert any(not math.isclose(before[k], moved[k], rel_tol=1e-6, abs_tol=1e-9) for k in before)
+    moved = dict(before, **{key: before[key] * (1 + 1e-4) + 1e-4})
+    assert any(not close(k, before[k], moved[k]) for k in before)
+    key = next(k for k in before if "/ood/" in k and k.endswith("AUROC"))       # and an OOD metric off by 0.1
+    assert not close(key, before[key], before[key] + 0.1)

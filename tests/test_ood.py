@@ -57,7 +57,9 @@ def test_protocol_scores_ood_detection_for_every_shift():
     from clipood_kit.engine.scoring import zero_shot_scores
     setup = prepare(ExperimentConfig(per_cell=4))
     cells = zero_shot_scores(setup)
-    assert set(cells["ood"]) == {"semantic", "covariate", "both"}
+    assert set(cells["ood"]) == {"semantic", "covariate", "both", "glyphs", "textures"}
+    assert cells["ood_shifts"] == {"semantic": "near", "covariate": "covariate", "both": "near", "glyphs": "far",
+                                   "textures": "far"}
     for shift in cells["ood"].values():
         assert set(shift) == {"MCM", "MSP", "max-logit", "energy", "entropy"}
         assert all(0 <= v <= 100 for row in shift.values() for v in row.values())

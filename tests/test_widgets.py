@@ -62,18 +62,42 @@ def test_ood_view_gives_the_chosen_sets_scores_and_metrics():
         ood_view(sets, "ce", "MCM", "covariate")
 
 
-def test_a_figure_widget_is_resized_to_the_page_once_a_view_has_drawn():
-    import time
+def test_a_figure_widget_is_resized_to_the_page_once_a_view_has_drawn_on_the_kernels_loop(monkeypatch):
+    """The autosize relayout waits for a view to draw, then goes through the kernel's event loop (the callbacks'
+    thread), never a thread of its own (a threaded relayout raced slider updates in Voila)."""
+    import threading
     import plotly.graph_objects as go
-    from clipood_kit.viz.widgets import page_wide
-    fig = page_wide(go.FigureWidget(go.Figure(go.Scatter(y=[1, 2]))), delay=0.05)
+    from clipood_kit.viz import widgets
+
+    class Loop:                                     # the kernel's io_loop: runs what it was given when it runs
+        def __init__(self):
+            self.pending = []
+
+        def call_later(self, delay, fn):
+            self.pending.append((delay, fn))
+
+    loop = Loop()
+    monkeypatch.setattr(widgets, "_kernel_loop", lambda: loop)
+    threads = set(threading.enumerate())
+    fig = widgets.page_wide(go.FigureWidget(go.Figure(go.Scatter(y=[1, 2]))), delay=0.05)
     assert fig._config["responsive"] is True and fig.layout.autosize is None
-    time.sleep(0.2)
-    assert fig.layout.autosize is None                      # no view has drawn: nothing is sent
+    assert loop.pending == []                               # no view has drawn: nothing is scheduled
     fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": -1}    # what a view reports after drawing
-    deadline = time.time() + 5
-    while fig.layout.autosize is None and time.time() < deadline:
-        time.sleep(0.02)
+    assert [d for d, _ in loop.pending] == [0.05] and fig.layout.autosize is None
+    assert set(threading.enumerate()) == threads            # no thread was started
+    loop.pending[0][1]()
+    assert fig.layout.autosize is True
+    fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": -2}    # a second draw: sent once only
+    assert len(loop.pending) == 1
+
+
+def test_outside_a_kernel_the_relayout_is_sent_when_the_view_has_drawn(monkeypatch):
+    import plotly.graph_objects as go
+    from clipood_kit.viz import widgets
+    monkeypatch.setattr(widgets, "_kernel_loop", lambda: None)
+    fig = widgets.page_wide(go.FigureWidget(go.Figure(go.Scatter(y=[1, 2]))))
+    assert fig.layout.autosize is None
+    fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": -1}
     assert fig.layout.autosize is True
 
 

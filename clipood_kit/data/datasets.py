@@ -139,33 +139,41 @@ class FolderDataset(DomainDataset):
         self.domain_ids = torch.tensor(doms, dtype=torch.long)
         self.name = f"folder({self.root.resolve()})"
 
-    def verify(self, indices: Sequence[int], workers: int = 8) -> None:
-        """Check that every image among `indices` decodes (its pixels, not only its header: a truncated JPEG has a
-        good header), in parallel threads, so a broken file is found before any model is loaded or trained,
-        rather than in the middle of the run or after. The error lists every broken file."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        def bad(i: int) -> Optional[str]:
-            try:
-                with Image.open(self.paths[i]) as img:
-                    img.load()
-                return None
-            except Exception as e:      # noqa: BLE001 - any failure to open is a broken file
-                return f"{self.paths[i]} ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
-
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
-            broken = [b for b in pool.map(bad, [int(i) for i in indices]) if b]
-        if broken:
-            raise DatasetError(f"{len(broken)} unreadable image(s) in {self.root}: {'; '.join(broken)}. "
-                               f"Replace or delete them, then run again")
+    def verify(self, indices: Sequence[int]) -> None:
+        verify_images(self.paths, self.root, indices)
 
     def load(self, index: int) -> torch.Tensor:
-        path = self.paths[index]
+        return read_image(self.paths[index])
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """An image file as uint8 3 x H x W (RGB); a clear error names a file that cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return pil_to_tensor(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}. Replace or delete the file.") from e
+
+
+def verify_images(paths: Sequence[Path], root: Path, indices: Sequence[int], workers: int = 8) -> None:
+    """Check that every image among `indices` decodes (its pixels, not only its header: a truncated JPEG has a
+    good header), in parallel threads, so a broken file is found before any model is loaded or trained, rather
+    than in the middle of the run or after. The error lists every broken file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def bad(i: int) -> Optional[str]:
         try:
-            with Image.open(path) as img:
-                return pil_to_tensor(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DatasetError(f"cannot read image {path}: {e}. Replace or delete the file.") from e
+            with Image.open(paths[i]) as img:
+                img.load()
+            return None
+        except Exception as e:      # noqa: BLE001 - any failure to open is a broken file
+            return f"{paths[i]} ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
+        broken = [b for b in pool.map(bad, [int(i) for i in indices]) if b]
+    if broken:
+        raise DatasetError(f"{len(broken)} unreadable image(s) in {root}: {'; '.join(broken)}. "
+                           f"Replace or delete them, then run again")
 
 
 class TransformedSubset(Dataset):

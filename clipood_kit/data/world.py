@@ -370,14 +370,17 @@ RENDER_CHUNK = 1024   # images rendered at once; bounds memory, keeps the workin
 
 
 def render(labels: Tensor, domains: Tensor, colours: Tensor, sizes: Tensor, config: WorldConfig,
-           gen: torch.Generator, supersample: int = 2) -> Tensor:
+           gen: torch.Generator, supersample: int = 2,
+           shapes: Optional[Sequence[Callable[[Tensor, Tensor], Tensor]]] = None) -> Tensor:
     """Render one image per row of (labels, domains, colours, sizes); returns uint8 N x 3 x H x W.
 
     Position, rotation, colour jitter and textures come from `gen`, so the same generator state gives the
-    same images. Work is done in chunks of RENDER_CHUNK images.
+    same images. Work is done in chunks of RENDER_CHUNK images. A label indexes `shapes` (default: the shape
+    functions of `config.classes`; the far-OOD glyphs pass their own, `data.far_ood`).
     """
+    shapes = [SHAPES[c] for c in config.classes] if shapes is None else list(shapes)
     chunks = [_render_chunk(labels[i:i + RENDER_CHUNK], domains[i:i + RENDER_CHUNK],
-                            colours[i:i + RENDER_CHUNK], sizes[i:i + RENDER_CHUNK], config, gen, supersample)
+                            colours[i:i + RENDER_CHUNK], sizes[i:i + RENDER_CHUNK], config, gen, supersample, shapes)
               for i in range(0, len(labels), RENDER_CHUNK)]
     if not chunks:
         return torch.empty(0, 3, config.image_size, config.image_size, dtype=torch.uint8)
@@ -385,7 +388,7 @@ def render(labels: Tensor, domains: Tensor, colours: Tensor, sizes: Tensor, conf
 
 
 def _render_chunk(labels: Tensor, domains: Tensor, colours: Tensor, sizes: Tensor, config: WorldConfig,
-                  gen: torch.Generator, supersample: int) -> Tensor:
+                  gen: torch.Generator, supersample: int, shapes) -> Tensor:
     n = len(labels)
     S = config.image_size * supersample
     scale = torch.tensor([SIZES[s] for s in config.sizes])[sizes] * (0.92 + 0.16 * torch.rand(n, generator=gen))
@@ -405,7 +408,7 @@ def _render_chunk(labels: Tensor, domains: Tensor, colours: Tensor, sizes: Tenso
     mask = torch.zeros(n, 1, S, S)
     for k in labels.unique().tolist():
         idx = (labels == k).nonzero().squeeze(1)
-        mask[idx, 0] = SHAPES[config.classes[k]](u[idx], v[idx]).float()
+        mask[idx, 0] = shapes[k](u[idx], v[idx]).float()
 
     size = config.image_size
     out = torch.empty(n, 3, size, size)

@@ -7,7 +7,8 @@ run is reproduced from Python by its spec alone (`engine.runs.run(spec)`; result
 
 Overrides (the CLI's option names): model, pretrained ('none': random init), device, data, per_cell, data_seed,
 protocol, source (list of source domains), target (list of held-out domains; the others are sources), shots,
-templates, method (a registered name or parts joined by '+'), steps, lr, batch_size, precision, seed,
+templates, ood_data (OOD image folders, '[near:|far:][NAME=]FOLDER'), method (a registered name or parts joined
+by '+'), steps, lr, batch_size, precision, seed,
 checkpoint_every, num_workers, cache_dir, eval_batch_size. Seed rule: `seed` sets the training seed (batches,
 augmentations, the parts' draws) and the split seed together (`with_seed`); `--set split_seed=...` or
 `--set train.seed=...` set one alone.
@@ -24,7 +25,7 @@ from clipood_kit.engine.settings import apply_settings
 from clipood_kit.methods import compose
 
 TOP = ("model", "pretrained", "device", "data", "per_cell", "data_seed", "protocol", "shots", "templates",
-       "cache_dir", "eval_batch_size")
+       "cache_dir", "eval_batch_size", "ood_data")
 TRAIN = ("steps", "lr", "batch_size", "precision", "checkpoint_every", "num_workers")
 OTHER = ("source", "target", "method", "seed")
 OVERRIDES = TOP + TRAIN + OTHER
@@ -47,6 +48,8 @@ def apply_overrides(exp: ExperimentConfig, settings: Iterable[str] = (), **overr
         top["pretrained"] = None
     if "templates" in top:
         top["templates"] = list(top["templates"]) or None
+    if "ood_data" in top:
+        top["ood_data"] = list(top["ood_data"])
     if given.get("source"):
         top["source_domains"] = list(given["source"])
     if given.get("target"):

@@ -29,6 +29,18 @@ def encode(setup, state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor
     return _encode(setup, state, subset, progress)
 
 
+def encode_ood_set(setup, state: Dict[str, torch.Tensor], name: str, progress: bool = False) -> Dict[str, torch.Tensor]:
+    """Image features of one of the setup's OOD sets (`Setup.ood_sets`: the world's far-OOD sets, --ood-data
+    folders) under a model state, as `encode` gives them for the dataset's images (sharded, cached at zero-shot)."""
+    data = setup.ood_sets[name]
+    indices = torch.arange(len(data))
+    if state is setup.zero_shot_state and setup.cache is not None:
+        key = {"model": setup.inputs["model"], "ood_set": data.fingerprint(), "transform": repr(setup.loaded.preprocess),
+               "precision": setup.eval_precision}
+        return setup.cache.get("zero-shot-ood-set", key, lambda: _encode(setup, state, indices, progress, data))
+    return _encode(setup, state, indices, progress, data)
+
+
 def classifier_of(setup, model) -> torch.Tensor:
     """C x D normalised class features of a scratch model: the setup's frozen ones when nothing acts on them."""
     if model.classifier_is_frozen:
@@ -45,7 +57,8 @@ def state_classifier(setup, state: Dict[str, torch.Tensor]) -> torch.Tensor:
     return classifier_of(setup, setup.scratch_for(state))
 
 
-def _encode(setup, state: Dict[str, torch.Tensor], subset: torch.Tensor, progress: bool) -> Dict[str, torch.Tensor]:
+def _encode(setup, state: Dict[str, torch.Tensor], subset: torch.Tensor, progress: bool,
+            dataset=None) -> Dict[str, torch.Tensor]:
     from accelerate import PartialState
     from accelerate.utils import gather_object
     model = setup.scratch_for(state)
@@ -54,7 +67,8 @@ def _encode(setup, state: Dict[str, torch.Tensor], subset: torch.Tensor, progres
     dist = PartialState()
     world, rank = dist.num_processes, dist.process_index
     shard = subset[rank::world] if world > 1 else subset
-    out = evaluation.encode_images(model.visual, TransformedSubset(setup.dataset, shard, setup.loaded.preprocess),
+    dataset = setup.dataset if dataset is None else dataset
+    out = evaluation.encode_images(model.visual, TransformedSubset(dataset, shard, setup.loaded.preprocess),
                                    setup.cfg.eval_batch_size, setup.device, progress=progress and rank == 0,
                                    local_classifier=local, adapt=adapt, precision=setup.eval_precision
                                    ) if len(shard) else None

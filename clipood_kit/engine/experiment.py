@@ -23,7 +23,7 @@ import torch
 
 from clipood_kit.evaluation import features as evaluation, ood
 from clipood_kit.core.cache import FeatureCache
-from clipood_kit.data import WORLD, open_dataset, splits
+from clipood_kit.data import WORLD, far_ood, open_dataset, splits
 from clipood_kit.methods import Method, MethodConfig, PartInputs, compose, method_from_dict
 from clipood_kit.models.adapted import AdaptedCLIP, PartModule, part_states, tokenize_prompts
 from clipood_kit.models.loader import TINY_NAME, load_clip
@@ -61,6 +61,9 @@ class ExperimentConfig:
     fpr_rule: str = ood.DEFAULT_FPR_RULE     # FPR95 threshold rule: "at-least" (ours) or "nearest" (official MCM)
     ood_params: Dict[str, float] = field(default_factory=dict)   # OOD score parameters, 'SCORE.PARAM': value
                                              # (`ood.SCORES`; e.g. GL-MCM.lambda 0.5, the official ImageNet script's)
+    far_ood_sets: Optional[List[str]] = None     # world only: its rendered far-OOD sets (`far_ood.WORLD_SETS`);
+                                             # None: all of them, []: none
+    ood_data: List[str] = field(default_factory=list)   # OOD image folders, '[near:|far:][NAME=]FOLDER' (--ood-data)
 
     def __post_init__(self):
         if isinstance(self.method, str):
@@ -77,6 +80,24 @@ class ExperimentConfig:
                              f"{self.eval_precision!r}")
         self.ood_params = dict(self.ood_params)
         ood.score_params(self.ood_params)
+        if self.far_ood_sets is not None:
+            self.far_ood_sets = list(self.far_ood_sets)
+            unknown = [s for s in self.far_ood_sets if s not in far_ood.WORLD_SETS]
+            if unknown:
+                raise ValueError(f"unknown world far-OOD set(s) {unknown}; the world has {list(far_ood.WORLD_SETS)}")
+            if self.far_ood_sets and self.data != WORLD:
+                raise ValueError("far_ood_sets are the embedded world's; a folder dataset scores its OOD sets from "
+                                 "--ood-data FOLDER")
+        self.ood_data = list(self.ood_data)
+        for spec in self.ood_data:
+            far_ood.parse_ood_data(spec)
+
+    @property
+    def world_ood_sets(self) -> List[str]:
+        """The world's far-OOD sets this experiment renders (none for a folder dataset)."""
+        if self.data != WORLD:
+            return []
+        return list(far_ood.WORLD_SETS) if self.far_ood_sets is None else list(self.far_ood_sets)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -131,6 +152,8 @@ class Setup:
     zero_shot_state: Dict[str, torch.Tensor]     # the image tower's zero-shot entries ('visual.*'): a model state
     inputs: dict = field(default_factory=dict)   # inputs_identity(cfg): the weights and data behind the config
     cache: Optional[object] = field(default=None, repr=False)   # cache.FeatureCache
+    ood_sets: Dict[str, object] = field(default_factory=dict)   # OOD sets beside the dataset, by name
+                                             # (`data.far_ood`: the world's far ones, --ood-data folders)
     _scratch: Dict[tuple, AdaptedCLIP] = field(default_factory=dict, repr=False)
 
     @property
@@ -220,6 +243,7 @@ class Setup:
             "base_classes": [d.classes[i] for i in self.base_ids], "new_classes": [d.classes[i] for i in self.new_ids],
             "train_images": len(self.train_idx), "eval_images": len(self.eval_idx), "templates": self.templates,
             "model_id": self.loaded.model_id, "logit_scale": self.logit_scale,
+            "ood_sets": {name: s.describe() for name, s in self.ood_sets.items()},
         }
 
 
@@ -263,6 +287,12 @@ def prepare(cfg: ExperimentConfig) -> Setup:
                                              train_idx[dataset.domain_ids[train_idx] == d]) for d in source_ids]).sort().values
     eval_idx = torch.cat([held, targets]).sort().values
     dataset.verify(torch.cat([train_idx, eval_idx]).tolist())    # every image the run will read, before any work
+    in_dist = (torch.isin(dataset.domain_ids[eval_idx], torch.tensor(source_ids))
+               & torch.isin(dataset.labels[eval_idx], torch.tensor(base_ids)))
+    ood_sets = far_ood.open_ood_sets(cfg.world_ood_sets, cfg.ood_data, n=max(1, int(in_dist.sum())),
+                                     seed=cfg.data_seed, styles=sources)
+    for s in ood_sets.values():
+        s.verify()
     loaded = load_clip(cfg.model, cfg.pretrained, device=cfg.device)
     train_domains = dataset.domain_ids[train_idx]
     pools = [(train_domains == d).nonzero().squeeze(1) for d in source_ids]
@@ -276,7 +306,7 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     return Setup(cfg=cfg, loaded=loaded, dataset=dataset, train_idx=train_idx, eval_idx=eval_idx, domain_pools=pools,
                  source_ids=source_ids, target_ids=target_ids, base_ids=base_ids, new_ids=new_ids,
                  train_class_ids=base_ids, text_features=text, templates=templates, zero_shot_state=zero_shot,
-                 inputs=inputs, cache=cache)
+                 inputs=inputs, cache=cache, ood_sets=ood_sets)
 
 
 __all__ = ["ExperimentConfig", "Setup", "prepare", "PROTOCOLS"]

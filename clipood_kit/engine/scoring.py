@@ -6,7 +6,9 @@ Results are keyed by data, never by display strings:
     {"accuracy":  {domain group: {class group: %}},     domain group: "train" (held-out images of the source
                                                          domains) | "unseen" (the target domains)
      "by_domain": {domain name: {class group: %}},       class group: "base" | "new" | "all" | "H"
-     "ood":       {shift: {score: {metric: %}}}}         shift: "semantic" | "covariate" | "both"
+     "ood":       {shift: {score: {metric: %}}},        shift: "semantic" | "covariate" | "both" (the
+                                                         dataset's) | an OOD set's name (`Setup.ood_sets`)
+     "ood_shifts": {shift: kind}}                        kind: "near" | "far" | "covariate" (SHIFT_KINDS)
 
 Base images are classified among the base names, new images among the new names, all images among all names;
 H is the harmonic mean of base and new. `label(...)` makes the display strings.
@@ -18,13 +20,22 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from clipood_kit.evaluation import features as evaluation, ood
-from clipood_kit.data import TransformedSubset
-from clipood_kit.engine.encoding import encode, state_classifier
+from clipood_kit.data import TransformedSubset, far_ood
+from clipood_kit.engine.encoding import encode, encode_ood_set, state_classifier
 from clipood_kit.engine.experiment import Setup
 
 DOMAIN_GROUPS = {"train": "train domains", "unseen": "unseen domains"}
 CLASS_GROUPS = ("base", "new", "all", "H")
 OOD_SHIFTS = {"semantic": ("source", "new"), "covariate": ("target", "base"), "both": ("target", "new")}
+# near-OOD: new classes, each with a sibling among the base classes; covariate: the base classes in unseen styles
+# (a shift of style, not of content); far-OOD: the OOD sets beside the dataset (their own `kind`, `data.far_ood`)
+SHIFT_KINDS = {"semantic": "near", "covariate": "covariate", "both": "near"}
+KIND_ORDER = ("near", "far", "covariate")
+
+
+def shift_kinds(setup: Setup) -> Dict[str, str]:
+    """Every OOD shift of the setup with its kind: the dataset's (SHIFT_KINDS), then its OOD sets'."""
+    return {**SHIFT_KINDS, **{name: s.kind for name, s in setup.ood_sets.items()}}
 
 # the protocols' headline cells, (domain group, class group)
 HEADLINES = {
@@ -41,10 +52,12 @@ def harmonic_mean(a: float, b: float) -> float:
 
 def label(*path: str) -> str:
     """Display string of a result path: ('unseen', 'new') -> 'unseen domains / new',
-    ('ood', 'semantic', 'MCM', 'AUROC') -> 'OOD AUROC (MCM, semantic)'."""
+    ('ood', 'semantic', 'MCM', 'AUROC') -> 'OOD AUROC (MCM, near: semantic)' (the kind where the name tells it:
+    the dataset's shifts and the world's far-OOD sets; a folder set is shown by its name)."""
     if path and path[0] == "ood":
         _, shift, score, metric = path
-        return f"OOD {metric} ({score}, {shift})"
+        kind = {**SHIFT_KINDS, **{s: "far" for s in far_ood.WORLD_SETS}}.get(shift)
+        return f"OOD {metric} ({score}, {f'{kind}: ' if kind else ''}{shift})"
     group, cls = path[-2], path[-1]
     return f"{DOMAIN_GROUPS.get(group, group)} / {cls}"
 
@@ -74,10 +87,12 @@ def _cells(setup: Setup, features, labels, in_group: torch.Tensor, classifier: t
 
 
 def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
-          local_mcm: Optional[torch.Tensor] = None, classifier: Optional[torch.Tensor] = None) -> dict:
+          local_mcm: Optional[torch.Tensor] = None, classifier: Optional[torch.Tensor] = None,
+          ood_features: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> dict:
     """Every cell (module docstring) from normalised features against `classifier` (C x D normalised class
-    features; default: the setup's zero-shot ones); `local_mcm` (ViT towers) adds GL-MCM. FPR95's threshold
-    rule and the scores' parameters come from the experiment."""
+    features; default: the setup's zero-shot ones); `local_mcm` (ViT towers) adds GL-MCM; `ood_features`
+    ({set name: `encode_ood_set` output}) adds the OOD sets beside the dataset. FPR95's threshold rule and the
+    scores' parameters come from the experiment."""
     classifier = setup.text_features if classifier is None else classifier
     groups = {"train": setup.source_ids, "unseen": setup.target_ids}
     out = {"accuracy": {}, "by_domain": {}}
@@ -87,9 +102,11 @@ def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: t
                                             classifier)
     for i, name in enumerate(setup.dataset.domains):
         out["by_domain"][name] = _cells(setup, features, labels, domains == i, classifier)
-    detection = ood_detection(setup, features, labels, domains, local_mcm, classifier)
+    detection = ood_detection(setup, features, labels, domains, local_mcm, classifier, ood_features)
     if detection:
+        kinds = shift_kinds(setup)
         out["ood"] = detection
+        out["ood_shifts"] = {shift: kinds[shift] for shift in detection}
     return out
 
 
@@ -109,9 +126,10 @@ def ood_sets(setup: Setup, labels: torch.Tensor, domains: torch.Tensor) -> Dict[
 
 
 def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
-                  local_mcm: Optional[torch.Tensor] = None, classifier: Optional[torch.Tensor] = None) -> dict:
-    """OOD detection of every shift against the training distribution (the sets of `ood_sets`), from cosines to
-    the base class text features: {shift: {score: {metric: %}}}."""
+                  local_mcm: Optional[torch.Tensor] = None, classifier: Optional[torch.Tensor] = None,
+                  ood_features: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> dict:
+    """OOD detection of every shift against the training distribution (the sets of `ood_sets`, then the OOD sets
+    of `ood_features`), from cosines to the base class text features: {shift: {score: {metric: %}}}."""
     sets = ood_sets(setup, labels, domains)
     in_dist = sets.pop("ID", None)
     if in_dist is None:
@@ -123,25 +141,36 @@ def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, do
         local = (None, None) if local_mcm is None else (local_mcm[in_dist], local_mcm[m])
         out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.logit_scale, *local, fpr_rule=setup.cfg.fpr_rule,
                                   params=setup.cfg.ood_params)
+    for name, enc in (ood_features or {}).items():
+        local = (None, None) if local_mcm is None else (local_mcm[in_dist], enc["local_mcm"])
+        out[name] = ood.evaluate(cos[in_dist], enc["features"] @ classifier[setup.base_ids].T, setup.logit_scale,
+                                 *local, fpr_rule=setup.cfg.fpr_rule, params=setup.cfg.ood_params)
     return out
 
 
 def ood_score_sets(setup: Setup, state: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
-    """Per-image OOD scores under an encoder state: {'ID' or a shift of OOD_SHIFTS: {score: values}}, the same
-    sets and scores as `ood_detection` (the OOD notebook's histograms and ROC curves)."""
+    """Per-image OOD scores under an encoder state: {'ID', a shift of OOD_SHIFTS or an OOD set's name: {score:
+    values}}, the same sets and scores as `ood_detection` (the OOD notebook's histograms and ROC curves)."""
     enc = encode(setup, state)
-    cos = enc["features"] @ state_classifier(setup, state)[setup.base_ids].T
-    scores = ood.all_scores(cos, setup.logit_scale, enc.get("local_mcm"), setup.cfg.ood_params)
-    return {name: {score: values[m] for score, values in scores.items()}
-            for name, m in ood_sets(setup, enc["labels"], enc["domains"]).items()}
+    classifier = state_classifier(setup, state)[setup.base_ids]
+
+    def scores_of(e):
+        return ood.all_scores(e["features"] @ classifier.T, setup.logit_scale, e.get("local_mcm"), setup.cfg.ood_params)
+    scores = scores_of(enc)
+    out = {name: {score: values[m] for score, values in scores.items()}
+           for name, m in ood_sets(setup, enc["labels"], enc["domains"]).items()}
+    for name in setup.ood_sets:
+        out[name] = scores_of(encode_ood_set(setup, state, name))
+    return out
 
 
 def evaluate_state(setup: Setup, state: Dict[str, torch.Tensor], progress: bool = False,
                    indices: Optional[torch.Tensor] = None) -> dict:
     """Score an image-encoder state on the evaluation images of the setup (or the given subset of them)."""
     enc = encode(setup, state, indices, progress)
+    sets = {name: encode_ood_set(setup, state, name, progress) for name in setup.ood_sets}
     return score(setup, enc["features"], enc["labels"], enc["domains"], enc.get("local_mcm"),
-                 state_classifier(setup, state))
+                 state_classifier(setup, state), sets)
 
 
 def zero_shot_scores(setup: Setup) -> dict:
@@ -163,29 +192,37 @@ def flat_labels(nested: Dict[str, Dict[str, float]]) -> Dict[str, float]:
 
 
 class StateScorer:
-    """Scores many weight states on one fixed image set, fast (the notebooks' sliders, sweeps): the images are
-    transformed once and kept as one tensor, so a state costs one forward pass in inference mode plus the
-    cell and OOD arithmetic of `score`. Tiny CLIP, default evaluation set: see benchmarks/state_scorer.py."""
+    """Scores many weight states on one fixed image set, fast (the notebooks' sliders, sweeps): the images (and
+    the setup's OOD sets) are transformed once and kept as tensors, so a state costs one forward pass in
+    inference mode plus the cell and OOD arithmetic of `score`. Tiny CLIP, default evaluation set: see
+    benchmarks/state_scorer.py."""
 
     def __init__(self, setup: Setup, indices: Optional[torch.Tensor] = None, batch_size: int = 512):
         self.setup, self.batch_size = setup, batch_size
         idx = setup.eval_idx if indices is None else indices
-        subset = TransformedSubset(setup.dataset, idx, setup.loaded.preprocess)
         self.indices = idx
-        self.images = torch.stack([subset[i][0] for i in range(len(subset))])
+        self.images = self._transformed(setup.dataset, idx)
         self.labels = setup.dataset.labels[idx]
         self.domains = setup.dataset.domain_ids[idx]
+        self.ood_images = {name: self._transformed(s, torch.arange(len(s))) for name, s in setup.ood_sets.items()}
 
-    def features(self, state: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def _transformed(self, dataset, idx: torch.Tensor) -> torch.Tensor:
+        subset = TransformedSubset(dataset, idx, self.setup.loaded.preprocess)
+        return torch.stack([subset[i][0] for i in range(len(subset))])
+
+    def features(self, state: Dict[str, torch.Tensor], images: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Normalised image features of `images` (default: the scorer's evaluation images) under `state`."""
         model = self.setup.scratch_for(state).eval()
         dtype, device = next(model.visual.parameters()).dtype, self.setup.device
+        images = self.images if images is None else images
         with torch.inference_mode(), evaluation.autocast(device, self.setup.eval_precision):
             out = [torch.nn.functional.normalize(model.image_features(batch.to(device, dtype)).float(), dim=-1).cpu()
-                   for batch in self.images.split(self.batch_size)]
+                   for batch in images.split(self.batch_size)]
         return torch.cat(out)
 
     def __call__(self, state: Dict[str, torch.Tensor]) -> dict:
         if evaluation.has_local_features(self.setup.loaded.model.visual):      # GL-MCM needs the patch tokens
             return evaluate_state(self.setup, state, indices=self.indices)
+        sets = {name: {"features": self.features(state, images)} for name, images in self.ood_images.items()}
         return score(self.setup, self.features(state), self.labels, self.domains,
-                     classifier=state_classifier(self.setup, state))
+                     classifier=state_classifier(self.setup, state), ood_features=sets)

@@ -17,7 +17,7 @@ from clipood_kit.engine.experiment import ExperimentConfig, inputs_identity, pre
 from clipood_kit.methods import compose
 from clipood_kit.studies.projection import umap_projection
 from clipood_kit.engine.runs import check_methods, run_method
-from clipood_kit.engine.scoring import StateScorer, ood_score_sets, zero_shot_scores
+from clipood_kit.engine.scoring import StateScorer, ood_score_sets, shift_kinds, zero_shot_scores
 from clipood_kit.studies.sweeps import bma_grid, bma_over_training, record_run, trajectory_for, wise_curve
 
 
@@ -99,8 +99,9 @@ def features_lesson(exp: ExperimentConfig, points: int, seed: int = 0) -> dict:
 
 def ood_lesson(exp: ExperimentConfig, methods: Sequence[str]) -> dict:
     """Notebook 6: `score_sets`, every OOD score of every image set (ID and each shift) after zero-shot and each
-    method's primary model (`scoring.ood_score_sets`), keyed by 'zero-shot' and 'METHOD (MODEL)'; and the two
-    properties of the model that explain them: its logit scale and the mean cosine between class text features."""
+    method's primary model (`scoring.ood_score_sets`), keyed by 'zero-shot' and 'METHOD (MODEL)'; `shift_kinds`
+    (each shift's kind: near, far, covariate); and the two properties of the model that explain them: its logit
+    scale and the mean cosine between class text features."""
     def compute() -> dict:
         setup = prepare(exp)
         check_methods(setup, [compose(m) for m in methods])
@@ -111,5 +112,6 @@ def ood_lesson(exp: ExperimentConfig, methods: Sequence[str]) -> dict:
         t = setup.text_features[setup.base_ids]
         cos = t @ t.T
         off = cos[~torch.eye(len(t), dtype=torch.bool)]
-        return {"score_sets": sets, "logit_scale": setup.logit_scale, "text_cosine_mean": float(off.mean())}
+        return {"score_sets": sets, "shift_kinds": shift_kinds(setup), "logit_scale": setup.logit_scale,
+                "text_cosine_mean": float(off.mean())}
     return _cached("ood", exp, {"methods": list(methods)}, compute)

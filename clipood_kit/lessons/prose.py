@@ -138,6 +138,27 @@ def best_score(table: Dict[str, float]) -> str:
     return max(table, key=table.get)
 
 
+def near_far_answer(row: Dict[str, float]) -> str:
+    """'near' or 'far': the kind of OOD a model's score detects better (mean AUROC over the shifts of that kind
+    in a `viz.widgets.shift_table` row)."""
+    from clipood_kit.viz.widgets import kind_means
+    return "near" if kind_means(row, "near") > kind_means(row, "far") else "far"
+
+
+def near_far_reading(table: Dict[str, Dict[str, float]], score: str = "MCM") -> str:
+    """Notebook 6: per model, the score's AUROC on near-OOD and on each far set, and the sets it ranks below chance
+    (scoring them as more in-distribution than the ID images), all from the run."""
+    from clipood_kit.viz.widgets import kind_means
+    lines = []
+    for model, row in table.items():
+        near, far = kind_means(row, "near"), kind_means(row, "far")
+        below = [k.split(": ", 1)[1] for k, v in row.items() if not k.startswith("covariate") and v < 50]
+        sets = ", ".join(f"{k.split(': ', 1)[1]} {v:.1f}" for k, v in row.items() if k.startswith("far: "))
+        lines.append(f"- **{model}**: {score} AUROC near-OOD {near:.1f}, far-OOD {far:.1f} ({sets})"
+                     + (f"; below chance on {', '.join(below)}" if below else ""))
+    return "\n".join(lines)
+
+
 def ood_reading(table: Dict[str, Dict[str, float]], logit_scale: float, text_cosine: float) -> str:
     """Notebook 6: the best score per model, how far MCM sits from chance, and the model properties that explain
     it (all from the run)."""

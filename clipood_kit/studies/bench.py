@@ -45,6 +45,8 @@ def summarise(per_seed: List[dict]) -> dict:
     first = per_seed[0]
     if isinstance(first, dict):
         return {k: summarise([s[k] for s in per_seed]) for k in first if all(k in s for s in per_seed)}
+    if isinstance(first, str):                  # a label (a shift's kind): the same in every seed
+        return first
     values = [float(v) for v in per_seed]
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "values": values}
@@ -93,7 +95,8 @@ COMPARE_METHODS = ("ce", "wise-ft", "ema", "bma", "mms", "clipood", "car-ft", "c
 BENCH_SETTINGS = {"ema.decay": 0.98}           # EMA's decay for 120 steps (0.99 keeps a third of the zero-shot model)
 DEMO_COLUMNS = (("train", "base"), ("train", "new"), ("unseen", "base"), ("unseen", "new"), ("unseen", "H"))
 COMPARE_COLUMNS = (("train", "base"), ("unseen", "base"), ("train", "new"), ("train", "H"), ("unseen", "new"),
-                   ("unseen", "H"), ("ood", "semantic", "MCM", "AUROC"), ("ood", "semantic", "MCM", "FPR95"))
+                   ("unseen", "H"), ("ood", "semantic", "MCM", "AUROC"), ("ood", "semantic", "MCM", "FPR95"),
+                   ("ood", "glyphs", "MCM", "AUROC"), ("ood", "textures", "MCM", "AUROC"))
 
 # ablations (`clipood-kit compare --ablation NAME`): which part of a method does the work; label -> settings
 ABLATIONS = {

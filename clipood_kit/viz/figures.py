@@ -323,6 +323,21 @@ def card_figure(card: Dict) -> go.Figure:
     return fig
 
 
+def _ood_tick(cell: str) -> str:
+    """'OOD AUROC (MCM, far)' -> 'far': the OOD panel's row label."""
+    inside = cell[cell.find("(") + 1:cell.rfind(")")]
+    return inside.split(", ")[-1] if "(" in cell else cell
+
+
+def _ood_panel_title(cells: Sequence[str]) -> str:
+    """'OOD AUROC (MCM) (%)' for one OOD cell; for several, the common part without their row labels."""
+    if len(cells) == 1:
+        return f"{cells[0]} (%)"
+    head = cells[0][:cells[0].find("(")].strip() if "(" in cells[0] else cells[0]
+    score = cells[0][cells[0].find("(") + 1:].split(",")[0] if "(" in cells[0] else ""
+    return f"{head} ({score}, %)" if score else f"{head} (%)"
+
+
 def cells_figure(rows: Dict[str, Dict[str, float]], title: str, labelled: Optional[str] = None) -> go.Figure:
     """A dot plot of each model's numbers against the zero-shot model's (the first row, drawn as diamonds): left,
     accuracy per cell (domain group / class group); right, on its own axis, OOD AUROC with chance (50) marked.
@@ -335,7 +350,7 @@ def cells_figure(rows: Dict[str, Dict[str, float]], title: str, labelled: Option
     accuracy = [c for c in first if not c.startswith("OOD")]
     auroc = [c for c in first if c.startswith("OOD")]
     fig = make_subplots(rows=1, cols=2 if auroc else 1, column_widths=[0.72, 0.28] if auroc else None,
-                        subplot_titles=["accuracy (%)"] + ([f"{auroc[0]} (%)"] if auroc else []),
+                        subplot_titles=["accuracy (%)"] + ([_ood_panel_title(auroc)] if auroc else []),
                         horizontal_spacing=0.05)
     step = 0.8 / max(1, len(models))
     for panel, cells in enumerate((accuracy, auroc), start=1):
@@ -350,8 +365,10 @@ def cells_figure(rows: Dict[str, Dict[str, float]], title: str, labelled: Option
                             textposition="middle right", textfont=dict(size=12), cliponaxis=False, name=model,
                             legendgroup=str(i), showlegend=panel == 1, meta={"model": i, "cells": cells},
                             row=1, col=panel)
-        fig.update_yaxes(tickvals=list(range(len(cells))), ticktext=cells, range=[len(cells) - 0.5, -0.5],
-                         showticklabels=panel == 1, row=1, col=panel)
+        ticks = cells if panel == 1 else [_ood_tick(c) for c in cells]
+        fig.update_yaxes(tickvals=list(range(len(cells))), ticktext=ticks, range=[len(cells) - 0.5, -0.5],
+                         showticklabels=panel == 1 or len(cells) > 1, side="left" if panel == 1 else "right",
+                         row=1, col=panel)
         if panel == 1:
             low = 5 * int(max(0.0, min(values_here) - 6) // 5)
             fig.update_xaxes(range=[low, 101], dtick=5 if 100 - low <= 30 else 10, title_text="accuracy (%)",

@@ -7,7 +7,10 @@ from clipood_kit.viz import figures
 from clipood_kit.engine.experiment import Setup
 from clipood_kit.engine.scoring import label, lookup
 
-OOD_SHIFT = "semantic"        # the report's OOD section: new classes against the training distribution
+OOD_SECTIONS = {                # the report's OOD sections: the shifts of one kind, against the training distribution
+    "near": "near-OOD: new classes in the training domains, each with a sibling of its family among the base classes",
+    "far": "far-OOD: images of no class and no relative of one (the world's glyphs and textures; --ood-data folders)",
+}
 
 
 def display_rows(summary: dict, columns: Sequence[Sequence[str]]) -> Dict[str, Dict[str, dict]]:
@@ -44,6 +47,21 @@ def mean_std(cell: dict, seeds: int) -> str:
     return f"{cell['mean']:.1f} ± {cell['std']:.1f}" if seeds > 1 else f"{cell['mean']:.1f}"
 
 
+def ood_kind_table(summary: dict, kind: str) -> Dict[str, dict]:
+    """{method: {'AUROC': {score: %}, 'FPR95': {score: %}, 'shifts': [...]}}: each score's seed mean, averaged over
+    the method's OOD shifts of `kind` ('near', 'far'; the results' `ood_shifts`)."""
+    out = {}
+    for method, scores in summary.items():
+        shifts = [sh for sh, k in scores.get("ood_shifts", {}).items() if k == kind and sh in scores.get("ood", {})]
+        if not shifts:
+            continue
+        per = [scores["ood"][sh] for sh in shifts]
+        out[method] = {metric: {score: sum(p[score][metric]["mean"] for p in per) / len(per) for score in per[0]}
+                       for metric in ("AUROC", "FPR95")}
+        out[method]["shifts"] = shifts
+    return out
+
+
 def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
     summary = results["summary"]
     exp = results["config"]["experiment"]
@@ -58,22 +76,24 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
              f"{len(d['base_classes'])} base and {len(d['new_classes'])} new classes; trained on base classes of "
              f"{', '.join(d['source_domains'])}; unseen domains: {', '.join(d['target_domains'])}. Base images are "
              f"classified among base names, new images among new names; H is their harmonic mean. {spread} "
-             f"OOD: MCM scores of new-class images in the training domains against held-out base-class images "
-             f"there (ID positive); FPR95 by the '{exp['fpr_rule']}' threshold rule. Run time "
+             f"OOD: MCM scores of OOD images against held-out base-class images of the training domains (ID "
+             f"positive), near-OOD (new classes there) and far-OOD kept apart; FPR95 by the '{exp['fpr_rule']}' threshold rule. Run time "
              f"{results['seconds']:.0f} s.</p>")
     accuracy_labels = [label(*c) for c in columns if c[0] != "ood"]
     sections = [("Accuracy per method", intro + figures.table_html(text_rows, labels),
                  figures.accuracy_bars(rows, accuracy_labels, seeds=seeds))]
-    ood = {m: s["ood"][OOD_SHIFT] for m, s in summary.items() if OOD_SHIFT in s.get("ood", {})}
-    if ood:
-        auroc = {m: {score: v[score]["AUROC"]["mean"] for score in v} for m, v in ood.items()}
-        fpr = {m: {score: f"{v[score]['FPR95']['mean']:.1f}" for score in v} for m, v in ood.items()}
-        scores = list(next(iter(auroc.values())))
-        sections.append(("Which OOD score after which method",
-                         "<p>Every score on the semantic shift (new classes in the training domains against "
-                         "held-out base-class images there), mean over seeds. Table: FPR at 95 % TPR (%, lower is "
-                         "better); heatmap: AUROC (%).</p>"
-                         + figures.table_html(fpr, scores), figures.score_heatmap(auroc, "AUROC (%)")))
+    for kind, what in OOD_SECTIONS.items():
+        table = ood_kind_table(summary, kind)
+        if not table:
+            continue
+        shifts = sorted({sh for m in table.values() for sh in m["shifts"]})
+        auroc = {m: v["AUROC"] for m, v in table.items()}
+        fpr = {m: {score: f"{x:.1f}" for score, x in v["FPR95"].items()} for m, v in table.items()}
+        sections.append((f"Which OOD score after which method: {kind}-OOD",
+                         f"<p>{what}. Every score, mean over seeds and over the {kind} sets ({', '.join(shifts)}). "
+                         "Table: FPR at 95 % TPR (%, lower is better); heatmap: AUROC (%).</p>"
+                         + figures.table_html(fpr, list(next(iter(fpr.values())))),
+                         figures.score_heatmap(auroc, f"AUROC (%), {kind}-OOD")))
     first_runs = {m: r[0] for m, r in results["runs"].items()}
     sections.append(("Training loss", "", figures.history_figure({m: r["history"] for m, r in first_runs.items()})))
     bma = next((m["averager"] for m in results["config"]["methods"].values()

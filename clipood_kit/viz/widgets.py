@@ -84,15 +84,38 @@ def score_table(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], shift
             for m, sets in score_sets.items() if shift in sets}
 
 
+def shift_table(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], kinds: Dict[str, str],
+                score: str = "MCM", metric: str = "AUROC", fpr_rule: str = ood.DEFAULT_FPR_RULE
+                ) -> Dict[str, Dict[str, float]]:
+    """{model: {'KIND: SHIFT': metric (%)}} of one score, every shift of `kinds` ({shift: 'near' | 'far' |
+    'covariate'}), near first, then far, then covariate: how a score fares on near against far OOD."""
+    fn = ood.metrics(fpr_rule)[metric]
+    order = {"near": 0, "far": 1, "covariate": 2}
+    shifts = sorted(kinds, key=lambda s: order.get(kinds[s], 3))
+    return {m: {f"{kinds[s]}: {s}": 100.0 * fn(sets["ID"][score], sets[s][score]) for s in shifts if s in sets}
+            for m, sets in score_sets.items()}
+
+
+def kind_means(row: Dict[str, float], kind: str) -> float:
+    """The mean of a `shift_table` row over the shifts of one kind (NaN when it has none)."""
+    values = [v for k, v in row.items() if k.startswith(f"{kind}: ")]
+    return float(np.mean(values)) if values else float("nan")
+
+
 VIEW_CELLS = (("train", "base"), ("train", "new"), ("unseen", "base"), ("unseen", "new"), ("unseen", "H"))
 
 
 def cells_of(scores: dict) -> Dict[str, float]:
     """The cells the notebooks' sliders show, labelled ('unseen domains / new'): accuracy of VIEW_CELLS and MCM's
-    AUROC (semantic shift)."""
+    AUROC on near-OOD (the semantic shift: new classes in the training styles) and on far-OOD (the mean over the
+    far sets, `scores['ood_shifts']`)."""
     out = {label(*c): scores["accuracy"][c[0]][c[1]] for c in VIEW_CELLS}
-    if "semantic" in scores.get("ood", {}):
-        out["OOD AUROC (MCM)"] = scores["ood"]["semantic"]["MCM"]["AUROC"]
+    detection = scores.get("ood", {})
+    if "semantic" in detection:
+        out["OOD AUROC (MCM, near)"] = detection["semantic"]["MCM"]["AUROC"]
+    far = [detection[s]["MCM"]["AUROC"] for s, kind in scores.get("ood_shifts", {}).items() if kind == "far"]
+    if far:
+        out["OOD AUROC (MCM, far)"] = float(np.mean(far))
     return out
 
 
@@ -100,19 +123,38 @@ def page_wide(figure, delay: float = 0.5):
     """A plotly FigureWidget drawn at the page's width. Its view draws before the page attaches it, so plotly
     falls back to 700 px; once a view reports that it has drawn (its first trace deltas), an autosize relayout
     sent `delay` seconds later makes plotly measure the attached view. Window resizes are followed afterwards
-    (plotly's `responsive`). Returns the figure."""
-    import threading
+    (plotly's `responsive`). Returns the figure.
+
+    The relayout is scheduled on the kernel's own event loop (the thread that runs the widgets' callbacks), never
+    from another thread: a relayout sent from a timer thread raced the callbacks' figure updates, and in Voila an
+    update could then stay behind it and never reach the page. Outside a kernel the relayout is sent at once."""
     figure._config = {**figure._config, "responsive": True}
     state = {"sent": False}
+
+    def relayout():
+        figure.layout.autosize = True
 
     def drawn(change):
         if change["new"] and not state["sent"]:
             state["sent"] = True
-            timer = threading.Timer(delay, lambda: setattr(figure.layout, "autosize", True))
-            timer.daemon = True
-            timer.start()
+            loop = _kernel_loop()
+            if loop is None:
+                relayout()
+            else:
+                loop.call_later(delay, relayout)
     figure.observe(drawn, names="_js2py_traceDeltas")
     return figure
+
+
+def _kernel_loop():
+    """The running IPython kernel's event loop (tornado), or None outside a kernel."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    kernel = getattr(shell, "kernel", None)
+    return getattr(kernel, "io_loop", None)
 
 
 def show(*items) -> None:
