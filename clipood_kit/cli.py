@@ -138,7 +138,7 @@ def cmd_sweep(args) -> int:
         args.method = "ce" if args.kind == "wise" else "clipood"
     exp = _experiment_from_args(args)
     print(config_summary(exp))
-    run_sweep(args.kind, exp, args.values, args.betas or [], args.out)
+    run_sweep(args.kind, exp, args.values, args.betas or [], args.out, runner=_runner(args))
     print(f"wrote {args.out}/results.json and {args.out}/report.html")
     return 0
 
@@ -166,13 +166,13 @@ def _bench_overrides(cfg, args):
 
 def cmd_demo(args) -> int:
     from clipood_kit.studies.bench import demo_bench
-    return _run_and_print(_bench_overrides(demo_bench(args.seeds), args), args.out)
+    return _run_and_print(_bench_overrides(demo_bench(args.seeds), args), args.out, _runner(args))
 
 
-def _run_and_print(cfg, out) -> int:
+def _run_and_print(cfg, out, runner) -> int:
     from clipood_kit.studies.bench import run_bench
     from clipood_kit.viz.report import text_table
-    results = run_bench(cfg, out)
+    results = run_bench(cfg, out, runner=runner)
     print(text_table(results))
     print(f"wrote {out}/results.json and {out}/report.html in {results['seconds']:.0f} s")
     return 0
@@ -181,7 +181,7 @@ def _run_and_print(cfg, out) -> int:
 def cmd_compare(args) -> int:
     from clipood_kit.studies.bench import compare_bench
     return _run_and_print(_bench_overrides(compare_bench(args.seeds, fast=args.fast, ablation=args.ablation), args),
-                          args.out)
+                          args.out, _runner(args))
 
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
@@ -260,6 +260,48 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="set an experiment or training field (train.FIELD, FIELD); repeat (default: none)")
 
 
+def _add_fanout_args(p: argparse.ArgumentParser) -> None:
+    """How the independent runs are run (`studies.fanout`): serially here, on local worker processes, or on Slurm."""
+    p.add_argument("--executor", choices=["serial", "local", "slurm"], default="serial",
+                   help="serial: one run after another in this process; local: worker processes on this machine; "
+                        "slurm: jobs on a Slurm cluster (submitit)")
+    p.add_argument("--workers", type=int, default=1, help="runs at once (local: processes; slurm: the array's "
+                                                          "parallelism)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: serial, this "
+                   "process's; otherwise the cores divided among the workers)")
+    p.add_argument("--job-folder", default=None, help="submitit's folder for the jobs' files and logs (default: a "
+                   "temporary folder, removed afterwards)")
+    p.add_argument("--slurm", action="append", metavar="KEY=VALUE", default=[],
+                   help="a submitit Slurm parameter, e.g. slurm_partition=gpu, gpus_per_node=1, cpus_per_task=8; "
+                        "repeat")
+
+
+def _runner(args):
+    from clipood_kit.engine.settings import split_setting
+    from clipood_kit.studies.fanout import Runner
+    slurm = {}
+    for item in args.slurm:
+        key, value = split_setting(item)
+        slurm[key] = int(value) if value.isdigit() else value
+    if slurm and args.executor != "slurm":
+        raise ValueError("--slurm parameters need --executor slurm")
+    return Runner(args.executor, args.workers, args.threads, args.job_folder, slurm)
+
+
+def cmd_study(args) -> int:
+    from clipood_kit.engine.builder import apply_overrides
+    from clipood_kit.studies.ood_study import STUDY_METHODS, StudyConfig, run_study, study_experiment, text_table
+    exp = apply_overrides(study_experiment(fast=args.fast), args.set or [], **_overrides(args))
+    cfg = StudyConfig(experiment=exp, methods=args.methods or STUDY_METHODS, shots=args.shot_counts, seeds=args.seeds)
+    results = run_study(cfg, args.out, _runner(args))
+    for kind in ("far", "near"):
+        print(text_table(results, kind))
+    for f in results["findings"]:
+        print(f"- {'holds' if f['holds'] else 'does not hold'}: {f['claim']} ({f['evidence']})")
+    print(f"wrote {args.out}/results.json and {args.out}/report.html in {results['seconds']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipood-kit", description=__doc__, formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True,
@@ -310,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lambda values, BMA alphas, or WiSE-FT mixes")
     p.add_argument("--betas", type=float, nargs="+", help="BMA betas (default: the alphas)")
     _add_experiment_args(p)
+    _add_fanout_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for results.json and report.html")
     p.set_defaults(func=cmd_sweep)
 
@@ -320,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for results.json and report.html")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (mean and std over them)")
     _add_bench_args(p)
+    _add_fanout_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("compare", help="every method x (domains, classes, OOD with MCM), mean and std over seeds")
@@ -329,7 +373,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", default=None, metavar="METHOD",
                    help="instead of all methods: CE, METHOD and its ablated variants (ogen) (default: all methods)")
     _add_bench_args(p)
+    _add_fanout_args(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("study", help="a published study on the bench: ood-after-finetuning (Ming & Li, IJCV 2023: "
+                                     "methods x scores x near/far OOD x shots x seeds); JSON and a report")
+    p.add_argument("name", choices=["ood-after-finetuning"], help="the study")
+    p.add_argument("--out", type=Path, default=Path("runs/study"), help="folder for results.json and report.html")
+    p.add_argument("--methods", nargs="+", default=None, help="methods ('zero-shot' or registered names; default: "
+                   "zero-shot, coop, clip-adapter, ce, clipood, ogen, flyp)")
+    p.add_argument("--shots", dest="shot_counts", type=int, nargs="+", default=[1, 2, 4, 8, 16],
+                   help="the shot counts: images per class and source domain")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (mean and std over them)")
+    p.add_argument("--fast", action="store_true", help="tiny data and 4 steps per run (tests)")
+    _add_bench_args(p)
+    _add_fanout_args(p)
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("lessons", help="class-room tools: precompute what the lesson notebooks train, or write the "
                                        "student versions (solutions stripped, self-checks kept)")

@@ -27,9 +27,9 @@ def test_demo_writes_results_and_a_report_with_every_figure(tmp_path):
     # zero-shot does not depend on the training seed; the split seed changes its held-out images only
     assert saved["config"]["experiment"]["train"]["steps"] == 6
     html = (tmp_path / "report.html").read_text()
-    assert html.count('class="plotly-graph-div"') == 7
+    assert html.count('class="plotly-graph-div"') == 8      # OOD: one heatmap for near-, one for far-OOD
     for heading in ("Accuracy per method", "Beta moving average weights", "Class-adaptive margins",
-                    "Which OOD score after which method",
+                    "Which OOD score after which method: near-OOD", "Which OOD score after which method: far-OOD",
                     "Image features before and after fine-tuning (by class)", "Training loss"):
         assert heading in html
     # plotly.js inlined once: the page is self-contained
@@ -81,12 +81,15 @@ def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
         for path in COMPARE_COLUMNS:
             assert 0 <= lookup(row, path)["mean"] <= 100
         # every OOD score for every shift
-        assert set(row["ood"]) == {"semantic", "covariate", "both"}
+        assert set(row["ood"]) == {"semantic", "covariate", "both", "glyphs", "textures"}
+        assert row["ood_shifts"] == {"semantic": "near", "covariate": "covariate", "both": "near", "glyphs": "far",
+                                     "textures": "far"}
         assert set(row["ood"]["semantic"]) == {"MCM", "MSP", "max-logit", "energy", "entropy"}
     assert results["config"]["methods"]["ema"]["averager"] == {"kind": "ema", "decay": 0.98}
     html = (out / "report.html").read_text()
-    assert "OOD AUROC (MCM, semantic)" in html and "Which OOD score after which method" in html
-    assert "AUROC (MCM, semantic)" in proc.stdout       # the CLI table names its columns by data
+    assert "OOD AUROC (MCM, near: semantic)" in html and "OOD AUROC (MCM, far: glyphs)" in html
+    assert "Which OOD score after which method: far-OOD" in html
+    assert "AUROC (MCM, near: semantic)" in proc.stdout       # the CLI table names its columns by data
 
 
 def test_compare_ablation_runs_each_variant_with_its_settings(tmp_path):

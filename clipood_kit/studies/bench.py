@@ -21,6 +21,7 @@ from clipood_kit.methods import MethodConfig
 from clipood_kit.engine.runs import check_methods, run_method
 from clipood_kit.engine.scoring import zero_shot_scores
 from clipood_kit.engine.presets import demo_experiment
+from clipood_kit.studies.fanout import Runner, fan_out
 from clipood_kit.engine.settings import set_method_fields
 from clipood_kit.methods import compose
 
@@ -52,32 +53,44 @@ def summarise(per_seed: List[dict]) -> dict:
             "values": values}
 
 
-def run_bench(cfg: BenchConfig, out: Path, progress: bool = True) -> dict:
+def bench_seed(cfg: BenchConfig, seed: int, keep_states: bool, progress: bool = False) -> dict:
+    """One seed of the bench (one independent job of `fan_out`): {'rows': {row: scores}, 'runs': {label: run
+    record}, 'states': {label: states} when `keep_states`}."""
+    setup = prepare(with_seed(cfg.experiment, seed))
+    check_methods(setup, cfg.methods.values())     # every method's requirements, before any training
+    rows, runs, kept = {"zero-shot": zero_shot_scores(setup)}, {}, {}
+    for label, method in tqdm(cfg.methods.items(), desc=f"methods (seed {seed})", disable=not progress):
+        result = run_method(setup.for_method(method), progress=progress)
+        rows[label] = result["models"][result["primary"]]
+        other, suffix = SECONDARY_MODELS.get(result["primary"], (None, None))
+        if other in result["models"]:
+            rows[f"{label} ({suffix})"] = result["models"][other]
+        runs[label] = {k: v for k, v in result.items() if k != "states"}
+        if keep_states:
+            kept[label] = result["states"]
+    return {"rows": rows, "runs": runs, "states": kept}
+
+
+def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, runner: Optional[Runner] = None) -> dict:
+    """Every method on every seed (the seeds are independent jobs: `runner` fans them out, serial by default),
+    then the summary, results.json and report.html."""
     from clipood_kit.studies.projection import umap_projection
     from clipood_kit.viz.report import bench_report
     start = time.perf_counter()
     out = Path(out)
-    per_seed, runs, umap_data, setup0 = [], {}, None, None
-    for seed in tqdm(cfg.seeds, desc="seeds", disable=not progress or len(cfg.seeds) == 1):
-        setup = prepare(with_seed(cfg.experiment, seed))
-        check_methods(setup, cfg.methods.values())     # every method's requirements, before any training
-        rows = {"zero-shot": zero_shot_scores(setup)}
-        kept = {}
-        for label, method in tqdm(cfg.methods.items(), desc=f"methods (seed {seed})", disable=not progress):
-            result = run_method(setup.for_method(method), progress=progress)
-            rows[label] = result["models"][result["primary"]]
-            other, suffix = SECONDARY_MODELS.get(result["primary"], (None, None))
-            if other in result["models"]:
-                rows[f"{label} ({suffix})"] = result["models"][other]
-            runs.setdefault(label, []).append({k: v for k, v in result.items() if k != "states"})
-            if seed == cfg.seeds[0]:
-                kept[label] = result["states"]
-        per_seed.append(rows)
-        if seed == cfg.seeds[0]:
-            setup0 = setup
-            if cfg.umap_points and "ce" in kept and "clipood" in kept:
-                umap_data = umap_projection(setup, {"zero-shot": setup.zero_shot_state, "CE (last)": kept["ce"]["last"],
-                                                    "CLIPood (BMA)": kept["clipood"]["bma"]}, cfg.umap_points, seed)
+    runner = runner or Runner()
+    seeds = list(cfg.seeds)
+    serial = runner.executor == "serial"
+    jobs = [(cfg, seed, seed == seeds[0], progress and serial) for seed in seeds]
+    outcomes = fan_out(bench_seed, jobs, runner, desc="seeds", progress=progress and (len(seeds) > 1 or not serial))
+    per_seed = [o["rows"] for o in outcomes]
+    runs = {label: [o["runs"][label] for o in outcomes] for label in cfg.methods}
+    kept = outcomes[0]["states"]
+    setup0 = prepare(with_seed(cfg.experiment, seeds[0]))
+    umap_data = None
+    if cfg.umap_points and "ce" in kept and "clipood" in kept:
+        umap_data = umap_projection(setup0, {"zero-shot": setup0.zero_shot_state, "CE (last)": kept["ce"]["last"],
+                                             "CLIPood (BMA)": kept["clipood"]["bma"]}, cfg.umap_points, seeds[0])
     results = {"config": {"title": cfg.title, "seeds": list(cfg.seeds), "columns": [list(c) for c in cfg.columns],
                           "methods": {k: m.to_dict() for k, m in cfg.methods.items()}, "settings": cfg.settings,
                           "experiment": cfg.experiment.to_dict()},

@@ -17,6 +17,8 @@ from clipood_kit.engine.posthoc import Trajectory
 from clipood_kit.engine.runs import run_method
 from clipood_kit.engine.scoring import StateScorer, zero_shot_scores
 from clipood_kit.engine.settings import set_method_fields
+from clipood_kit.studies.fanout import Runner, fan_out
+
 
 def trajectory_for(setup: Setup, every: int = 1) -> Trajectory:
     """An empty trajectory of the spec's method, started at its zero-shot model state (what it trains)."""
@@ -68,31 +70,47 @@ def wise_curve(traj: Trajectory, scorer: StateScorer, mixes: Sequence[float]) ->
     return [scorer(traj.wise(a)) for a in mixes]
 
 
+_PREPARED: Dict[str, Setup] = {}
+
+
+def prepared(exp: ExperimentConfig) -> Setup:
+    """`prepare(exp)`, kept for this process: the jobs of one sweep share the experiment, so a process that runs
+    several of them (the serial runner, or one worker) prepares it once. The key holds the weights' and data's
+    identity too, so a changed folder or weights file is prepared anew."""
+    key = store.key_of({"experiment": exp.to_dict(), "inputs": inputs_identity(exp)})
+    if key not in _PREPARED:
+        _PREPARED.clear()
+        _PREPARED[key] = prepare(exp)
+    return _PREPARED[key]
+
+
+def lambda_point(exp: ExperimentConfig, method: MethodConfig) -> dict:
+    """One point of a lambda sweep (an independent job of `fan_out`): the method's primary and last-step scores."""
+    r = run_method(prepared(exp).for_method(method), progress=False)
+    return {"lambda": method.part("mms").margin_lambda, "primary": r["primary"],
+            "models": {k: v for k, v in r["models"].items() if k in (r["primary"], "last")}}
+
+
 def lambda_sweep(exp: ExperimentConfig, lambdas: Sequence[float], method: MethodConfig,
-                 cache: Optional[Path] = None, progress: bool = False) -> Dict:
+                 cache: Optional[Path] = None, progress: bool = False, runner: Optional[Runner] = None) -> Dict:
     """One training run per lambda of `method` (which must have an `mms` part) on `exp`; each point's scores
     (the method's result and its last step) are cached on disk, keyed by every setting (the experiment, the
-    method with that lambda, the model and data identity), so reopening a notebook is instant.
+    method with that lambda, the model and data identity), so reopening a notebook is instant. The points not
+    in the cache are independent jobs, fanned out by `runner` (serial by default).
     Returns {'lambdas', 'points': [{'lambda', 'primary', 'models': {name: scores}}], 'zero_shot': scores}."""
     if method.part("mms") is None:
         raise ValueError(f"a lambda sweep needs a method with the mms loss; {method.name!r} has {method.describe()}")
     inputs = inputs_identity(exp)
-    setup: Optional[Setup] = None
-
-    def train(m: MethodConfig) -> dict:
-        nonlocal setup
-        setup = setup or prepare(exp)
-        r = run_method(setup.for_method(m), progress=False)
-        return {"lambda": m.part("mms").margin_lambda, "primary": r["primary"],
-                "models": {k: v for k, v in r["models"].items() if k in (r["primary"], "last")}}
-
-    points = []
-    for lam in tqdm(list(lambdas), desc="lambda sweep", disable=not progress):
-        m = set_method_fields(method, {"mms.margin_lambda": float(lam)})
-        payload = {"experiment": exp.to_dict() | {"method": m.to_dict()}, "inputs": inputs}
-        points.append(store.cached("lambda-point", payload, lambda: train(m), cache))
+    methods = [set_method_fields(method, {"mms.margin_lambda": float(lam)}) for lam in lambdas]
+    payloads = [{"experiment": exp.to_dict() | {"method": m.to_dict()}, "inputs": inputs} for m in methods]
+    found = [store.lookup("lambda-point", p, cache) for p in payloads]
+    missing = [i for i, (ok, _) in enumerate(found) if not ok]
+    computed = dict(zip(missing, fan_out(lambda_point, [(exp, methods[i]) for i in missing], runner or Runner(),
+                                         desc="lambda sweep", progress=progress)))
+    points = [store.cached("lambda-point", p, lambda i=i: computed[i], cache) if i in computed else found[i][1]
+              for i, p in enumerate(payloads)]
     zero = store.cached("zero-shot", {"experiment": exp.to_dict(), "inputs": inputs},
-                        lambda: zero_shot_scores(setup or prepare(exp)), cache)
+                        lambda: zero_shot_scores(prepared(exp)), cache)
     return {"lambdas": [float(x) for x in lambdas], "points": points, "zero_shot": zero}
 
 
@@ -100,8 +118,8 @@ SWEEP_KINDS = ("lambda", "bma", "wise")
 
 
 def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: Sequence[float], out: Path,
-              progress: bool = True) -> dict:
-    """`clipood-kit sweep`: lambda (one run per value, cached), bma (`values` are the alphas, `betas` the betas,
+              progress: bool = True, runner: Optional[Runner] = None) -> dict:
+    """`clipood-kit sweep`: lambda (one run per value, cached; the runs fanned out by `runner`), bma (`values` are the alphas, `betas` the betas,
     one recorded run) or wise (`values` are the mixes, one recorded run). Writes results.json and report.html
     into `out`; every point holds every cell and OOD score."""
     from clipood_kit.viz import figures
@@ -115,7 +133,7 @@ def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: 
     sections = []
     result: dict = {"kind": kind, "experiment": exp.to_dict()}
     if kind == "lambda":
-        sweep = lambda_sweep(exp, values, exp.method, progress=progress)
+        sweep = lambda_sweep(exp, values, exp.method, progress=progress, runner=runner)
         zero = cells_of(sweep["zero_shot"])
         result.update(sweep)
         curves = {f"{model}: {label}": [cells_of(p["models"][model])[label] for p in sweep["points"]]

@@ -442,3 +442,16 @@ def curve_figure(x: Sequence[float], curves: Dict[str, Sequence[float]], title: 
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=440,
                       legend=dict(orientation="h", y=-0.22), yaxis=dict(range=list(y_range) if y_range else None))
     return fig
+
+
+def shots_figure(shots: Sequence[int], cells: Dict[str, Sequence[dict]], title: str, y_title: str) -> go.Figure:
+    """One line per method of a number against the shots (log axis), mean with std error bars over seeds;
+    `cells[method]` holds a {mean, std} per shot count."""
+    fig = go.Figure()
+    for method, row in cells.items():
+        fig.add_scatter(x=list(shots), y=[c["mean"] for c in row], name=method, mode="lines+markers",
+                        error_y=dict(type="data", array=[c["std"] for c in row], visible=True),
+                        line=dict(color=model_colour(method), dash="dash" if method == "zero-shot" else None))
+    fig.update_xaxes(type="log", tickvals=list(shots), ticktext=[f"{s:g}" for s in shots], title_text="shots per class")
+    fig.update_layout(title=title, yaxis_title=y_title, height=440, legend=dict(orientation="h", y=-0.22))
+    return fig

@@ -119,3 +119,39 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
                                                       setup.dataset.classes, setup.dataset.domains, colour_by,
                                                       umap_data.get("moved"))))
     return figures.report_html(results["config"]["title"], sections)
+
+
+def study_report(results: dict) -> str:
+    """The OOD-after-fine-tuning study's report (`studies.ood_study`): ID accuracy and MCM's AUROC on near- and
+    far-OOD against the shots, every score per method at the largest shot count, and the findings."""
+    cfg, table = results["config"], results["table"]
+    shots = cfg["shots"]
+    seeds = len(cfg["seeds"])
+    k = str(max(shots))
+    kinds = {kind: sorted(s for s, kd in results["shift_kinds"].items() if kd == kind) for kind in ("near", "far")}
+    intro = (f"<p>{len(cfg['methods'])} methods x {len(shots)} shot counts x {seeds} seeds; mean over seeds (error "
+             f"bars: std). ID: held-out base-class images of the training styles. Near-OOD: "
+             f"{', '.join(kinds['near'])}; far-OOD: {', '.join(kinds['far'])} (a kind's AUROC is the mean over its "
+             f"sets). Not built, so not in the study: {', '.join(cfg['not_built']) or 'none'}. Run time "
+             f"{results['seconds']:.0f} s ({results['runner']['executor']}, {results['runner']['workers']} "
+             f"worker(s)).</p>")
+    findings = "".join(f"<li><b>{'holds' if f['holds'] else ('not tested' if f['holds'] is None else 'does not hold')}"
+                       f"</b>: {f['claim']}. {f['evidence']}.</li>" for f in results["findings"])
+    sections = [("The paper's findings on this bench", intro + f"<ul>{findings}</ul>", None)]
+
+    def curves(get) -> Dict[str, list]:
+        return {m: [get(row[str(s)]) for s in shots] for m, row in table.items()}
+
+    sections.append(("ID accuracy against shots", "", figures.shots_figure(
+        shots, curves(lambda c: c["id_accuracy"]), "ID accuracy (%) against shots", "accuracy (%)")))
+    for kind in ("far", "near"):
+        if not kinds[kind]:
+            continue
+        sections.append((f"MCM on {kind}-OOD against shots", "", figures.shots_figure(
+            shots, curves(lambda c: c["ood"][kind]["MCM"]["AUROC"]), f"MCM AUROC (%), {kind}-OOD, against shots",
+            "AUROC (%), chance 50")))
+        auroc = {m: {s: v["AUROC"]["mean"] for s, v in row[k]["ood"][kind].items() if s != "shifts"}
+                 for m, row in table.items()}
+        sections.append((f"Every score after every method, {kind}-OOD, {k} shots", "",
+                         figures.score_heatmap(auroc, "AUROC (%)", f"AUROC (%), {kind}-OOD, {k} shots")))
+    return figures.report_html(f"clipood-kit study: {results['study']}", sections)
