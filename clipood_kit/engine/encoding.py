@@ -57,6 +57,22 @@ def state_classifier(setup, state: Dict[str, torch.Tensor]) -> torch.Tensor:
     return classifier_of(setup, setup.scratch_for(state))
 
 
+def state_cosines(setup, state: Dict[str, torch.Tensor], features: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """N x C class scores in cosine units of normalised image features under a model state: cos(f, t_c) to the
+    state's classifier (`state_classifier`), or, when a part of the state adapts the scores (Tip-Adapter's cache,
+    CoCoOp's image-conditioned prompts; `AdaptedCLIP.cosines`), the model's own scores, in batches."""
+    if not any(k.startswith(("text.", "parts.")) for k in state):
+        return features @ setup.text_features.T
+    model = setup.scratch_for(state)
+    if not model.adapts_cosines:
+        return features @ classifier_of(setup, model).T
+    dtype = next(model.visual.parameters()).dtype
+    with torch.no_grad():
+        t = model.class_features()
+        return torch.cat([model.cosines(f.to(setup.device, dtype), t).float().cpu()
+                          for f in features.split(batch_size)]) if len(features) else features.new_zeros(0, len(t))
+
+
 def _encode(setup, state: Dict[str, torch.Tensor], subset: torch.Tensor, progress: bool,
             dataset=None) -> Dict[str, torch.Tensor]:
     from accelerate import PartialState

@@ -199,7 +199,7 @@ class Setup:
                           text_features=self.text_features, templates=list(self.templates), protocol=self.cfg.protocol,
                           encode_prompts=encode_prompts, training_features=training_features,
                           tokenize=lambda prompts: loaded.tokenizer(list(prompts)), embed_tokens=embed_tokens,
-                          seed=self.cfg.train.seed)
+                          seed=self.cfg.train.seed, logit_scale=self.logit_scale)
 
     def model(self, towers=("image",), parts: Optional[Dict[str, PartModule]] = None) -> AdaptedCLIP:
         """A fresh model at the zero-shot weights (`models.adapted.AdaptedCLIP`) on the setup's device; the text

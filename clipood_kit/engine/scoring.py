@@ -21,7 +21,7 @@ import torch
 
 from clipood_kit.evaluation import features as evaluation, ood
 from clipood_kit.data import TransformedSubset, far_ood
-from clipood_kit.engine.encoding import encode, encode_ood_set, state_classifier
+from clipood_kit.engine.encoding import encode, encode_ood_set, state_cosines
 from clipood_kit.engine.experiment import Setup
 
 DOMAIN_GROUPS = {"train": "train domains", "unseen": "unseen domains"}
@@ -71,7 +71,7 @@ def lookup(scores: dict, path: Tuple[str, ...]) -> float:
     return node
 
 
-def _cells(setup: Setup, features, labels, in_group: torch.Tensor, classifier: torch.Tensor) -> Dict[str, float]:
+def _cells(setup: Setup, cosines: torch.Tensor, labels: torch.Tensor, in_group: torch.Tensor) -> Dict[str, float]:
     classes = {"base": setup.base_ids, "new": setup.new_ids, "all": list(range(len(setup.dataset.classes)))}
     cells = {}
     for cname, cls_ids in classes.items():
@@ -79,30 +79,29 @@ def _cells(setup: Setup, features, labels, in_group: torch.Tensor, classifier: t
             continue
         m = in_group & torch.isin(labels, torch.tensor(cls_ids))
         if m.any():
-            pred = evaluation.classify(features[m], classifier, cls_ids)
+            ids = torch.tensor(cls_ids)
+            pred = ids[cosines[m][:, ids].argmax(1)]        # only the group's classes compete
             cells[cname] = 100.0 * (pred == labels[m]).float().mean().item()
     if "base" in cells and "new" in cells:
         cells["H"] = harmonic_mean(cells["base"], cells["new"])
     return cells
 
 
-def score(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
-          local_mcm: Optional[torch.Tensor] = None, classifier: Optional[torch.Tensor] = None,
-          ood_features: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> dict:
-    """Every cell (module docstring) from normalised features against `classifier` (C x D normalised class
-    features; default: the setup's zero-shot ones); `local_mcm` (ViT towers) adds GL-MCM; `ood_features`
-    ({set name: `encode_ood_set` output}) adds the OOD sets beside the dataset. FPR95's threshold rule and the
-    scores' parameters come from the experiment."""
-    classifier = setup.text_features if classifier is None else classifier
+def score(setup: Setup, cosines: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
+          local_mcm: Optional[torch.Tensor] = None,
+          ood_sets_scored: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> dict:
+    """Every cell (module docstring) from the class scores of the images, N x C in cosine units (every class;
+    `encoding.state_cosines`); `local_mcm` (ViT towers) adds GL-MCM; `ood_sets_scored` ({set name: {'cosines',
+    optional 'local_mcm'}}) adds the OOD sets beside the dataset. FPR95's threshold rule and the scores'
+    parameters come from the experiment."""
     groups = {"train": setup.source_ids, "unseen": setup.target_ids}
     out = {"accuracy": {}, "by_domain": {}}
     for gname, dom_ids in groups.items():
         if dom_ids:
-            out["accuracy"][gname] = _cells(setup, features, labels, torch.isin(domains, torch.tensor(dom_ids)),
-                                            classifier)
+            out["accuracy"][gname] = _cells(setup, cosines, labels, torch.isin(domains, torch.tensor(dom_ids)))
     for i, name in enumerate(setup.dataset.domains):
-        out["by_domain"][name] = _cells(setup, features, labels, domains == i, classifier)
-    detection = ood_detection(setup, features, labels, domains, local_mcm, classifier, ood_features)
+        out["by_domain"][name] = _cells(setup, cosines, labels, domains == i)
+    detection = ood_detection(setup, cosines, labels, domains, local_mcm, ood_sets_scored)
     if detection:
         kinds = shift_kinds(setup)
         out["ood"] = detection
@@ -125,26 +124,35 @@ def ood_sets(setup: Setup, labels: torch.Tensor, domains: torch.Tensor) -> Dict[
     return out
 
 
-def ood_detection(setup: Setup, features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
-                  local_mcm: Optional[torch.Tensor] = None, classifier: Optional[torch.Tensor] = None,
-                  ood_features: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> dict:
+def ood_detection(setup: Setup, cosines: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
+                  local_mcm: Optional[torch.Tensor] = None,
+                  ood_sets_scored: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> dict:
     """OOD detection of every shift against the training distribution (the sets of `ood_sets`, then the OOD sets
-    of `ood_features`), from cosines to the base class text features: {shift: {score: {metric: %}}}."""
+    of `ood_sets_scored`), from the class scores of the base classes: {shift: {score: {metric: %}}}."""
     sets = ood_sets(setup, labels, domains)
     in_dist = sets.pop("ID", None)
     if in_dist is None:
         return {}
-    classifier = setup.text_features if classifier is None else classifier
-    cos = features @ classifier[setup.base_ids].T
+    cos = cosines[:, setup.base_ids]
     out = {}
     for shift, m in sets.items():
         local = (None, None) if local_mcm is None else (local_mcm[in_dist], local_mcm[m])
         out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.logit_scale, *local, fpr_rule=setup.cfg.fpr_rule,
                                   params=setup.cfg.ood_params)
-    for name, enc in (ood_features or {}).items():
-        local = (None, None) if local_mcm is None else (local_mcm[in_dist], enc["local_mcm"])
-        out[name] = ood.evaluate(cos[in_dist], enc["features"] @ classifier[setup.base_ids].T, setup.logit_scale,
-                                 *local, fpr_rule=setup.cfg.fpr_rule, params=setup.cfg.ood_params)
+    for name, scored in (ood_sets_scored or {}).items():
+        local = (None, None) if local_mcm is None else (local_mcm[in_dist], scored["local_mcm"])
+        out[name] = ood.evaluate(cos[in_dist], scored["cosines"][:, setup.base_ids], setup.logit_scale, *local,
+                                 fpr_rule=setup.cfg.fpr_rule, params=setup.cfg.ood_params)
+    return out
+
+
+def _scored_ood_sets(setup: Setup, state: Dict[str, torch.Tensor], progress: bool = False) -> Dict[str, dict]:
+    """{set name: {'cosines', 'local_mcm' where the tower gives it}} of the setup's OOD sets under a state."""
+    out = {}
+    for name in setup.ood_sets:
+        enc = encode_ood_set(setup, state, name, progress)
+        out[name] = {"cosines": state_cosines(setup, state, enc["features"]),
+                     **({"local_mcm": enc["local_mcm"]} if "local_mcm" in enc else {})}
     return out
 
 
@@ -152,25 +160,24 @@ def ood_score_sets(setup: Setup, state: Dict[str, torch.Tensor]) -> Dict[str, Di
     """Per-image OOD scores under an encoder state: {'ID', a shift of OOD_SHIFTS or an OOD set's name: {score:
     values}}, the same sets and scores as `ood_detection` (the OOD notebook's histograms and ROC curves)."""
     enc = encode(setup, state)
-    classifier = state_classifier(setup, state)[setup.base_ids]
 
-    def scores_of(e):
-        return ood.all_scores(e["features"] @ classifier.T, setup.logit_scale, e.get("local_mcm"), setup.cfg.ood_params)
-    scores = scores_of(enc)
+    def scores_of(cosines, local):
+        return ood.all_scores(cosines[:, setup.base_ids], setup.logit_scale, local, setup.cfg.ood_params)
+    scores = scores_of(state_cosines(setup, state, enc["features"]), enc.get("local_mcm"))
     out = {name: {score: values[m] for score, values in scores.items()}
            for name, m in ood_sets(setup, enc["labels"], enc["domains"]).items()}
-    for name in setup.ood_sets:
-        out[name] = scores_of(encode_ood_set(setup, state, name))
+    for name, scored in _scored_ood_sets(setup, state).items():
+        out[name] = scores_of(scored["cosines"], scored.get("local_mcm"))
     return out
 
 
 def evaluate_state(setup: Setup, state: Dict[str, torch.Tensor], progress: bool = False,
                    indices: Optional[torch.Tensor] = None) -> dict:
-    """Score an image-encoder state on the evaluation images of the setup (or the given subset of them)."""
+    """Score a model state on the evaluation images of the setup (or the given subset of them), and on its OOD
+    sets."""
     enc = encode(setup, state, indices, progress)
-    sets = {name: encode_ood_set(setup, state, name, progress) for name in setup.ood_sets}
-    return score(setup, enc["features"], enc["labels"], enc["domains"], enc.get("local_mcm"),
-                 state_classifier(setup, state), sets)
+    return score(setup, state_cosines(setup, state, enc["features"]), enc["labels"], enc["domains"],
+                 enc.get("local_mcm"), _scored_ood_sets(setup, state, progress))
 
 
 def zero_shot_scores(setup: Setup) -> dict:
@@ -223,6 +230,7 @@ class StateScorer:
     def __call__(self, state: Dict[str, torch.Tensor]) -> dict:
         if evaluation.has_local_features(self.setup.loaded.model.visual):      # GL-MCM needs the patch tokens
             return evaluate_state(self.setup, state, indices=self.indices)
-        sets = {name: {"features": self.features(state, images)} for name, images in self.ood_images.items()}
-        return score(self.setup, self.features(state), self.labels, self.domains,
-                     classifier=state_classifier(self.setup, state), ood_features=sets)
+        sets = {name: {"cosines": state_cosines(self.setup, state, self.features(state, images))}
+                for name, images in self.ood_images.items()}
+        return score(self.setup, state_cosines(self.setup, state, self.features(state)), self.labels, self.domains,
+                     ood_sets_scored=sets)

@@ -306,6 +306,8 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
     text_features = task.text_features.to(device, dtype=torch.promote_types(dtype, torch.float32))
     rows, label_map = task.class_rows.to(device), task.label_map.to(device)
     method.setup(RunContext(model, text_features, task.logit_scale, cfg.steps, cfg.seed, device))
+    if method.training_free:                          # built, not trained (training-free Tip-Adapter)
+        return FineTuneOutput(method.final_states(zero_shot, zero_shot), [], completed=True)
 
     own = method.training_modules()                   # (part, attribute, module): OGEN's generator
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
@@ -344,9 +346,12 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
             group["lr"] = lr * group["lr_scale"]
         images, labels = images.to(device, dtype=dtype), label_map[labels.to(device)]
         with accelerator.autocast():
-            features, class_features = wrapped(images)
-        loss, metrics = method.loss(Batch(step, features.to(text_features.dtype), labels, images,
-                                          class_features[rows].to(text_features.dtype)))
+            features, classes = wrapped(images)          # classes: C x D class features, or N x C cosines
+        classes = classes.to(text_features.dtype)
+        batch = (Batch(step, features.to(text_features.dtype), labels, images, cosines=classes[:, rows])
+                 if unwrapped.adapts_cosines else
+                 Batch(step, features.to(text_features.dtype), labels, images, classes[rows]))
+        loss, metrics = method.loss(batch)
         # the mean over processes: one NaN anywhere makes it NaN, so every process stops at the same step (a
         # check on the local loss alone would stop one process and leave the others waiting in backward)
         mean_loss = accelerator.reduce(loss.detach(), "mean")

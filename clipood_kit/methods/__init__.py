@@ -15,6 +15,7 @@ from clipood_kit.methods.losses import CEConfig, MMSConfig, class_margins, margi
 from clipood_kit.methods.clip_adapter import CLIPAdapterConfig
 from clipood_kit.methods.coop import CoOpConfig
 from clipood_kit.methods.flyp import FLYPConfig
+from clipood_kit.methods.tip_adapter import TipAdapterConfig
 from clipood_kit.methods.lpft import LPFTConfig
 from clipood_kit.methods.ogen import FeatureGenerator, OGENConfig, SelfDistillConfig
 
@@ -35,6 +36,8 @@ METHODS: Dict[str, MethodConfig] = {
     "clip-adapter": MethodConfig("clip-adapter", CLIPAdapterConfig()),
     "coop": MethodConfig("coop", CoOpConfig()),
     "flyp": MethodConfig("flyp", FLYPConfig()),
+    "tip-adapter": MethodConfig("tip-adapter", TipAdapterConfig()),
+    "tip-adapter-f": MethodConfig("tip-adapter-f", TipAdapterConfig(train_keys=True)),
 }
 
 

@@ -55,6 +55,12 @@ class PartConfig:
     every_parameter_every_step: ClassVar[bool] = True   # False: some steps leave trained parameters without a
                                                         # gradient (DDP must then look for unused parameters)
 
+    @property
+    def training_free(self) -> bool:
+        """True when the part's method needs no training (training-free Tip-Adapter: its model is built, not
+        trained); a method is training-free when its loss part is."""
+        return False
+
     def build(self) -> "Part":
         raise NotImplementedError
 
@@ -80,6 +86,7 @@ class PartInputs:
     tokenize: Optional[Callable[[List[str]], torch.Tensor]] = None
     embed_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None   # token ids -> the zero-shot embeddings
     seed: int = 0                                      # the run's training seed (a part module's initial draw)
+    logit_scale: float = 100.0                         # the model's (CLIP's exp(t)), for parts that add logits
 
     def part_seed(self, kind: str) -> int:
         """The run's seed for one part's initial draws (the same rule as `RunContext.part_seed`)."""
@@ -112,6 +119,8 @@ class Batch:
     labels: torch.Tensor               # rows of the training classes' text features
     images: torch.Tensor
     class_features: Optional[torch.Tensor] = None   # the model's class features of the training classes, C x D
+    cosines: Optional[torch.Tensor] = None   # instead, N x C class scores in cosine units, when a part adapts
+                                             # them (`AdaptedCLIP.adapts_cosines`: Tip-Adapter, CoCoOp)
 
 
 class Part:
@@ -241,6 +250,11 @@ class Method:
     @property
     def primary(self) -> str:
         return self.averager.primary if self.averager is not None else "last"
+
+    @property
+    def training_free(self) -> bool:
+        """The method's model is built by its parts' `prepare`/`model_module` and scored without training."""
+        return self.cfg.loss.training_free
 
     @property
     def trains(self) -> Tuple[str, ...]:

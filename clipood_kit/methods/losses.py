@@ -127,6 +127,8 @@ class CrossEntropy(Loss):
     """Cross-entropy of logit_scale * cos(f, t_c): MMS at lambda = 0 (the module docstring)."""
 
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
+        if batch.cosines is not None:                  # a part adapted the class scores (Tip-Adapter, CoCoOp)
+            return F.cross_entropy(self.run.logit_scale * batch.cosines, batch.labels), {}
         return mms_loss(batch.features, batch.class_features, batch.labels, 0.0, self.run.logit_scale), {}
 
 
@@ -139,5 +141,8 @@ class MarginMetricSoftmax(Loss):
         self.margins = class_margins(run.text_features, self.cfg.margin_lambda) if self.cfg.margin_lambda else None
 
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
+        if batch.cosines is not None:                  # class scores adapted by a part: the margins add to them
+            margins = 0.0 if self.margins is None else self.margins[batch.labels]
+            return F.cross_entropy(self.run.logit_scale * (batch.cosines + margins), batch.labels), {}
         return mms_loss(batch.features, batch.class_features, batch.labels, self.cfg.margin_lambda,
                         self.run.logit_scale, self.margins), {}

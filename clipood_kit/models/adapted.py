@@ -3,6 +3,9 @@
 
     image features  f = adapt_image(visual(x))                    (adapters act on f)
     class features  t = adapt_classes(ensemble(text(prompts)))    (heads and prompt context act on t)
+    cosines         s = adapt_cosines(norm(f), norm(f) norm(t)^T)  (N x C; parts whose scores are not cosines
+                                                                   to one C x D classifier: Tip-Adapter's cache,
+                                                                   CoCoOp's image-conditioned prompts)
 
 When the text tower does not train, `ensemble(text(prompts))` is the frozen zero-shot classifier computed once
 (the template ensemble of CLIP, Radford et al. 2021, Sec. 3.1.4), so a frozen text side costs nothing per step.
@@ -94,6 +97,12 @@ class PartModule(nn.Module):
     def adapt_classes(self, class_features: torch.Tensor, text: Optional[TextTower] = None) -> torch.Tensor:
         return class_features
 
+    def adapt_cosines(self, features: torch.Tensor, cosines: torch.Tensor, class_features: torch.Tensor,
+                      text: Optional[TextTower] = None) -> torch.Tensor:
+        """N x C class scores in cosine units (logits / logit scale) from the normalised image features (N x D),
+        the cosines so far (N x C) and the normalised class features (C x D)."""
+        return cosines
+
     @classmethod
     def from_state(cls, state: State) -> "PartModule":
         raise NotImplementedError
@@ -154,10 +163,29 @@ class AdaptedCLIP(nn.Module):
     def text_trains(self) -> bool:
         return self.text is not None and any(p.requires_grad for p in self.text.parameters())
 
+    def cosines(self, features: torch.Tensor, class_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """N x C class scores in cosine units: cos(f, t_c), then every part's `adapt_cosines` (module docstring).
+        `features` are image features (normalised here); `class_features` default to `class_features()`."""
+        f = F.normalize(features, dim=-1)
+        t = F.normalize((self.class_features() if class_features is None else class_features).to(f.dtype), dim=-1)
+        cosines = f @ t.T
+        for module in self.parts.values():
+            cosines = module.adapt_cosines(f, cosines, t, self.text)
+        return cosines
+
+    @property
+    def adapts_cosines(self) -> bool:
+        """True when a part changes the class scores beyond cosines to one C x D classifier."""
+        return any(type(m).adapt_cosines is not PartModule.adapt_cosines for m in self.parts.values())
+
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(image features, class features): everything that trains runs here, so one `accelerator.prepare`
-        wraps it for DDP."""
-        return self.image_features(images), self.class_features()
+        """(image features, class features C x D), or (image features, cosines N x C) when a part adapts the
+        cosines (`adapts_cosines`): everything that trains runs here, so one `accelerator.prepare` wraps it for
+        DDP."""
+        features, class_features = self.image_features(images), self.class_features()
+        if self.adapts_cosines:
+            return features, self.cosines(features, class_features)
+        return features, class_features
 
     @property
     def adapts_images(self) -> bool:
@@ -165,9 +193,10 @@ class AdaptedCLIP(nn.Module):
 
     @property
     def classifier_is_frozen(self) -> bool:
-        """True when the class features are the frozen zero-shot ones (no text tower, no part acts on them)."""
-        return not self.text_trains and all(type(m).adapt_classes is PartModule.adapt_classes
-                                            for m in self.parts.values())
+        """True when the class features are the frozen zero-shot ones (no text tower, no part acts on them or on
+        the cosines)."""
+        return not self.text_trains and not self.adapts_cosines and all(
+            type(m).adapt_classes is PartModule.adapt_classes for m in self.parts.values())
 
     # -- the state -------------------------------------------------------------------------------------------
     def state_prefixes(self) -> Tuple[str, ...]:
