@@ -13,6 +13,7 @@ from clipood_kit.methods.base import Batch, Method, MethodConfig, PartConfig, Pa
 from clipood_kit.methods.carft import ContextKLConfig
 from clipood_kit.methods.losses import CEConfig, MMSConfig, class_margins, margin_logits, mms_loss, reference_kl
 from clipood_kit.methods.clip_adapter import CLIPAdapterConfig
+from clipood_kit.methods.cocoop import CoCoOpConfig
 from clipood_kit.methods.coop import CoOpConfig
 from clipood_kit.methods.flyp import FLYPConfig
 from clipood_kit.methods.tip_adapter import TipAdapterConfig
@@ -35,6 +36,7 @@ METHODS: Dict[str, MethodConfig] = {
     "lp-ft": MethodConfig("lp-ft", LPFTConfig()),
     "clip-adapter": MethodConfig("clip-adapter", CLIPAdapterConfig()),
     "coop": MethodConfig("coop", CoOpConfig()),
+    "cocoop": MethodConfig("cocoop", CoCoOpConfig()),
     "flyp": MethodConfig("flyp", FLYPConfig()),
     "tip-adapter": MethodConfig("tip-adapter", TipAdapterConfig()),
     "tip-adapter-f": MethodConfig("tip-adapter-f", TipAdapterConfig(train_keys=True)),
