@@ -36,7 +36,10 @@ KEY_FIGURES = {"01_world_and_zero_shot.ipynb": ["Zero-shot accuracy (%) per styl
                                                 "Accuracy over training"],
                "04_fine_tuning.ipynb": ["Training loss", "WiSE-FT: accuracy (%) against the mix"],
                "05_features_umap.ipynb": ["How far fine-tuning moved", "UMAP of what the classifier reads"],
-               "06_ood_detection.ipynb": ["Semantic shift: AUROC", "Semantic shift: FPR95", "OOD: "]}
+               "06_ood_detection.ipynb": ["Semantic shift: AUROC", "Semantic shift: FPR95", "MCM AUROC (%) per model and shift",
+                                          "OOD: "],
+               "07_prompt_learning.ipynb": ["Accuracy (%) against shots", "Learned context vectors against every word",
+                                            "How far each class's text feature moved", "OOD AUROC (%) per method and shots"]}
 DROPDOWN_FIGURE = {"06_ood_detection.ipynb": ("OOD: ", "energy")}    # figure title start, option to pick
 
 

@@ -33,6 +33,7 @@ CORRECT = {
     "mean_displacement": lambda r, m: float((1 - F.cosine_similarity(r, m, dim=-1)).mean()),
     "mcm": lambda s, T: torch.softmax(s / T, dim=1).max(1).values,
     "auroc": lambda i, o: float(((i[:, None] > o[None]).double() + 0.5 * (i[:, None] == o[None]).double()).mean()),
+    "context_cosines": lambda c, e: (c / c.norm(dim=1, keepdim=True)) @ (e / e.norm(dim=1, keepdim=True)).T,
 }
 
 
@@ -72,6 +73,9 @@ MISTAKES = [
     ("auroc", lambda i, o: 100 * CORRECT["auroc"](i, o), "percentage"),
     ("auroc", lambda i, o: CORRECT["auroc"](o, i), "positive class"),
     ("auroc", lambda i, o: float((i[:, None] > o[None]).double().mean()), "ties"),
+    ("context_cosines", lambda c, e: c @ e.T, "normalise both"),
+    ("context_cosines", lambda c, e: F.normalize(c, dim=-1) @ e.T, "normalise the word embeddings too"),
+    ("context_cosines", lambda c, e: F.normalize(c, dim=0) @ F.normalize(e, dim=0).T, "each row"),
 ]
 
 

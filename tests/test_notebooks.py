@@ -13,6 +13,7 @@ FAST = {
     "04_fine_tuning.ipynb": {"PER_CELL": 4, "STEPS": 10, "MIXES": [0.0, 0.5, 1.0]},
     "05_features_umap.ipynb": {"PER_CELL": 4, "STEPS": 10, "POINTS": 150},
     "06_ood_detection.ipynb": {"PER_CELL": 4, "STEPS": 10, "METHODS": ["ce", "ogen"]},
+    "07_prompt_learning.ipynb": {"PER_CELL": 4, "STEPS": 4, "SHOTS": [1, 2]},
 }
 
 

@@ -115,3 +115,74 @@ def ood_lesson(exp: ExperimentConfig, methods: Sequence[str]) -> dict:
         return {"score_sets": sets, "shift_kinds": shift_kinds(setup), "logit_scale": setup.logit_scale,
                 "text_cosine_mean": float(off.mean())}
     return _cached("ood", exp, {"methods": list(methods)}, compute)
+
+
+def _prompt_cells(scores: dict) -> dict:
+    """The numbers notebook 7 plots from one model's scores: accuracy of base and new classes (training styles),
+    their harmonic mean, and MCM and max-logit AUROC on near-OOD (semantic) and far-OOD (mean over far sets)."""
+    acc = scores["accuracy"]["train"]
+    far = [s for s, k in scores["ood_shifts"].items() if k == "far"]
+    out = {"base": acc["base"], "new": acc["new"], "H": acc["H"]}
+    for score in ("MCM", "max-logit"):
+        out[f"near {score}"] = scores["ood"]["semantic"][score]["AUROC"]
+        out[f"far {score}"] = sum(scores["ood"][s][score]["AUROC"] for s in far) / len(far) if far else float("nan")
+    return out
+
+
+def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence[str] = ("coop", "cocoop"),
+                  nearest: int = 3) -> dict:
+    """Notebook 7: CoOp and CoCoOp trained on `shots` images per base class and training style (each at its
+    official learning rate, `studies.ood_study.METHOD_LR`), scored (`cells`: {method: {shots: `_prompt_cells`}},
+    zero-shot under 'zero-shot'); and, for CoOp at the largest shot count, what it learned: the nearest words
+    to each context vector before and after training, how far each context vector moved (1 - cos), and how far
+    each class's text feature moved from CLIP's 'a photo of a CLASS.' (1 - cos), base and new classes apart."""
+    from dataclasses import replace as _replace
+    from clipood_kit.methods import Method
+    from clipood_kit.methods.coop import nearest_words, vocabulary_of
+    from clipood_kit.studies.ood_study import METHOD_LR
+
+    def compute() -> dict:
+        cells: dict = {m: {} for m in ("zero-shot", *methods)}
+        learned = None
+        for k in shots:
+            setup = prepare(_replace(exp, shots=int(k)))
+            check_methods(setup, [compose(m) for m in methods])
+            cells["zero-shot"][str(k)] = _prompt_cells(zero_shot_scores(setup))
+            for m in methods:
+                train = _replace(setup.cfg.train, lr=METHOD_LR.get(m, setup.cfg.train.lr))
+                result = run_method(setup.for_method(compose(m), train), progress=False)
+                cells[m][str(k)] = _prompt_cells(result["models"][result["primary"]])
+                if m == "coop" and k == max(shots):
+                    learned = (setup, result["states"][result["primary"]])
+        out = {"cells": cells, "shots": [int(k) for k in shots], "methods": list(methods)}
+        if learned is not None:
+            setup, state = learned
+            method = Method(compose("coop"))
+            method.prepare(setup.part_inputs())
+            start = setup.model_for(method).trained_state()["parts.coop.ctx"]
+            end = state["parts.coop.ctx"]
+            ids, words = vocabulary_of(setup.loaded.tokenizer)
+            with torch.no_grad():
+                embeddings = setup.loaded.model.token_embedding.weight[ids].float().cpu()
+            before = setup.scratch_for({k: v for k, v in state.items() if k != "parts.coop.ctx"} | {"parts.coop.ctx": start})
+            t0 = torch.nn.functional.normalize(before.class_features().detach().float(), dim=-1)
+            t1 = torch.nn.functional.normalize(setup.scratch_for(state).class_features().detach().float(), dim=-1)
+            moved = (1 - (t0 * t1).sum(-1)).tolist()
+            names = setup.dataset.classes
+            if len(words) > 5000:            # a BPE vocabulary: keep the words near some context vector, for the exercise
+                from clipood_kit.methods.coop import context_word_cosines
+                near = context_word_cosines(torch.cat([start, end]), embeddings).topk(50, dim=1).indices.unique()
+                kept_words, kept = [words[int(i)] for i in near], embeddings[near]
+            else:
+                kept_words, kept = words, embeddings
+            out["context"] = {
+                "init": "a photo of a", "vocabulary": kept_words, "embeddings": kept.tolist(),
+                "nearest_before": nearest_words(start, embeddings, words, nearest),
+                "nearest_after": nearest_words(end, embeddings, words, nearest),
+                "ctx_moved": (1 - torch.nn.functional.cosine_similarity(start.double(), end.double(), dim=-1)).tolist(),
+                "class_moved": {names[i]: moved[i] for i in range(len(names))},
+                "base": [names[i] for i in setup.base_ids], "new": [names[i] for i in setup.new_ids],
+                "ctx": end.tolist(), "ctx_init": start.tolist()}
+        return out
+    return _cached("prompt", exp, {"shots": [int(k) for k in shots], "methods": list(methods),
+                                   "nearest": nearest}, compute)

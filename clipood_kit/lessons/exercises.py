@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from clipood_kit.evaluation import ood
 from clipood_kit.evaluation.features import ensemble_text_features
 from clipood_kit.methods import beta_weights, interpolate, margin_logits
+from clipood_kit.methods.coop import context_word_cosines
 from clipood_kit.studies.projection import mean_displacement
 from clipood_kit.engine.scoring import harmonic_mean
 
@@ -239,6 +240,20 @@ def check_auroc(fn: Callable, seed: int = 0) -> None:
     _check_cases(fn, "auroc", cases, lambda i, o: torch.tensor(ood.auroc(i, o)), hints)
 
 
+def check_context_cosines(fn: Callable, seed: int = 0) -> None:
+    """`fn(ctx, embeddings)`: M x W context vectors and V x W word embeddings -> the M x V cosine similarities
+    (`methods.coop.context_word_cosines`)."""
+    g = _generator(seed)
+    cases = [(torch.randn(4, 8, generator=g) * 3, torch.randn(10, 8, generator=g) * 0.2),
+             (torch.randn(1, 5, generator=g), torch.randn(3, 5, generator=g))]
+    hints = [(lambda c, e: c @ e.T, "normalise both the context vectors and the embeddings (rows of unit length)"),
+             (lambda c, e: F.normalize(c, dim=-1) @ e.T, "normalise the word embeddings too"),
+             (lambda c, e: c @ F.normalize(e, dim=-1).T, "normalise the context vectors too"),
+             (lambda c, e: F.normalize(c, dim=0) @ F.normalize(e, dim=0).T,
+              "normalise each row (dim=-1), not each column")]
+    _check_cases(fn, "context_cosines", cases, lambda c, e: context_word_cosines(c, e).float(), hints)
+
+
 # --- predict, then reveal ----------------------------------------------------------------------------------------
 
 def check_choice(prediction, options: Sequence[str], name: str = "prediction") -> None:
@@ -280,5 +295,5 @@ def reveal(prediction, actual, explanation: str = "", tolerance: float | None = 
 IMPLEMENT_CHECKS: Dict[str, Callable] = {
     "ensemble": check_ensemble, "mms_logits": check_mms_logits, "harmonic_mean": check_harmonic_mean,
     "bma_weights": check_bma_weights, "wise_ft": check_wise_ft, "mean_displacement": check_mean_displacement,
-    "mcm": check_mcm, "auroc": check_auroc,
+    "mcm": check_mcm, "auroc": check_auroc, "context_cosines": check_context_cosines,
 }

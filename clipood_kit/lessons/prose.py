@@ -169,3 +169,45 @@ def ood_reading(table: Dict[str, Dict[str, float]], logit_scale: float, text_cos
         lines.append(f"- **{model}**: best score {b} (AUROC {row[b]:.1f}); MCM {row['MCM']:.1f}"
                      + (" (within 5 points of chance)" if abs(row["MCM"] - 50) < 5 else ""))
     return "\n".join(lines)
+
+
+def new_class_answer(cells: Dict[str, Dict[str, dict]], method: str = "coop") -> str:
+    """Notebook 7: 'higher' or 'lower': the method's new-class accuracy at the largest shot count against
+    zero-shot's."""
+    k = max(cells[method], key=int)
+    return "higher" if cells[method][k]["new"] > cells["zero-shot"][k]["new"] else "lower"
+
+
+def moved_more_answer(context: dict) -> str:
+    """Notebook 7: 'base' or 'new': whose class text features CoOp moved more on average (1 - cos)."""
+    moved = context["class_moved"]
+    base = sum(moved[c] for c in context["base"]) / len(context["base"])
+    new = sum(moved[c] for c in context["new"]) / len(context["new"])
+    return "base" if base > new else "new"
+
+
+def context_reading(context: dict) -> str:
+    """Notebook 7: each context vector's nearest words before and after training, and how far it moved."""
+    lines = [f"The context started as the embeddings of \"{context['init']}\"."]
+    for i, (b, a, moved) in enumerate(zip(context["nearest_before"], context["nearest_after"], context["ctx_moved"])):
+        fmt = lambda ws: ", ".join(f"{w['word']} ({w['cosine']:.2f})" for w in ws)     # noqa: E731
+        lines.append(f"- **v{i + 1}**: before {fmt(b)}; after {fmt(a)}; moved 1 - cos = {moved:.3f}")
+    moved = context["class_moved"]
+    for group in ("base", "new"):
+        values = [moved[c] for c in context[group]]
+        lines.append(f"- {group} classes: their text features moved 1 - cos = {sum(values) / len(values):.4f} on "
+                     f"average (largest: {max(context[group], key=moved.get)}, {max(values):.4f})")
+    return "\n".join(lines)
+
+
+def prompt_ood_reading(cells: Dict[str, Dict[str, dict]]) -> str:
+    """Notebook 7: per method at the largest shot count, new-class accuracy and H against zero-shot, and MCM and
+    max-logit AUROC on near- and far-OOD."""
+    k = max(cells["zero-shot"], key=int)
+    lines = []
+    for method, row in cells.items():
+        c = row[k]
+        lines.append(f"- **{method}** ({k} shots): base {c['base']:.1f}, new {c['new']:.1f}, H {c['H']:.1f}; AUROC "
+                     f"near-OOD MCM {c['near MCM']:.1f} / max-logit {c['near max-logit']:.1f}, far-OOD MCM "
+                     f"{c['far MCM']:.1f} / max-logit {c['far max-logit']:.1f}")
+    return "\n".join(lines)

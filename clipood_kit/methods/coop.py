@@ -23,9 +23,10 @@ space (official `PromptLearner`, lines 60-160, class token at the end):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clipood_kit.methods.base import PartConfig, PartInputs
@@ -109,3 +110,32 @@ class CoOp(CrossEntropy):
             gen = torch.Generator().manual_seed(inputs.part_seed(self.cfg.kind))
             ctx = torch.randn(*shape, generator=gen) * 0.02    # official: nn.init.normal_(std=0.02)
         return PromptContext(ctx, tokens)
+
+
+# -- reading a learned context ---------------------------------------------------------------------------------
+
+def context_word_cosines(ctx: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """M x V cosine similarity of each context vector (M x W) to each word's token embedding (V x W): how CoOp's
+    paper interprets a learned context (Zhou et al. 2022, Sec. 4.4: the nearest words in embedding space)."""
+    return F.normalize(ctx.double(), dim=-1) @ F.normalize(embeddings.double(), dim=-1).T
+
+
+def vocabulary_of(tokenizer) -> Tuple[torch.Tensor, List[str]]:
+    """(token ids, words) of a tokenizer's vocabulary: the tiny CLIP's word tokenizer or open_clip's BPE one
+    (its `decoder`, start and end tokens left out)."""
+    if hasattr(tokenizer, "vocabulary"):
+        return torch.arange(2, 2 + len(tokenizer.vocabulary)), list(tokenizer.vocabulary)
+    decoder = getattr(tokenizer, "decoder", None)
+    if decoder is None:
+        raise ValueError(f"{type(tokenizer).__name__} exposes no vocabulary (neither `vocabulary` nor `decoder`)")
+    items = sorted((i, w.replace("</w>", "")) for i, w in decoder.items() if not w.startswith("<"))
+    return torch.tensor([i for i, _ in items]), [w for _, w in items]
+
+
+def nearest_words(ctx: torch.Tensor, embeddings: torch.Tensor, words: Sequence[str], k: int = 3
+                  ) -> List[List[Dict[str, float]]]:
+    """For each context vector, its `k` nearest words by cosine: [[{'word', 'cosine'}, ...], ...]."""
+    cos = context_word_cosines(ctx, embeddings)
+    top = cos.topk(min(k, len(words)), dim=1)
+    return [[{"word": words[int(j)], "cosine": float(c)} for c, j in zip(row_c, row_j)]
+            for row_c, row_j in zip(top.values, top.indices)]

@@ -455,3 +455,25 @@ def shots_figure(shots: Sequence[int], cells: Dict[str, Sequence[dict]], title: 
     fig.update_xaxes(type="log", tickvals=list(shots), ticktext=[f"{s:g}" for s in shots], title_text="shots per class")
     fig.update_layout(title=title, yaxis_title=y_title, height=440, legend=dict(orientation="h", y=-0.22))
     return fig
+
+
+def class_shift_figure(moved: Dict[str, float], groups: Dict[str, Sequence[str]], title: str) -> go.Figure:
+    """One bar per class of how far its text feature moved (1 - cos), grouped and coloured by `groups`
+    ({'base': [...], 'new': [...]}), largest first within a group."""
+    fig = go.Figure()
+    colours = {"base": "#1f77b4", "new": "#ff7f0e"}
+    for group, names in groups.items():
+        ordered = sorted(names, key=lambda c: -moved[c])
+        fig.add_bar(x=ordered, y=[moved[c] for c in ordered], name=f"{group} classes",
+                    marker_color=colours.get(group, model_colour(group)))
+    fig.update_layout(title=title, yaxis_title="1 - cos(before, after)", height=420,
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0), bargap=0.2)
+    return fig
+
+
+def word_cosine_heatmap(cosines, rows: Sequence[str], words: Sequence[str], title: str) -> go.Figure:
+    """Context vectors (rows) x vocabulary words (columns): their cosine similarity."""
+    fig = go.Figure(go.Heatmap(z=np.asarray(cosines), x=list(words), y=list(rows), colorscale="RdBu", zmid=0,
+                               colorbar=dict(title="cos")))
+    fig.update_layout(title=title, height=200 + 40 * len(rows), xaxis=dict(tickangle=-60))
+    return fig
