@@ -1,5 +1,4 @@
 """LP-FT (methods/lpft.py): the head alone during the probe, then everything; the head is part of the model state."""
-import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file

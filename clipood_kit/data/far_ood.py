@@ -15,8 +15,10 @@ IJCV 2023; OpenOOD):
     world's counterpart of the Textures (DTD) set.
   The sets were designed once, before any method was scored on them, and are not tuned to any result.
 
-A real OOD set is a folder of images (any depth below it, as the MCM code's `ImageFolder` per set reads
-deeplearning-wisc/MCM `utils/common.py` `set_ood_loader_ImageNet`); `ImageFolderSet` reads one.
+A real OOD set is a folder of images, as the MCM code reads one torchvision `ImageFolder` per set
+(deeplearning-wisc/MCM `utils/detection_util.py` `set_ood_loader_ImageNet`, lines 14-29). `ImageFolderSet`
+reads every image at any depth below the folder: the images `ImageFolder` reads (one level of subfolders, e.g.
+iNaturalist/images/*.jpg), and images placed directly in the folder too.
 
 Every set is a `DomainDataset` without classes: label -1, one domain (its name), so it goes through the same
 transform and encoder as the dataset's images.

@@ -16,7 +16,7 @@ augmentations, the parts' draws) and the split seed together (`with_seed`); `--s
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterable, Optional
+from typing import Iterable
 
 from clipood_kit.data import open_dataset
 from clipood_kit.engine.experiment import ExperimentConfig

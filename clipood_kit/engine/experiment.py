@@ -13,9 +13,7 @@ all | H). The protocol picks the training classes and the headline:
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 

@@ -16,8 +16,7 @@ CLI options and `--set` override a preset. `tiny-world` is the embedded world's 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.methods import MethodConfig, compose

@@ -8,6 +8,7 @@ then open without training anything.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -136,7 +137,6 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
     zero-shot under 'zero-shot'); and, for CoOp at the largest shot count, what it learned: the nearest words
     to each context vector before and after training, how far each context vector moved (1 - cos), and how far
     each class's text feature moved from CLIP's 'a photo of a CLASS.' (1 - cos), base and new classes apart."""
-    from dataclasses import replace as _replace
     from clipood_kit.methods import Method
     from clipood_kit.methods.coop import nearest_words, vocabulary_of
     from clipood_kit.studies.ood_study import METHOD_LR
@@ -145,11 +145,11 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
         cells: dict = {m: {} for m in ("zero-shot", *methods)}
         learned = None
         for k in shots:
-            setup = prepare(_replace(exp, shots=int(k)))
+            setup = prepare(replace(exp, shots=int(k)))
             check_methods(setup, [compose(m) for m in methods])
             cells["zero-shot"][str(k)] = _prompt_cells(zero_shot_scores(setup))
             for m in methods:
-                train = _replace(setup.cfg.train, lr=METHOD_LR.get(m, setup.cfg.train.lr))
+                train = replace(setup.cfg.train, lr=METHOD_LR.get(m, setup.cfg.train.lr))
                 result = run_method(setup.for_method(compose(m), train), progress=False)
                 cells[m][str(k)] = _prompt_cells(result["models"][result["primary"]])
                 if m == "coop" and k == max(shots):

@@ -279,7 +279,7 @@ def reveal(prediction, actual, explanation: str = "", tolerance: float | None = 
     """Markdown that sets the student's prediction beside the run's answer (a choice, or a number within
     `tolerance`)."""
     if prediction is None or prediction is Ellipsis:
-        return f"**You have not predicted yet.** Commit to a prediction above, run its check, then run this cell again."
+        return "**You have not predicted yet.** Commit to a prediction above, run its check, then run this cell again."
     if tolerance is None:
         right = prediction == actual
         said = f"**You predicted** {prediction}. **The run says** {actual}."
