@@ -21,7 +21,7 @@ import torch
 
 from clipood_kit.evaluation import features as evaluation, ood
 from clipood_kit.core.cache import FeatureCache
-from clipood_kit.data import WORLD, far_ood, open_dataset, splits
+from clipood_kit.data import WORLD, TransformedSubset, far_ood, open_dataset, splits
 from clipood_kit.methods import Method, MethodConfig, PartInputs, compose, method_from_dict
 from clipood_kit.models.adapted import AdaptedCLIP, PartModule, part_states, tokenize_prompts
 from clipood_kit.models.loader import TINY_NAME, load_clip
@@ -193,11 +193,21 @@ class Setup:
                                  f"an open_clip CLIP text transformer")
             return loaded.model.token_embedding(tokens.to(self.device)).float().cpu()
 
+        def validation_data(n: int, seed: int):
+            labels, domains = self.dataset.labels[self.eval_idx], self.dataset.domain_ids[self.eval_idx]
+            held = self.eval_idx[torch.isin(domains, torch.tensor(self.source_ids))
+                                 & torch.isin(labels, torch.tensor(self.train_class_ids))]
+            if len(held) > n:
+                held = held[torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:n]].sort().values
+            subset = TransformedSubset(self.dataset, held, loaded.preprocess)
+            images = [subset[i][0] for i in range(len(subset))]
+            return {"images": torch.stack(images) if images else torch.empty(0), "labels": self.dataset.labels[held]}
+
         return PartInputs(class_names=list(self.dataset.classes), train_class_ids=list(self.train_class_ids),
                           text_features=self.text_features, templates=list(self.templates), protocol=self.cfg.protocol,
                           encode_prompts=encode_prompts, training_features=training_features,
                           tokenize=lambda prompts: loaded.tokenizer(list(prompts)), embed_tokens=embed_tokens,
-                          seed=self.cfg.train.seed, logit_scale=self.logit_scale)
+                          seed=self.cfg.train.seed, logit_scale=self.logit_scale, validation_data=validation_data)
 
     def model(self, towers=("image",), parts: Optional[Dict[str, PartModule]] = None) -> AdaptedCLIP:
         """A fresh model at the zero-shot weights (`models.adapted.AdaptedCLIP`) on the setup's device; the text

@@ -101,7 +101,7 @@ def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 2
                   adapt: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                   precision: str = "no") -> Dict[str, torch.Tensor]:
     """L2-normalised image features of an image tower (`model.visual`) with labels and domains:
-    {'features', 'labels', 'domains'}. The tower's train/eval mode is restored afterwards. `adapt` acts on the
+    {'features', 'labels', 'domains'}. The train/eval mode of each of the tower's modules is restored afterwards. `adapt` acts on the
     tower's raw features before they are normalised (a method's image adapters, `AdaptedCLIP.image_features`).
     `precision` "bf16" or "fp16" runs the tower under autocast (features are normalised in fp32).
 
@@ -109,7 +109,7 @@ def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 2
     part of GL-MCM, max over patches p and classes i of softmax_i(cos(local_p, t_i)) (see `ood.local_mcm`).
     """
     device = device or next(visual.parameters()).device
-    was_training = visual.training
+    modes = {m: m.training for m in visual.modules()}     # restored module by module (frozen batch norm stays)
     visual.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     dtype = next(visual.parameters()).dtype
@@ -128,7 +128,8 @@ def encode_images(visual: torch.nn.Module, dataset: Dataset, batch_size: int = 2
             local_mcm.append(ood.local_mcm(cos).cpu())
         labels.append(y)
         domains.append(d)
-    visual.train(was_training)
+    for m, mode in modes.items():
+        m.training = mode
     out = {"features": torch.cat(feats), "labels": torch.cat(labels), "domains": torch.cat(domains)}
     if local_mcm:
         out["local_mcm"] = torch.cat(local_mcm)

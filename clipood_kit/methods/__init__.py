@@ -16,6 +16,7 @@ from clipood_kit.methods.clip_adapter import CLIPAdapterConfig
 from clipood_kit.methods.cocoop import CoCoOpConfig
 from clipood_kit.methods.coop import CoOpConfig
 from clipood_kit.methods.flyp import FLYPConfig
+from clipood_kit.methods.swad import SWADConfig
 from clipood_kit.methods.tip_adapter import TipAdapterConfig
 from clipood_kit.methods.lpft import LPFTConfig
 from clipood_kit.methods.ogen import FeatureGenerator, OGENConfig, SelfDistillConfig
@@ -27,6 +28,7 @@ METHODS: Dict[str, MethodConfig] = {
     "bma": MethodConfig("bma", CEConfig(), averager=BMAConfig()),
     "clipood": MethodConfig("clipood", MMSConfig(), averager=BMAConfig()),
     "ema": MethodConfig("ema", CEConfig(), averager=EMAConfig()),
+    "swad": MethodConfig("swad", CEConfig(), averager=SWADConfig()),
     "wise-ft": MethodConfig("wise-ft", CEConfig(), averager=WiSEConfig()),
     "car-ft": MethodConfig("car-ft", CEConfig(), (ContextKLConfig(),)),
     "car-ft-mms": MethodConfig("car-ft-mms", MMSConfig(), (ContextKLConfig(),)),

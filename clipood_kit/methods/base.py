@@ -87,6 +87,9 @@ class PartInputs:
     embed_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None   # token ids -> the zero-shot embeddings
     seed: int = 0                                      # the run's training seed (a part module's initial draw)
     logit_scale: float = 100.0                         # the model's (CLIP's exp(t)), for parts that add logits
+    validation_data: Optional[Callable[[int, int], Dict[str, torch.Tensor]]] = None   # (at most n, seed) ->
+                                    # {'images' (transformed), 'labels'}: held-out images of the training domains
+                                    # and classes (SWAD's validation loss)
 
     def part_seed(self, kind: str) -> int:
         """The run's seed for one part's initial draws (the same rule as `RunContext.part_seed`)."""
