@@ -179,6 +179,9 @@ class SWAD(Averager):
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
+        if run.total_steps < self.cfg.every:
+            raise ValueError(f"swad.every ({self.cfg.every}) is more than the run's {run.total_steps} steps, so no "
+                             f"segment would end: set --set swad.every={max(1, run.total_steps // 12)} or more steps")
         self.valley = LossValley(self.cfg.n_converge, self.cfg.n_tolerance, self.cfg.tolerance_ratio)
         self.segment = RunningMean()
         self.step = 0

@@ -104,7 +104,7 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, runner: Option
 # -- bench presets -----------------------------------------------------------------------------------------
 
 DEMO_METHODS = ("ce", "mms", "bma", "clipood", "wise-ft", "ema")
-COMPARE_METHODS = ("ce", "wise-ft", "ema", "bma", "mms", "clipood", "car-ft", "car-ft-clipood", "ogen")
+COMPARE_METHODS = ("ce", "wise-ft", "ema", "swad", "bma", "mms", "clipood", "car-ft", "car-ft-clipood", "ogen")
 BENCH_SETTINGS = {"ema.decay": 0.98}           # EMA's decay for 120 steps (0.99 keeps a third of the zero-shot model)
 DEMO_COLUMNS = (("train", "base"), ("train", "new"), ("unseen", "base"), ("unseen", "new"), ("unseen", "H"))
 COMPARE_COLUMNS = (("train", "base"), ("unseen", "base"), ("train", "new"), ("train", "H"), ("unseen", "new"),
@@ -137,8 +137,10 @@ def compare_bench(seeds: Sequence[int] = (0, 1, 2), fast: bool = False, ablation
     """`clipood-kit compare`: every method on the same backbone, data, budget and metrics; with `ablation`, CE,
     the method and its ablated variants instead."""
     exp = demo_experiment()
+    settings = dict(BENCH_SETTINGS)
     if fast:
         exp = replace(exp, per_cell=6, train=replace(exp.train, steps=8, batch_size=8))
+        settings["swad.every"] = 2               # SWAD's segments, scaled to the 8 steps
     if ablation is not None:
         if ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {ablation!r}; choose one of {sorted(ABLATIONS)}")
@@ -146,6 +148,6 @@ def compare_bench(seeds: Sequence[int] = (0, 1, 2), fast: bool = False, ablation
         methods.update({label: set_method_fields(compose(ablation), s) for label, s in ABLATIONS[ablation].items()})
         return BenchConfig(methods=methods, experiment=exp, columns=COMPARE_COLUMNS, seeds=tuple(seeds),
                            title=f"clipood-kit ablation: {ablation}", settings=dict(BENCH_SETTINGS))
-    return BenchConfig(methods=bench_methods(COMPARE_METHODS), experiment=exp, columns=COMPARE_COLUMNS,
-                       seeds=tuple(seeds), umap_points=0 if fast else 600, settings=dict(BENCH_SETTINGS),
+    return BenchConfig(methods=bench_methods(COMPARE_METHODS, settings), experiment=exp, columns=COMPARE_COLUMNS,
+                       seeds=tuple(seeds), umap_points=0 if fast else 600, settings=settings,
                        title="clipood-kit comparison: robust fine-tuning methods on one bench")
