@@ -243,3 +243,24 @@ def text_table(results: dict, kind: str = "far", score: str = "MCM") -> str:
     return "\n".join(lines)
 
 
+
+
+def markdown_tables(results: dict) -> str:
+    """The README's tables: (1) methods x shots of ID accuracy and MCM's AUROC on far-OOD; (2) at the largest shot
+    count, every score's AUROC on near- and far-OOD; each mean ± std over seeds."""
+    shots, table = results["config"]["shots"], results["table"]
+    ms = lambda c: f"{c['mean']:.1f} ± {c['std']:.1f}"      # noqa: E731
+    lines = ["| method | " + " | ".join(f"{k} shots: ID acc / far MCM" for k in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    for m, row in table.items():
+        lines.append(f"| {m} | " + " | ".join(f"{ms(row[str(k)]['id_accuracy'])} / {ms(row[str(k)]['ood']['far']['MCM']['AUROC'])}"
+                                          for k in shots) + " |")
+    k = str(max(shots))
+    scores = [s for s in next(iter(table.values()))[k]["ood"]["near"] if s != "shifts"]
+    lines += ["", f"| method ({k} shots) | " + " | ".join(f"{s} near / far" for s in scores) + " |",
+              "|---|" + "---|" * len(scores)]
+    for m, row in table.items():
+        o = row[k]["ood"]
+        lines.append(f"| {m} | " + " | ".join(f"{o['near'][s]['AUROC']['mean']:.1f} / {o['far'][s]['AUROC']['mean']:.1f}"
+                                          for s in scores) + " |")
+    return "\n".join(lines)
