@@ -35,10 +35,11 @@ def text_table(results: dict) -> str:
     short = [s.replace(" domains", "").replace("OOD ", "") for s in labels]
     width = max(len(k) for k in rows) + 2
     seeds = len(results["config"]["seeds"])
-    lines = [f"{'method':<{width}}" + "".join(f"{s:>20}" for s in short)]
+    cols = [max(16, len(s) + 2) for s in short]             # a column as wide as its label
+    lines = [f"{'method':<{width}}" + "".join(f"{s:>{w}}" for s, w in zip(short, cols))]
     for name, cells in rows.items():
         lines.append(f"{name:<{width}}" + "".join(
-            f"{mean_std(cells[c], seeds):>20}" if c in cells else f"{'-':>20}" for c in labels))
+            f"{mean_std(cells[c], seeds):>{w}}" if c in cells else f"{'-':>{w}}" for c, w in zip(labels, cols)))
     return "\n".join(lines + [f"({seeds} seed{'s' if seeds > 1 else ''}" + (": mean ± std)" if seeds > 1 else ")")])
 
 
