@@ -37,8 +37,9 @@ def close(key, a, b):
 
 @pytest.fixture(scope="module")
 def now():
+    """Today's numbers of the methods the golden file holds (methods added since have no golden numbers)."""
     from method_numbers import method_numbers
-    return method_numbers()
+    return method_numbers(sorted(json.loads((GOLDEN / "methods_before_frame.json").read_text())))
 
 
 @pytest.mark.parametrize("name", sorted(json.loads((GOLDEN / "methods_before_frame.json").read_text())))

@@ -61,11 +61,9 @@ def state_cosines(setup, state: Dict[str, torch.Tensor], features: torch.Tensor,
     """N x C class scores in cosine units of normalised image features under a model state: cos(f, t_c) to the
     state's classifier (`state_classifier`), or, when a part of the state adapts the scores (Tip-Adapter's cache,
     CoCoOp's image-conditioned prompts; `AdaptedCLIP.cosines`), the model's own scores, in batches."""
-    if not any(k.startswith(("text.", "parts.")) for k in state):
-        return features @ setup.text_features.T
-    model = setup.scratch_for(state)
-    if not model.adapts_cosines:
-        return features @ classifier_of(setup, model).T
+    model = setup.scratch_for(state) if any(k.startswith("parts.") for k in state) else None
+    if model is None or not model.adapts_cosines:
+        return features @ state_classifier(setup, state).T
     dtype = next(model.visual.parameters()).dtype
     with torch.no_grad():
         t = model.class_features()

@@ -30,7 +30,7 @@ OOD_SHIFTS = {"semantic": ("source", "new"), "covariate": ("target", "base"), "b
 # near-OOD: new classes, each with a sibling among the base classes; covariate: the base classes in unseen styles
 # (a shift of style, not of content); far-OOD: the OOD sets beside the dataset (their own `kind`, `data.far_ood`)
 SHIFT_KINDS = {"semantic": "near", "covariate": "covariate", "both": "near"}
-KIND_ORDER = ("near", "far", "covariate")
+KIND_ORDER = ("near", "far", "covariate")           # how tables list the kinds
 
 
 def shift_kinds(setup: Setup) -> Dict[str, str]:

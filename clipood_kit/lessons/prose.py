@@ -178,12 +178,12 @@ def new_class_answer(cells: Dict[str, Dict[str, dict]], method: str = "coop") ->
     return "higher" if cells[method][k]["new"] > cells["zero-shot"][k]["new"] else "lower"
 
 
-def moved_more_answer(context: dict) -> str:
-    """Notebook 7: 'base' or 'new': whose class text features CoOp moved more on average (1 - cos)."""
+def moved_ratio(context: dict) -> float:
+    """Notebook 7: the new classes' mean text-feature movement (1 - cos) over the base classes'."""
     moved = context["class_moved"]
     base = sum(moved[c] for c in context["base"]) / len(context["base"])
     new = sum(moved[c] for c in context["new"]) / len(context["new"])
-    return "base" if base > new else "new"
+    return new / base
 
 
 def context_reading(context: dict) -> str:

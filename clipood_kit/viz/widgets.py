@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipood_kit.engine.scoring import label
+from clipood_kit.engine.scoring import KIND_ORDER, label
 from clipood_kit.evaluation import ood
 from clipood_kit.methods import beta_weights, class_margins, margin_logits, zero_shot_share
 
@@ -90,8 +90,7 @@ def shift_table(score_sets: Dict[str, Dict[str, Dict[str, torch.Tensor]]], kinds
     """{model: {'KIND: SHIFT': metric (%)}} of one score, every shift of `kinds` ({shift: 'near' | 'far' |
     'covariate'}), near first, then far, then covariate: how a score fares on near against far OOD."""
     fn = ood.metrics(fpr_rule)[metric]
-    order = {"near": 0, "far": 1, "covariate": 2}
-    shifts = sorted(kinds, key=lambda s: order.get(kinds[s], 3))
+    shifts = sorted(kinds, key=lambda s: KIND_ORDER.index(kinds[s]) if kinds[s] in KIND_ORDER else len(KIND_ORDER))
     return {m: {f"{kinds[s]}: {s}": 100.0 * fn(sets["ID"][score], sets[s][score]) for s in shifts if s in sets}
             for m, sets in score_sets.items()}
 
