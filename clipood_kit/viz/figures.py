@@ -421,15 +421,18 @@ def grid_heatmap(z: Sequence[Sequence[float]], alphas: Sequence[float], betas: S
 
 def curve_figure(x: Sequence[float], curves: Dict[str, Sequence[float]], title: str, x_title: str, y_title: str,
                  references: Dict[str, float] = (), marker_x: Optional[float] = None, log_x: bool = False,
-                 dotted: str = "", y_range: Optional[Sequence[float]] = None) -> go.Figure:
+                 dotted: str = "", y_range: Optional[Sequence[float]] = None,
+                 colours: Optional[Dict[str, str]] = None) -> go.Figure:
     """Lines of y against x, horizontal dashed reference lines (zero-shot, last step), and an optional vertical
     marker at the slider's value. A curve named 'MODEL: CELL' takes its cell's colour (so the average and the
-    last step of one cell share a colour), else its model's; curves whose name starts with `dotted` are drawn
-    dotted (e.g. the last-step model beside its average). `log_x` puts x on a log axis ticked at the x values."""
+    last step of one cell share a colour; `colours` maps a CELL to a colour of the caller's), else its model's;
+    curves whose name starts with `dotted` are drawn dotted (e.g. the last-step model beside its average).
+    `log_x` puts x on a log axis ticked at the x values."""
     fig = go.Figure()
     for name, y in curves.items():
         cell = name.split(": ", 1)[-1]
-        colour = cell_colour(cell) if cell_colour(cell) != "#000000" else model_colour(name)
+        colour = (colours or {}).get(cell) or (cell_colour(cell) if cell_colour(cell) != "#000000"
+                                               else model_colour(name))
         fig.add_scatter(x=list(x), y=list(y), name=name, mode="lines+markers",
                         line=dict(color=colour, dash="dot" if dotted and name.startswith(dotted) else None))
     if log_x:
@@ -457,11 +460,14 @@ def shots_figure(shots: Sequence[int], cells: Dict[str, Sequence[dict]], title: 
     return fig
 
 
+GROUP_COLOURS = {"base": "#1f77b4", "new": "#ff7f0e"}     # base and new classes, in every figure that splits them
+
+
 def class_shift_figure(moved: Dict[str, float], groups: Dict[str, Sequence[str]], title: str) -> go.Figure:
     """One bar per class of how far its text feature moved (1 - cos), grouped and coloured by `groups`
     ({'base': [...], 'new': [...]}), largest first within a group."""
     fig = go.Figure()
-    colours = {"base": "#1f77b4", "new": "#ff7f0e"}
+    colours = GROUP_COLOURS
     for group, names in groups.items():
         ordered = sorted(names, key=lambda c: -moved[c])
         fig.add_bar(x=ordered, y=[moved[c] for c in ordered], name=f"{group} classes",
