@@ -154,6 +154,8 @@ def findings(table: Dict[str, Dict[str, dict]], shots: Sequence[int]) -> List[di
     'holds' is None when the study lacks the methods a claim needs."""
     k = str(max(shots))
     out = []
+    # the kinds every method was scored on (a folder study without --ood-data has no far-OOD set)
+    kinds = [kind for kind in ("far", "near") if all(kind in row[k]["ood"] for row in table.values())]
 
     def auroc(method: str, kind: str, score: str = "MCM", at: str = k) -> float:
         return table[method][at]["ood"][kind][score]["AUROC"]["mean"]
@@ -162,7 +164,7 @@ def findings(table: Dict[str, Dict[str, dict]], shots: Sequence[int]) -> List[di
         return "per seed " + ", ".join(f"{x:+.1f}" for x in d)
 
     prompt = [m for m in PROMPT_METHODS if m in table]
-    for kind in ("far", "near"):
+    for kind in kinds:
         if ZERO_SHOT in table and prompt:
             d = {m: _paired(table, m, ZERO_SHOT, kind, k) for m in prompt}
             out.append({"claim": f"Prompt learning detects {kind}-OOD better than zero-shot (MCM, {k} shots)",
@@ -170,7 +172,7 @@ def findings(table: Dict[str, Dict[str, dict]], shots: Sequence[int]) -> List[di
                         "evidence": "; ".join(f"{m} {auroc(m, kind):.1f} vs zero-shot {auroc(ZERO_SHOT, kind):.1f} "
                                               f"({diffs_text(d[m])})" for m in prompt)})
     tuned = [m for m in table if m != ZERO_SHOT]
-    for kind in ("far", "near"):
+    for kind in kinds:
         wins, lines = 0, []
         for m in tuned:
             row = {s: v["AUROC"]["mean"] for s, v in table[m][k]["ood"][kind].items() if s != "shifts"}
@@ -181,7 +183,7 @@ def findings(table: Dict[str, Dict[str, dict]], shots: Sequence[int]) -> List[di
                              f"method, {kind}-OOD ({k} shots)", "holds": wins == len(tuned) if tuned else None,
                     "evidence": "; ".join(lines)})
     adapters = [m for m in ADAPTER_METHODS if m in table]
-    if prompt and adapters:
+    if prompt and adapters and "far" in kinds:
         best_p = max(prompt, key=lambda m: auroc(m, "far"))
         best_a = max(adapters, key=lambda m: auroc(m, "far"))
         d = _paired(table, best_p, best_a, "far", k)
@@ -190,7 +192,7 @@ def findings(table: Dict[str, Dict[str, dict]], shots: Sequence[int]) -> List[di
                     "evidence": f"{best_p} {auroc(best_p, 'far'):.1f} vs {best_a} {auroc(best_a, 'far'):.1f} "
                                 f"({diffs_text(d)})"})
     small = str(min(shots))
-    if prompt and small != k:
+    if prompt and small != k and "far" in kinds:
         d = {m: _paired(table, m, m, "far", k, small) for m in prompt}
         out.append({"claim": f"More shots help prompt learning's far-OOD detection ({small} -> {k} shots, MCM)",
                     "holds": all(_verdict(v) for v in d.values()),
@@ -253,14 +255,15 @@ def markdown_tables(results: dict) -> str:
     lines = ["| method | " + " | ".join(f"{k} shots: ID acc / far MCM" for k in shots) + " |",
              "|---|" + "---|" * len(shots)]
     for m, row in table.items():
-        lines.append(f"| {m} | " + " | ".join(f"{ms(row[str(k)]['id_accuracy'])} / {ms(row[str(k)]['ood']['far']['MCM']['AUROC'])}"
-                                          for k in shots) + " |")
+        lines.append(f"| {m} | " + " | ".join(
+            f"{ms(row[str(k)]['id_accuracy'])} / "
+            + (ms(row[str(k)]['ood']['far']['MCM']['AUROC']) if "far" in row[str(k)]["ood"] else "-") for k in shots) + " |")
     k = str(max(shots))
     scores = [s for s in next(iter(table.values()))[k]["ood"]["near"] if s != "shifts"]
     lines += ["", f"| method ({k} shots) | " + " | ".join(f"{s} near / far" for s in scores) + " |",
               "|---|" + "---|" * len(scores)]
     for m, row in table.items():
         o = row[k]["ood"]
-        lines.append(f"| {m} | " + " | ".join(f"{o['near'][s]['AUROC']['mean']:.1f} / {o['far'][s]['AUROC']['mean']:.1f}"
-                                          for s in scores) + " |")
+        far = lambda s: f"{o['far'][s]['AUROC']['mean']:.1f}" if "far" in o else "-"      # noqa: E731
+        lines.append(f"| {m} | " + " | ".join(f"{o['near'][s]['AUROC']['mean']:.1f} / {far(s)}" for s in scores) + " |")
     return "\n".join(lines)

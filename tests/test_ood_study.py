@@ -1,0 +1,42 @@
+"""The study's findings rule (a comparison holds when it holds in every seed) on hand-made tables, and a study on a
+folder dataset without far-OOD sets (its near-OOD findings only, no crash after the runs)."""
+import json
+from dataclasses import replace
+
+from clipood_kit.studies.ood_study import StudyConfig, findings, markdown_tables, run_study, study_experiment
+
+
+def _cell(mcm_far, mcm_near=50.0, maxlogit=60.0):
+    def ms(values):
+        return {"mean": sum(values) / len(values), "std": 0.0, "values": list(values)}
+    return {"id_accuracy": ms([90.0] * 3), "ood": {
+        "far": {"MCM": {"AUROC": ms(mcm_far), "FPR95": ms([90.0] * 3)},
+                "max-logit": {"AUROC": ms([maxlogit] * 3), "FPR95": ms([90.0] * 3)}, "shifts": ["glyphs"]},
+        "near": {"MCM": {"AUROC": ms([mcm_near] * 3), "FPR95": ms([90.0] * 3)},
+                 "max-logit": {"AUROC": ms([maxlogit] * 3), "FPR95": ms([90.0] * 3)}, "shifts": ["semantic"]}}}
+
+
+def test_a_comparison_holds_only_when_it_holds_in_every_seed():
+    zero = _cell([50.0, 50.0, 50.0])
+    # a higher mean (53.3) from one large seed, lower in the other two: does not hold
+    mixed = {"zero-shot": {"1": zero, "16": zero}, "coop": {"1": _cell([49.0] * 3), "16": _cell([62.0, 49.0, 49.0])}}
+    claim = next(f for f in findings(mixed, [1, 16]) if f["claim"].startswith("Prompt learning detects far-OOD better"))
+    assert claim["holds"] is False and "+12.0, -1.0, -1.0" in claim["evidence"]
+    steady = {"zero-shot": {"1": zero, "16": zero}, "coop": {"1": _cell([49.0] * 3), "16": _cell([50.5, 51.0, 50.2])}}
+    claims = {f["claim"].split(" (")[0]: f for f in findings(steady, [1, 16])}
+    assert claims["Prompt learning detects far-OOD better than zero-shot"]["holds"] is True
+    assert claims["More shots help prompt learning's far-OOD detection"]["holds"] is True
+    # max-logit (60) beats MCM (about 50) by more than a point: MCM is not the best score
+    assert claims["MCM is the best score"]["holds"] is False
+
+
+def test_a_folder_study_without_far_sets_reports_its_near_findings(world_tree, tmp_path):
+    exp = replace(study_experiment(fast=True), data=str(world_tree), per_cell=None, cache_dir="off")
+    cfg = StudyConfig(experiment=exp, methods=("zero-shot", "coop"), shots=(1, 2), seeds=(0,))
+    results = run_study(cfg, tmp_path, progress=False)
+    assert set(results["shift_kinds"].values()) <= {"near", "covariate"}
+    assert results["findings"] and all("far-OOD" not in f["claim"] for f in results["findings"])
+    assert "/ -" in markdown_tables(results)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["table"]["coop"]["2"]["ood"]["near"]["MCM"]["AUROC"]["values"]
+    assert (tmp_path / "report.html").read_text().count("plotly-graph-div") >= 2
