@@ -111,3 +111,17 @@ def test_set_cells_moves_one_models_dots_in_both_panels():
     assert [list(t.x) for t in moved] == [[70.0, 60.0], [55.0]]
     assert [list(t.text) for t in moved] == [["70.0", "60.0"], ["55.0"]] and all(t.name == "MMS" for t in moved)
     assert [list(t.x) for t in fig.data if t.meta["model"] == 0] == [[80.0, 90.0], [50.0]]    # the reference stays
+
+
+def test_every_registered_method_has_a_colour_of_its_own():
+    """Figures tell methods apart by colour: each registry name (as the study and the bench label rows) and
+    zero-shot get a distinct colour, and a display name with a suffix keeps its method's colour."""
+    from clipood_kit.methods import METHODS
+    from clipood_kit.viz.figures import model_colour
+    own = ["zero-shot", "ce", "mms", "clipood", "wise-ft", "bma", "ema", "car-ft", "ogen", "coop", "cocoop",
+           "clip-adapter", "tip-adapter", "tip-adapter-f", "swad", "flyp", "lp-ft"]
+    assert set(own) - {"zero-shot"} <= set(METHODS)
+    colours = [model_colour(m) for m in own]
+    assert "#000000" not in colours and len(set(colours)) == len(own)
+    assert model_colour("CE (last step)") == model_colour("ce") and model_colour("tip-adapter-f (last)") == colours[13]
+    assert model_colour("car-ft-clipood") == model_colour("CAR-FT") and model_colour("no such model") == "#000000"

@@ -23,7 +23,9 @@ MANY_COLOURS = ["#AA0DFE", "#3283FE", "#85660D", "#782AB6", "#565656", "#1C8356"
 # one colour per model across every figure of a notebook (matched by the start of its display name) ...
 MODEL_COLOURS = (("zero-shot", "#7f7f7f"), ("CE", "#d62728"), ("MMS", "#ff7f0e"), ("CLIPood", "#1f77b4"),
                  ("WiSE-FT", "#2ca02c"), ("BMA", "#9467bd"), ("EMA", "#8c564b"), ("CAR-FT", "#e377c2"),
-                 ("OGEN", "#17becf"))
+                 ("OGEN", "#17becf"), ("CoOp", "#bcbd22"), ("CoCoOp", "#393b79"), ("CLIP-Adapter", "#ff9896"),
+                 ("Tip-Adapter-F", "#8c6d31"), ("Tip-Adapter", "#e7969c"), ("SWAD", "#c5b0d5"), ("FLYP", "#000080"),
+                 ("LP-FT", "#637939"))
 # ... and one per cell (domain group / class group), from another palette than the models'
 CELL_COLOURS = {("train", "base"): "#00798c", ("train", "new"): "#66a182", ("unseen", "base"): "#edae49",
                 ("unseen", "new"): "#8e3b46", ("unseen", "H"): "#2e4057", ("train", "H"): "#5f4b8b"}
@@ -32,9 +34,12 @@ FAMILY_COLOURS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab0
 
 
 def model_colour(name: str) -> str:
-    """The colour of a model by its display name ('CE (last step)' -> CE's red); unknown names get black."""
+    """The colour of a model by its display name ('CE (last step)' -> CE's red) or its registry name ('ce',
+    'tip-adapter-f', 'car-ft-clipood' -> CAR-FT's); unknown names get black."""
+    lower = name.lower()
     for start, colour in MODEL_COLOURS:
-        if name.startswith(start) or name.lower().startswith(start.lower() + " "):
+        key = start.lower()
+        if name.startswith(start) or lower == key or lower.startswith((key + " ", key + "-")):
             return colour
     return "#000000"
 
