@@ -27,6 +27,7 @@ experiment's AdamW and cosine schedule (official: AdamW, lr 0.001, eps 1e-4, cos
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Tuple
 
@@ -86,7 +87,7 @@ class TipAdapterConfig(PartConfig):
     def validate(self) -> None:
         for name in ("alpha", "beta"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value >= 0 and value == value and value != float("inf")):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"tip-adapter.{name} must be finite and >= 0, got {value!r}")
 
     def build(self) -> "TipAdapter":
