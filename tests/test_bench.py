@@ -76,7 +76,7 @@ def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
     results = json.loads((out / "results.json").read_text())
     from clipood_kit.studies.bench import COMPARE_COLUMNS, COMPARE_METHODS
     assert set(COMPARE_METHODS) | {"zero-shot"} <= set(results["summary"])
-    assert {"ogen", "ogen (teacher)", "clipood (last step)"} <= set(results["summary"])
+    assert {"ogen-ft", "ogen-ft (teacher)", "clipood (last step)"} <= set(results["summary"])
     for row in results["summary"].values():
         for path in COMPARE_COLUMNS:
             assert 0 <= lookup(row, path)["mean"] <= 100
@@ -94,15 +94,16 @@ def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
 
 def test_compare_ablation_runs_each_variant_with_its_settings(tmp_path):
     from clipood_kit.studies.bench import ABLATIONS, compare_bench
-    cfg = compare_bench((0,), fast=True, ablation="ogen")
+    cfg = compare_bench((0,), fast=True, ablation="ogen-ft")
     results = run_bench(cfg, tmp_path, progress=False)
-    assert set(results["summary"]) == {"zero-shot", "ce", "ogen", "ogen (teacher)"} | set(ABLATIONS["ogen"]) | {
-        f"{v} (teacher)" for v in ABLATIONS["ogen"]}
+    variants = ABLATIONS["ogen-ft"]
+    assert set(results["summary"]) == {"zero-shot", "ce", "ogen-ft", "ogen-ft (teacher)"} | set(variants) | {
+        f"{v} (teacher)" for v in variants}
     parts = {label: {p["kind"]: p for p in r[0]["method_config"]["regularisers"]} for label, r in results["runs"].items()
              if label.startswith("ogen")}
     assert {p["ogen"]["synthetic"] for p in parts.values()} == {0.0, 1.0}
-    assert parts["ogen, no distillation"]["self-distill"]["weight"] == 0.0
-    assert parts["ogen, no warm-up"]["ogen"]["warmup"] == 0.0 == parts["ogen, no warm-up"]["self-distill"]["start"]
+    assert parts["ogen-ft, no distillation"]["self-distill"]["weight"] == 0.0
+    assert parts["ogen-ft, no warm-up"]["ogen"]["warmup"] == 0.0 == parts["ogen-ft, no warm-up"]["self-distill"]["start"]
     proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "compare", "--ablation", "nope", "--fast",
                            "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown ablation 'nope'" in proc.stderr

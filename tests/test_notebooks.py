@@ -12,7 +12,7 @@ FAST = {
     "03_beta_moving_average.ipynb": {"PER_CELL": 4, "STEPS": 12, "EVERY": 4, "GRID": [0.1, 0.5]},
     "04_fine_tuning.ipynb": {"PER_CELL": 4, "STEPS": 10, "MIXES": [0.0, 0.5, 1.0]},
     "05_features_umap.ipynb": {"PER_CELL": 4, "STEPS": 10, "POINTS": 150},
-    "06_ood_detection.ipynb": {"PER_CELL": 4, "STEPS": 10, "METHODS": ["ce", "ogen"]},
+    "06_ood_detection.ipynb": {"PER_CELL": 4, "STEPS": 10, "METHODS": ["ce", "ogen-ft"]},
     "07_prompt_learning.ipynb": {"PER_CELL": 4, "STEPS": 4, "SHOTS": [1, 2]},
 }
 

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.methods import FeatureGenerator, LocalMeanTeacher, Method, RunContext, compose
-from clipood_kit.methods.ogen import nearest_classes
+from clipood_kit.methods.base import Batch
+from clipood_kit.methods.ogen import nearest_classes, nearest_unknown
 from clipood_kit.engine.runs import run_method
 from clipood_kit.engine.scoring import harmonic_mean
 from clipood_kit.engine.settings import set_method_fields
@@ -14,6 +15,11 @@ from clipood_kit.engine.training import TrainConfig
 
 
 def ogen(**settings):
+    """The image-encoder variant (most tests here train the image tower); `prompt_ogen` is the paper's setting."""
+    return set_method_fields(compose("ogen-ft"), settings)
+
+
+def prompt_ogen(**settings):
     return set_method_fields(compose("ogen"), settings)
 
 
@@ -91,8 +97,10 @@ def test_neighbours_and_unknown_names_follow_the_rule(setup, rule):
         sims = [(float(mean[c] @ mean[j]), j) for j in range(len(text)) if j != c]
         assert set(part.neighbours[c].tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
         sims = [(float(text[c] @ u), j) for j, u in enumerate(part.unknown_text_features)]
-        assert set(part.unknown_neighbours[c].tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
+        nearest = nearest_unknown(text[c:c + 1], part.unknown_text_features, 3)[0]
+        assert set(nearest.tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
     assert torch.equal(part.unknown_text_features, setup.text_features[setup.new_ids])
+    assert part.unknown_class_ids == list(setup.new_ids)
     std = part.class_feature_std
     assert std.shape == text.shape and (std >= 0).all() and std.max() > 0
 
@@ -139,8 +147,9 @@ def test_the_generator_learns_to_synthesise_held_out_class_features():
     assert sum(reg[-5:]) < 0.6 * sum(reg[:5]), reg
 
 
-def test_stopped_and_resumed_ogen_run_is_bit_identical(setup, tmp_path):
-    cfg = ogen(**{"ogen.warmup": 0.25, "self-distill.start": 0.25, "self-distill.snapshots": 4, "ogen.dropout": 0.1})
+@pytest.mark.parametrize("preset", ["ogen", "ogen-ft"])
+def test_stopped_and_resumed_ogen_run_is_bit_identical(setup, tmp_path, preset):
+    cfg = set_method_fields(compose(preset), {"ogen.warmup": 0.25, "self-distill.start": 0.25, "self-distill.snapshots": 4, "ogen.dropout": 0.1})
     train = TrainConfig(steps=8, batch_size=8, lr=1e-4, seed=5)
     full = run_method(setup.for_method(cfg, train), progress=False)
     run_method(setup.for_method(cfg, train), run_dir=tmp_path, stop_after=3, progress=False)
@@ -168,6 +177,125 @@ def test_missing_inputs_are_named(setup):
     method = Method(compose("ogen"))
     part = method.regularisers[0]
     text = F.normalize(torch.randn(3, 128), dim=1)
-    part.unknown_text_features = part.class_feature_mean = part.class_feature_std = text
+    part.unknown_class_ids = [0, 1, 2]
+    part.class_feature_mean = part.class_feature_std = text
     with pytest.raises(ValueError, match="at least 4 training classes"):
         method.setup(run_context(setup, text, steps=5))
+    cocoop = Method(compose("cocoop+ogen"))
+    cocoop.prepare(setup.part_inputs())
+    model = setup.model_for(cocoop)
+    with pytest.raises(ValueError, match="per image"):
+        cocoop.setup(RunContext(model, setup.text_features[setup.train_class_ids], setup.logit_scale, 5, 0,
+                                torch.device("cpu")))
+
+
+# -- OGEN in its own setting: prompt learning with both towers frozen (apple/ml-ogen trainers/ogen.py) ------------
+
+def official_ogen_loss(gen, w_base, w_new, image_features, label, closest_classes_base, i_base_known, logit_scale,
+                       k, warm_up):
+    """A transcription of the official loss: `CustomCLIP.forward` (trainers/ogen.py lines 248-293) and
+    `OGEN.forward_backward` (lines 365-372), with the generator's attention and MLP as `gen`'s and the sampled
+    features `i_base_known` given (the official second pass after the warm-up re-samples them; here it draws the
+    same, so its targets equal the first pass's)."""
+    def feature_generator(Q, K, V):                                         # lines 241-246
+        attn, _ = gen.attention(Q, K, V)
+        Q_attn = gen.mlp(Q) + attn
+        Q_attn = Q_attn / Q_attn.norm(dim=-1, keepdim=True)
+        return Q_attn.flatten(0, 1)
+
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    text_features = w_base / w_base.norm(dim=-1, keepdim=True)
+    logits = logit_scale * image_features @ text_features.t()
+    w_base, w_new = text_features, w_new / w_new.norm(dim=-1, keepdim=True)
+    label_base_unknown = label
+    label_base_known = closest_classes_base[label_base_unknown]
+    w_base_unknown = w_base[label_base_unknown].detach().unsqueeze(1)
+    w_base_known = w_base[label_base_known].detach()
+    i_base_unknown = image_features
+    i_base_unknown_pred = feature_generator(w_base_unknown, w_base_known, i_base_known)
+    logits_base_unknown = logit_scale * i_base_unknown_pred @ w_base.t()
+    i_base_known_pred = feature_generator(w_base_known, w_base_unknown, i_base_unknown.unsqueeze(1))
+    logits_base_known = logit_scale * i_base_known_pred @ w_base.t()
+    cosine_sim_new = torch.mm(w_base_unknown.squeeze(1), w_new.transpose(0, 1))
+    _, label_new = torch.topk(cosine_sim_new, k)
+    w_new_unknown = w_new[label_new]
+    i_new_pred = feature_generator(w_new_unknown, w_base_unknown, i_base_unknown.unsqueeze(1))
+    logits_new = logit_scale * i_new_pred @ w_new.t()
+    dim = image_features.shape[1]
+    loss = F.mse_loss(i_base_unknown_pred, i_base_unknown) * dim + F.mse_loss(i_base_known_pred,
+                                                                             i_base_known.flatten(0, 1)) * dim
+    if warm_up:
+        return loss
+    return (loss + F.cross_entropy(logits_base_unknown, label_base_unknown) * 0.25
+            + F.cross_entropy(logits_base_known, label_base_known.flatten(0, 1)) * 0.25 / k
+            + F.cross_entropy(logits_new, label_new.flatten(0, 1)) * 0.5 / k + F.cross_entropy(logits, label) * 0.25)
+
+
+@pytest.mark.parametrize("step", [0, 5])
+def test_prompt_ogen_loss_equals_the_official_transcription(setup, step):
+    """On random class features (the learned prompt's, of the training and the held-out classes) and random image
+    features, our loss (coop's CE weighted by OGEN + the ogen part's penalty) and its gradients with respect to the
+    class features of both class sets and to the generator equal the official rule's, in the warm-up (step 0) and
+    after it (step 5 of 10)."""
+    torch.manual_seed(step)
+    method = Method(prompt_ogen(**{"ogen.dropout": 0.0, "self-distill.weight": 0.0}))
+    inputs = setup.part_inputs()
+    method.prepare(inputs)
+    train_ids, new_ids = inputs.train_class_ids, inputs.unknown_class_ids
+    text = setup.text_features[train_ids].double()
+    method.setup(RunContext(setup.model_for(method).double(), text, 30.0, 10, 0, torch.device("cpu"),
+                            torch.tensor(train_ids)))
+    part, dim = method.regularisers[0], text.shape[1]
+    raw_base = torch.randn(len(train_ids), dim, dtype=torch.float64, requires_grad=True)
+    raw_new = torch.randn(len(new_ids), dim, dtype=torch.float64, requires_grad=True)
+    every = torch.zeros(len(inputs.class_names), dim, dtype=torch.float64)
+    every = every.index_copy(0, torch.tensor(train_ids), raw_base).index_copy(0, torch.tensor(new_ids), raw_new)
+    features, labels = torch.randn(6, dim, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 1, 0])
+    sampled = part.sample_features(part.neighbours[labels], step)
+    part.sample_features = lambda classes, s: sampled
+    batch = Batch(step, features, labels, torch.zeros(6, 3, 8, 8), raw_base, every_class_features=every)
+    ours, _ = method.loss(batch)
+    gen_params = list(part.generator.parameters())
+    ours_grads = torch.autograd.grad(ours, [raw_base, raw_new] + gen_params, allow_unused=True)
+    official = official_ogen_loss(part.generator, raw_base, raw_new, features, labels, part.neighbours, sampled,
+                                  30.0, 3, warm_up=step < part.warmup_steps)
+    official_grads = torch.autograd.grad(official, [raw_base, raw_new] + gen_params, allow_unused=True)
+    assert ours.item() == pytest.approx(official.item(), rel=1e-12)
+    for a, b in zip(ours_grads, official_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    if step >= part.warmup_steps:      # the synthetic CE reaches the held-out classes' prompt features
+        assert ours_grads[1].abs().max() > 1e-6
+    else:                              # in the warm-up only the generator learns
+        assert ours_grads[0] is None and ours_grads[1] is None
+
+
+def test_prompt_ogen_trains_the_context_and_the_generator_only(setup):
+    """Both towers stay at CLIP's weights; the context waits for the warm-up's end, then moves; the teacher is a
+    mean of earlier contexts; the held-out classes' features come from the learned prompt."""
+    train = TrainConfig(steps=6, batch_size=8, lr=2e-3, seed=4)
+    snapshots = {}
+
+    def on_step(row, model, method):
+        snapshots[row["step"]] = ({k: v.clone() for k, v in model.trained_state().items()},
+                                  {k: v.clone() for k, v in method.regularisers[0].generator.state_dict().items()})
+
+    cfg = prompt_ogen(**{"ogen.warmup": 0.5, "self-distill.start": 0.5})
+    r = run_method(setup.for_method(cfg, train), progress=False, on_step=on_step)
+    assert {k for k in snapshots[1][0] if k.startswith("parts.")} == {"parts.coop.ctx", "parts.coop.tokens"}
+    ctx = [snapshots[s][0]["parts.coop.ctx"] for s in range(1, 7)]
+    assert all(torch.equal(ctx[0], c) for c in ctx[:3])             # the warm-up leaves the context alone
+    assert not torch.equal(ctx[2], ctx[3]) and not torch.equal(ctx[3], ctx[5])
+    assert not all(torch.equal(snapshots[1][1][k], v) for k, v in snapshots[3][1].items())   # the generator learns
+    h = r["history"]
+    assert [row["warm_up"] for row in h] == [1, 1, 1, 0, 0, 0] and h[5]["distillation"] > 0
+    assert abs(h[3]["distillation"]) < 1e-6
+    teacher, last = r["states"]["teacher"]["parts.coop.ctx"], r["states"]["last"]["parts.coop.ctx"]
+    assert not torch.equal(teacher, last) and torch.equal(last, ctx[-1])
+    # a state holds what trained; the towers are absent, so they are CLIP's (`Setup.scratch_for`)
+    assert set(r["states"]["last"]) == set(r["states"]["teacher"]) == {"parts.coop.ctx", "parts.coop.tokens"}
+    model = setup.scratch_for(r["states"]["last"])
+    with torch.no_grad():
+        new = model.class_features()[setup.new_ids]
+    assert not torch.allclose(new, setup.text_features[setup.new_ids], atol=1e-3)

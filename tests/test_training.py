@@ -154,10 +154,12 @@ def test_parts_with_modules_train_the_same_on_two_processes_as_on_one(tmp_path, 
         _assert_close(load_file(f"{one}.rank0"), ranks[0])
 
 
-def test_ogen_s_generator_is_the_same_on_every_process(tmp_path):
-    """OGEN's generator, prepared by Accelerate, stays identical across processes. (Its draws, u per sample and
-    the attention dropout, are seeded per process and step, so OGEN on k processes is not the 1-process run.)"""
-    two = _launch(tmp_path, 2, "ogen")
+@pytest.mark.parametrize("method", ["ogen", "ogen-ft"])
+def test_ogen_s_generator_is_the_same_on_every_process(tmp_path, method):
+    """OGEN's generator, prepared by Accelerate, stays identical across processes, beside a trained prompt context
+    (ogen) or image tower (ogen-ft). (Its draws, u per sample and the attention dropout, are seeded per process
+    and step, so OGEN on k processes is not the 1-process run.)"""
+    two = _launch(tmp_path, 2, method)
     ranks = [load_file(f"{two}.rank{r}") for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys() and ranks[0]
     for k, v in ranks[0].items():

@@ -119,9 +119,10 @@ def test_every_registered_method_has_a_colour_of_its_own():
     from clipood_kit.methods import METHODS
     from clipood_kit.viz.figures import model_colour
     own = ["zero-shot", "ce", "mms", "clipood", "wise-ft", "bma", "ema", "car-ft", "ogen", "coop", "cocoop",
-           "clip-adapter", "tip-adapter", "tip-adapter-f", "swad", "flyp", "lp-ft"]
+           "clip-adapter", "tip-adapter", "tip-adapter-f", "swad", "flyp", "lp-ft", "ogen-ft"]
     assert set(own) - {"zero-shot"} <= set(METHODS)
     colours = [model_colour(m) for m in own]
     assert "#000000" not in colours and len(set(colours)) == len(own)
     assert model_colour("CE (last step)") == model_colour("ce") and model_colour("tip-adapter-f (last)") == colours[13]
     assert model_colour("car-ft-clipood") == model_colour("CAR-FT") and model_colour("no such model") == "#000000"
+    assert model_colour("ogen-ft (teacher)") == model_colour("ogen-ft") != model_colour("ogen (teacher)")

@@ -305,7 +305,7 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
     dtype = next(model.visual.parameters()).dtype     # fp32 (or fp64 for exact numerical checks)
     text_features = task.text_features.to(device, dtype=torch.promote_types(dtype, torch.float32))
     rows, label_map = task.class_rows.to(device), task.label_map.to(device)
-    method.setup(RunContext(model, text_features, task.logit_scale, cfg.steps, cfg.seed, device))
+    method.setup(RunContext(model, text_features, task.logit_scale, cfg.steps, cfg.seed, device, rows))
     if method.training_free:                          # built, not trained (training-free Tip-Adapter)
         return FineTuneOutput(method.final_states(zero_shot, zero_shot), [], completed=True)
 
@@ -350,7 +350,7 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
         classes = classes.to(text_features.dtype)
         batch = (Batch(step, features.to(text_features.dtype), labels, images, cosines=classes[:, rows])
                  if unwrapped.adapts_cosines else
-                 Batch(step, features.to(text_features.dtype), labels, images, classes[rows]))
+                 Batch(step, features.to(text_features.dtype), labels, images, classes[rows], every_class_features=classes))
         loss, metrics = method.loss(batch)
         # the mean over processes: one NaN anywhere makes it NaN, so every process stops at the same step (a
         # check on the local loss alone would stop one process and leave the others waiting in backward)

@@ -33,7 +33,10 @@ METHODS: Dict[str, MethodConfig] = {
     "car-ft": MethodConfig("car-ft", CEConfig(), (ContextKLConfig(),)),
     "car-ft-mms": MethodConfig("car-ft-mms", MMSConfig(), (ContextKLConfig(),)),
     "car-ft-clipood": MethodConfig("car-ft-clipood", MMSConfig(), (ContextKLConfig(),), BMAConfig()),
-    "ogen": MethodConfig("ogen", CEConfig(), (OGENConfig(), SelfDistillConfig())),
+    # OGEN in its own setting: CoOp's prompt context, one optimiser for context and generator (apple/ml-ogen
+    # trainers/ogen.py line 339); ogen-ft: this bench's image-encoder variant (methods/ogen.py)
+    "ogen": MethodConfig("ogen", CoOpConfig(), (OGENConfig(lr_scale=1.0), SelfDistillConfig())),
+    "ogen-ft": MethodConfig("ogen-ft", CEConfig(), (OGENConfig(), SelfDistillConfig())),
     "clipood-grid": MethodConfig("clipood-grid", MMSConfig(), averager=BMAGridConfig()),
     "lp-ft": MethodConfig("lp-ft", LPFTConfig()),
     "clip-adapter": MethodConfig("clip-adapter", CLIPAdapterConfig()),

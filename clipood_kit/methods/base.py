@@ -109,6 +109,8 @@ class RunContext:
     total_steps: int
     seed: int
     device: torch.device
+    class_rows: Optional[torch.Tensor] = None   # the training classes' rows among the model's class features of
+                                                # every class (None: the model's classes are the training classes)
 
     def part_seed(self, kind: str) -> int:
         """The run's seed for one part: stable across processes and Python versions (crc32, not hash())."""
@@ -122,6 +124,8 @@ class Batch:
     labels: torch.Tensor               # rows of the training classes' text features
     images: torch.Tensor
     class_features: Optional[torch.Tensor] = None   # the model's class features of the training classes, C x D
+    every_class_features: Optional[torch.Tensor] = None   # the same of every class, the held-out ones too (rows
+                                             # `RunContext.class_rows` are `class_features`): OGEN's unknown classes
     cosines: Optional[torch.Tensor] = None   # instead, N x C class scores in cosine units, when a part adapts
                                              # them (`AdaptedCLIP.adapts_cosines`: Tip-Adapter, CoCoOp)
 

@@ -85,8 +85,14 @@ def reference_kl(reference_features: torch.Tensor, features: torch.Tensor, class
     `classifier`: the regulariser of CAR-FT (reference = the frozen pre-trained encoder, classifier = the
     context templates) and the self-distillation of OGEN (reference = the mean teacher, classifier = the classes)."""
     w = F.normalize(classifier.to(features.dtype), dim=-1)
-    log_p_ref = torch.log_softmax(logit_scale * F.normalize(reference_features.to(features.dtype), dim=-1) @ w.T, dim=1)
-    log_p = torch.log_softmax(logit_scale * F.normalize(features, dim=-1) @ w.T, dim=1)
+    return softmax_kl(logit_scale * F.normalize(reference_features.to(features.dtype), dim=-1) @ w.T,
+                      logit_scale * F.normalize(features, dim=-1) @ w.T)
+
+
+def softmax_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the rows of KL(softmax(reference_logits) || softmax(logits)), N x C each."""
+    log_p_ref = torch.log_softmax(reference_logits.to(logits.dtype), dim=1)
+    log_p = torch.log_softmax(logits, dim=1)
     return (log_p_ref.exp() * (log_p_ref - log_p)).sum(1).mean()
 
 

@@ -1,42 +1,62 @@
 """OGEN, overcoming the pitfalls of vision-language fine-tuning for OOD generalisation (Zang et al., ICLR 2024,
-arXiv 2401.15914; official code github.com/apple/ml-ogen, which lacks the self-distillation).
+arXiv 2401.15914; official code github.com/apple/ml-ogen, `trainers/ogen.py`, which lacks the self-distillation).
 
-Feature generator (Sec. 3.2): g(Q, K, V) = norm( MLP(Q) + MultiHeadAttention(Q, K, V) ), queries = text features
-of the classes whose image features are synthesised, keys = text features of the classes they are built from,
-values = image features of those classes. Per step, with f the batch's normalised image features, t the frozen
-training-class text features, N(y) the k nearest training classes of y (by the dot product of the class feature means, the official
-code's rule and the default, or by their cosine: `neighbours`) and v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, a sampled feature of class c:
+Two presets of the same parts (`methods/__init__.py`):
+- `ogen`, the paper's own setting: CoOp's learnable prompt context with both towers frozen (the official
+  `PromptLearner` holds the context and the generator, lines 80-156; the optimiser sees only them, line 339);
+  the loss part is `coop`, the regularisers `ogen` and `self-distill`.
+- `ogen-ft`, this bench's variant for image-encoder fine-tuning: the loss part is `ce`, the image tower trains
+  and the class features stay the frozen zero-shot ones (see "The image-encoder variant" below).
 
-- leave-one-out, y unknown:   f'_y  = g(t_y, t_N(y), v_N(y))    regressed onto f, classified as y;
-- the reverse, y known:       f'_N  = g(t_N(y), t_y, f)         regressed onto v_N(y), classified as N(y);
-- unknown classes:            f'_U  = g(u_U(y), t_y, f)         classified among the unknown class names, U(y)
-                                                                 the k unknown names nearest to t_y (text cosine).
+Feature generator (Sec. 3.2; official `CustomCLIP.feature_generator`, lines 241-246): g(Q, K, V) =
+norm( MLP(Q) + MultiHeadAttention(Q, K, V) ), queries = class features of the classes whose image features are
+synthesised, keys = class features of the classes they are built from, values = image features of those classes.
+Per step, with f the batch's normalised image features, w the model's class features of the training classes
+(`Batch.class_features`: the learned prompt's in `ogen`, the frozen zero-shot ones in `ogen-ft`), w_new its class
+features of the held-out classes (`Batch.every_class_features`; the official `w_new`, lines 264-267), N(y) the k
+nearest training classes of y (by the dot product of the class feature means, the official rule, lines 236-239,
+and the default, or by their cosine: `neighbours`) and v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, a sampled feature
+of class c (line 277):
 
-Loss (the official code's weights): D * (MSE(f'_y, f) + MSE(f'_N, v_N)) during the first `warmup` share of
-the steps (the generator's warm-up; the classification loss is off: `base_weight` 0); afterwards that plus
+- leave-one-out, y unknown:   f'_y  = g(w_y, w_N(y), v_N(y))    regressed onto f, classified as y   (line 278);
+- the reverse, y known:       f'_N  = g(w_N(y), w_y, f)          regressed onto v_N(y), classified as N(y) (281);
+- unknown classes:            f'_U  = g(w_new_U(y), w_y, f)      classified among the held-out classes, U(y) the k
+                                                                 held-out classes nearest to w_y (lines 284-288).
+
+The queries and keys w_y, w_N(y) are detached (lines 272-274); w_new_U(y) is not, and the classifiers of the
+synthetic features are w and w_new themselves (lines 279, 282, 288): the synthetic cross-entropy reaches the prompt
+context through both. U(y) is recomputed every step from the current class features (line 285).
+
+Loss (line 372): D * (MSE(f'_y, f) + MSE(f'_N, v_N)) during the first `warmup` share of the steps (the
+generator's warm-up, line 367; the classification loss is off: `base_weight` 0); afterwards that plus
 0.25 CE(f) + 0.25 CE(f'_y) + 0.25/k CE(f'_N) + 0.5/k CE(f'_U), all at CLIP's logit scale, plus the
 self-distillation part's weight * KL(p_teacher || p_student). `synthetic` multiplies the three CE terms on
-synthetic features (1 = the method; 0 = the ablation without them). The registry composes `ogen` as
-CE (weighted 0.25 by this part) + `ogen` + `self-distill`.
+synthetic features (1 = the method; 0 = the ablation without them).
 
-How this bench adapts the method (say so when you compare it):
-- OGEN learns prompts with a frozen image encoder; here, as for every method on the bench, the image encoder
-  is trained and the text features are frozen. The synthetic-feature CE terms reach the encoder through the
-  real features f used as the generator's values; the regression targets and inputs are detached, so during
-  the warm-up only the generator learns (as in the official code, where only the generator gets gradients).
-- The unknown class names are the experiment's held-out class names (the new classes), as in the official
-  code (`classnames_new`): OGEN sees their names, never their images, during training; no other method does.
-- u is drawn per sample and neighbour (the official code draws one vector per step).
-- One forward pass per step. After the warm-up the official code runs the model a second time and regresses the
-  first pass's generated features onto the second pass's (re-sampled) targets; the two passes see the same
-  images, so this changes only the sampled u.
-- Adaptive self-distillation (`self-distill` part): the teacher is `averaging.LocalMeanTeacher`, the uniform
-  mean of snapshots over the latest `window` share of the steps so far (a window that grows with training, the
-  paper's adaptive local mean teacher), distilled with KL(p_teacher || p_student) over the training classes from
-  the `start` share of the steps on (the warm-up's end). The result is the student ("last"); the teacher is
+Where this implementation differs from the official code (say so when you compare):
+- u is drawn per sample and neighbour (the official code draws one vector per step, `torch.rand(1, 512)`).
+- One forward pass per step. After the warm-up the official code runs the model a second time (line 370) and
+  regresses the first pass's generated features onto the second pass's targets; with a frozen image encoder the
+  two passes differ only in the sampled u.
+- The generator's learning rate is `lr_scale` times the method's (the official code: one optimiser, so 1, the
+  `ogen` preset's value; `ogen-ft` uses 10, since an image encoder's learning rate is far below a prompt's).
+- Adaptive self-distillation (`self-distill` part; absent from the released code, which only builds an unused
+  `model_teacher`, line 324): the teacher is `averaging.LocalMeanTeacher`, the uniform mean of snapshots of the
+  trained weights (the prompt context in `ogen`, the image tower in `ogen-ft`) over the latest `window` share of
+  the steps so far (a window that grows with training: the paper's adaptive local mean teacher), distilled with
+  KL(p_teacher || p_student) over the training classes, p = softmax(logit scale * the model's cosines), from the
+  `start` share of the steps on (the warm-up's end). The result is the student ("last"); the teacher is
   evaluated too.
-- The generator's attention dropout (`dropout`; the official code's nn.MultiheadAttention uses 0.1) draws from
-  a generator seeded by the run's seed and the step, like every random draw of the parts.
+- The generator's attention dropout (`dropout`; the official nn.MultiheadAttention uses 0.1, line 152) draws from
+  a generator seeded by the run's seed and the step, like every random draw of the parts. fp32, not fp16.
+
+The image-encoder variant (`ogen-ft`):
+- The image encoder is trained and the class features are frozen, so the generator's queries and classifiers are
+  the zero-shot text features. The synthetic-feature CE terms reach the encoder through the real features f used
+  as the generator's values; the regression targets and inputs are detached, so during the warm-up only the
+  generator learns (as in the official code, where only the generator gets gradients).
+- The held-out class names are the experiment's new classes, as in the official code (`classnames_new`): OGEN
+  sees their names, never their images, during training; no other fine-tuning method does.
 """
 from __future__ import annotations
 
@@ -51,7 +71,7 @@ from torch import nn
 
 from clipood_kit.methods.averaging import LocalMeanTeacher, with_average
 from clipood_kit.methods.base import Batch, Metrics, PartConfig, PartInputs, Regulariser, RunContext, State
-from clipood_kit.methods.losses import reference_kl
+from clipood_kit.methods.losses import softmax_kl
 
 NEIGHBOUR_RULES = ("dot", "cosine")
 
@@ -95,6 +115,12 @@ def nearest_classes(means: torch.Tensor, k: int, rule: str) -> torch.Tensor:
     return sim.topk(k, dim=1).indices
 
 
+def nearest_unknown(known: torch.Tensor, unknown: torch.Tensor, k: int) -> torch.Tensor:
+    """N x k indices of the k held-out classes (rows of `unknown`, U x D) nearest to each row of `known` (N x D) by
+    the dot product of normalised class features (official `cosine_sim_new`, lines 284-285)."""
+    return (known @ unknown.T).topk(k, dim=1).indices
+
+
 @dataclass
 class OGENConfig(PartConfig):
     kind: ClassVar[str] = "ogen"
@@ -128,7 +154,8 @@ class OGENConfig(PartConfig):
 class OGENGenerator(Regulariser):
     """The generator terms of OGEN (module docstring). `prepare` builds its inputs from the experiment."""
 
-    unknown_text_features: Optional[torch.Tensor] = None   # held-out class names' text features
+    unknown_class_ids: Optional[list] = None               # the held-out classes' rows among every class
+    unknown_text_features: Optional[torch.Tensor] = None   # their zero-shot text features
     class_feature_mean: Optional[torch.Tensor] = None      # training classes x D
     class_feature_std: Optional[torch.Tensor] = None
 
@@ -153,6 +180,7 @@ class OGENGenerator(Regulariser):
         """Unknown classes: text features of the held-out (new) classes, the names OGEN synthesises features for.
         Class statistics: per training class, the mean and standard deviation of the zero-shot encoder's
         normalised features of the training images (evaluation transform), as the official code precomputes them."""
+        self.unknown_class_ids = list(inputs.unknown_class_ids)
         self.unknown_text_features = inputs.text_features[inputs.unknown_class_ids]
         enc = inputs.training_features()
         rows = [enc["features"][enc["labels"] == c] for c in inputs.train_class_ids]
@@ -165,18 +193,19 @@ class OGENGenerator(Regulariser):
     def setup(self, run: RunContext) -> None:
         super().setup(run)
         cfg, k, t = self.cfg, self.cfg.k, run.text_features
-        if self.unknown_text_features is None or self.class_feature_mean is None or self.class_feature_std is None:
-            raise ValueError("ogen needs unknown_text_features (held-out class names) and the training classes' "
+        if not self.unknown_class_ids or self.class_feature_mean is None or self.class_feature_std is None:
+            raise ValueError("ogen needs unknown_class_ids (held-out class names) and the training classes' "
                              "class_feature_mean / class_feature_std: call method.prepare(setup) first")
-        self._check_counts(len(t), len(self.unknown_text_features))     # also when the inputs were set by hand
+        if getattr(run.model, "adapts_cosines", False):
+            raise ValueError("ogen synthesises features for one classifier of class features (ce, coop, mms); this "
+                             "method's scores are per image (cocoop, tip-adapter), which ogen cannot classify against")
+        self._check_counts(len(t), len(self.unknown_class_ids))     # also when the inputs were set by hand
         if self.class_feature_mean.shape != t.shape or self.class_feature_std.shape != t.shape:
             raise ValueError(f"class feature statistics must be {tuple(t.shape)} (training classes x dim); got "
                              f"{tuple(self.class_feature_mean.shape)} and {tuple(self.class_feature_std.shape)}")
         device, dtype = t.device, t.dtype
-        self.unknown = F.normalize(self.unknown_text_features.to(device, dtype), dim=-1)
         self.mu, self.sigma = self.class_feature_mean.to(device, dtype), self.class_feature_std.to(device, dtype)
         self.neighbours = nearest_classes(self.mu, k, cfg.neighbours)                     # C x k
-        self.unknown_neighbours = (t @ self.unknown.T).topk(k, dim=1).indices             # C x k
         self.seed = run.part_seed(cfg.kind)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -196,20 +225,35 @@ class OGENGenerator(Regulariser):
         u = torch.rand(*classes.shape, self.mu.shape[1], generator=gen).to(self.mu)
         return self.mu[classes] + u * self.sigma[classes]
 
-    def generate(self, features: torch.Tensor, labels: torch.Tensor, step: int) -> Dict[str, torch.Tensor]:
-        """Every synthetic feature of a batch (see the module docstring): gen_y, gen_nb_fit, gen_nb, gen_unknown."""
-        t, f = self.run.text_features, F.normalize(features, dim=-1)
+    def classifiers(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(w, w_new): the model's normalised class features of the training classes (C x D) and of the held-out
+        classes (U x D) at this step (module docstring)."""
+        if batch.class_features is None or batch.every_class_features is None:
+            raise ValueError("ogen needs the batch's class features of the training and of the held-out classes "
+                             "(Batch.class_features, Batch.every_class_features)")
+        unknown = self.unknown_class_ids
+        if len(batch.every_class_features) <= max(unknown):
+            raise ValueError(f"Batch.every_class_features has {len(batch.every_class_features)} rows; the held-out "
+                             f"classes need rows up to {max(unknown)}")
+        w = F.normalize(batch.class_features, dim=-1)
+        w_new = F.normalize(batch.every_class_features[unknown].to(w.dtype), dim=-1)
+        return w, w_new
+
+    def generate(self, features: torch.Tensor, labels: torch.Tensor, step: int, w: torch.Tensor, w_new: torch.Tensor
+                 ) -> Dict[str, torch.Tensor]:
+        """Every synthetic feature of a batch (module docstring): gen_y, gen_nb_fit, gen_nb, gen_unknown."""
+        f, frozen = F.normalize(features, dim=-1), w.detach()
         nb = self.neighbours[labels]
-        query = t[labels].unsqueeze(1)
+        query = frozen[labels].unsqueeze(1)
         values = self.sample_features(nb, step)
         devices = [f.device] if f.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):          # the attention dropout's draws, seeded by the step
             torch.manual_seed(self.seed + 7919 * (step + 1))
-            calls = [(query, t[nb], values), (t[nb], query, f.detach().unsqueeze(1))]
+            calls = [(query, frozen[nb], values), (frozen[nb], query, f.detach().unsqueeze(1))]
             after_warmup = step >= self.warmup_steps
             if after_warmup:
-                unknown = self.unknown_neighbours[labels]
-                calls += [(t[nb], query, f.unsqueeze(1)), (self.unknown[unknown], query, f.unsqueeze(1))]
+                unknown = nearest_unknown(frozen[labels], w_new.detach(), self.cfg.k)
+                calls += [(frozen[nb], query, f.unsqueeze(1)), (w_new[unknown], query, f.unsqueeze(1))]
             generated = self.calls(calls)
         out = {"neighbours": nb, "values": values, "gen_y": generated[0][:, 0], "gen_nb_fit": generated[1]}
         if after_warmup:
@@ -219,18 +263,19 @@ class OGENGenerator(Regulariser):
     def penalty(self, batch: Batch) -> Tuple[Optional[torch.Tensor], Metrics]:
         labels, step = batch.labels, batch.step
         f = F.normalize(batch.features, dim=-1)
-        t, s, k, dim = self.run.text_features, self.run.logit_scale, self.cfg.k, f.shape[1]
-        g = self.generate(batch.features, labels, step)
+        w, w_new = self.classifiers(batch)
+        s, k, dim = self.run.logit_scale, self.cfg.k, f.shape[1]
+        g = self.generate(batch.features, labels, step, w, w_new)
         regression = dim * (F.mse_loss(g["gen_y"], f.detach()) + F.mse_loss(g["gen_nb_fit"], g["values"]))
         with torch.no_grad():
             metrics: Metrics = {"regression": regression.detach(),
-                                "generated_accuracy": (s * g["gen_y"] @ t.T).argmax(1).eq(labels).float().mean(),
+                                "generated_accuracy": (g["gen_y"] @ w.T).argmax(1).eq(labels).float().mean(),
                                 "warm_up": float(step < self.warmup_steps)}
         if step < self.warmup_steps:
             return regression, metrics
-        ce_y = F.cross_entropy(s * g["gen_y"] @ t.T, labels)
-        ce_nb = F.cross_entropy(s * g["gen_nb"].flatten(0, 1) @ t.T, g["neighbours"].flatten())
-        ce_unknown = F.cross_entropy(s * g["gen_unknown"].flatten(0, 1) @ self.unknown.T, g["unknown"].flatten())
+        ce_y = F.cross_entropy(s * g["gen_y"] @ w.T, labels)
+        ce_nb = F.cross_entropy(s * g["gen_nb"].flatten(0, 1) @ w.T, g["neighbours"].flatten())
+        ce_unknown = F.cross_entropy(s * g["gen_unknown"].flatten(0, 1) @ w_new.T, g["unknown"].flatten())
         synthetic = 0.25 * ce_y + 0.25 / k * ce_nb + 0.5 / k * ce_unknown
         metrics["ce_unknown"] = ce_unknown.detach()
         return regression + self.cfg.synthetic * synthetic, metrics
@@ -271,13 +316,22 @@ class SelfDistillation(Regulariser):
         self.start_step = int(self.cfg.start * run.total_steps)
 
     def penalty(self, batch: Batch) -> Tuple[Optional[torch.Tensor], Metrics]:
-        """weight * KL(p_teacher || p_student) over the training classes at the logit scale, mean over the batch."""
+        """weight * KL(p_teacher || p_student) over the training classes, p = softmax(logit scale * cosines): the
+        teacher's cosines of its own image features to its own class features (the averaged prompt context in
+        `ogen`, the averaged image tower in `ogen-ft`), the student's from the batch; mean over the batch."""
         if batch.step < self.start_step or not self.cfg.weight:
             return None, {}
+        s = self.run.logit_scale
         self.teacher.to(batch.images.device)
         with torch.no_grad():
-            teacher = self.teacher.image_features(batch.images)
-        kl = reference_kl(teacher, batch.features, batch.class_features, self.run.logit_scale)
+            teacher = self.teacher.cosines(self.teacher.image_features(batch.images))
+            if self.run.class_rows is not None:
+                teacher = teacher[:, self.run.class_rows]
+        if batch.cosines is not None:
+            student = batch.cosines
+        else:
+            student = F.normalize(batch.features, dim=-1) @ F.normalize(batch.class_features, dim=-1).T
+        kl = softmax_kl(s * teacher, s * student)
         return self.cfg.weight * kl, {"distillation": kl.detach()}
 
     def after_step(self, model) -> Metrics:

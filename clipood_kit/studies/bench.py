@@ -104,7 +104,7 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, runner: Option
 # -- bench presets -----------------------------------------------------------------------------------------
 
 DEMO_METHODS = ("ce", "mms", "bma", "clipood", "wise-ft", "ema")
-COMPARE_METHODS = ("ce", "wise-ft", "ema", "swad", "bma", "mms", "clipood", "car-ft", "car-ft-clipood", "ogen")
+COMPARE_METHODS = ("ce", "wise-ft", "ema", "swad", "bma", "mms", "clipood", "car-ft", "car-ft-clipood", "ogen-ft")
 BENCH_SETTINGS = {"ema.decay": 0.98}           # EMA's decay for 120 steps (0.99 keeps a third of the zero-shot model)
 DEMO_COLUMNS = (("train", "base"), ("train", "new"), ("unseen", "base"), ("unseen", "new"), ("unseen", "H"))
 COMPARE_COLUMNS = (("train", "base"), ("unseen", "base"), ("train", "new"), ("train", "H"), ("unseen", "new"),
@@ -113,11 +113,11 @@ COMPARE_COLUMNS = (("train", "base"), ("unseen", "base"), ("train", "new"), ("tr
 
 # ablations (`clipood-kit compare --ablation NAME`): which part of a method does the work; label -> settings
 ABLATIONS = {
-    "ogen": {
-        "ogen, no synthetic CE": {"ogen.synthetic": 0.0},
-        "ogen, no distillation": {"self-distill.weight": 0.0},
-        "ogen, neither": {"ogen.synthetic": 0.0, "self-distill.weight": 0.0},
-        "ogen, no warm-up": {"ogen.warmup": 0.0, "self-distill.start": 0.0},
+    "ogen-ft": {
+        "ogen-ft, no synthetic CE": {"ogen.synthetic": 0.0},
+        "ogen-ft, no distillation": {"self-distill.weight": 0.0},
+        "ogen-ft, neither": {"ogen.synthetic": 0.0, "self-distill.weight": 0.0},
+        "ogen-ft, no warm-up": {"ogen.warmup": 0.0, "self-distill.start": 0.0},
     },
 }
 

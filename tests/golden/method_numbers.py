@@ -14,6 +14,9 @@ import sys
 import torch
 
 SETTINGS = dict(per_cell=6, steps=8, batch_size=8, lr=1e-4, seed=0)
+# the golden file's names that a method has since changed: "ogen" was the image-encoder variant, named "ogen-ft"
+# since issue 18 gave "ogen" to OGEN in its own (prompt-learning) setting
+RENAMED = {"ogen": "ogen-ft"}
 
 
 def digest(state):
@@ -37,7 +40,7 @@ def method_numbers(names=None):
     setup.zero_shot_state = {k: v.double() for k, v in setup.zero_shot_state.items()}
     out = {}
     for name in names or METHODS:
-        r = run_method(setup.for_method(compose(name)), progress=False)
+        r = run_method(setup.for_method(compose(RENAMED.get(name, name))), progress=False)
         models = {m: {k: v for k, v in sc.items() if k != "ood_shifts"} for m, sc in r["models"].items()}
         out[name] = {"models": models, "weights": {m: digest(st) for m, st in r["states"].items()},
                      "losses": [row["loss"] for row in r["history"]]}
