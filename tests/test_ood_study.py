@@ -6,10 +6,10 @@ from dataclasses import replace
 from clipood_kit.studies.ood_study import StudyConfig, findings, markdown_tables, run_study, study_experiment
 
 
-def _cell(mcm_far, mcm_near=50.0, maxlogit=60.0):
+def _cell(mcm_far, mcm_near=50.0, maxlogit=60.0, new=(80.0, 80.0, 80.0)):
     def ms(values):
         return {"mean": sum(values) / len(values), "std": 0.0, "values": list(values)}
-    return {"id_accuracy": ms([90.0] * 3), "ood": {
+    return {"id_accuracy": ms([90.0] * 3), "new_accuracy": ms(new), "ood": {
         "far": {"MCM": {"AUROC": ms(mcm_far), "FPR95": ms([90.0] * 3)},
                 "max-logit": {"AUROC": ms([maxlogit] * 3), "FPR95": ms([90.0] * 3)}, "shifts": ["glyphs"]},
         "near": {"MCM": {"AUROC": ms([mcm_near] * 3), "FPR95": ms([90.0] * 3)},
@@ -28,6 +28,18 @@ def test_a_comparison_holds_only_when_it_holds_in_every_seed():
     assert claims["More shots help prompt learning's far-OOD detection"]["holds"] is True
     # max-logit (60) beats MCM (about 50) by more than a point: MCM is not the best score
     assert claims["MCM is the best score"]["holds"] is False
+
+
+def test_ogen_s_new_class_claim_is_paired_by_seed():
+    """OGEN's claim (new-class accuracy above CoOp's) holds only when OGEN is ahead in every seed."""
+    zero, coop = _cell([50.0] * 3), _cell([50.0] * 3, new=(80.0, 81.0, 82.0))
+    claim = lambda table: next(f for f in findings(table, [1, 16]) if f["claim"].startswith("OGEN classifies"))  # noqa
+    ahead = {"zero-shot": {"1": zero, "16": zero}, "coop": {"1": coop, "16": coop},
+             "ogen": {"1": coop, "16": _cell([50.0] * 3, new=(80.5, 81.5, 82.5))}}
+    assert claim(ahead)["holds"] is True and "+0.5, +0.5, +0.5" in claim(ahead)["evidence"]
+    one_seed = dict(ahead, ogen={"1": coop, "16": _cell([50.0] * 3, new=(89.0, 80.0, 81.0))})   # higher mean
+    assert claim(one_seed)["holds"] is False
+    assert not any(f["claim"].startswith("OGEN") for f in findings({"coop": ahead["coop"]}, [1, 16]))
 
 
 def test_a_folder_study_without_far_sets_reports_its_near_findings(world_tree, tmp_path):
