@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["ood-after-finetuning"], help="the study")
     p.add_argument("--out", type=Path, default=Path("runs/study"), help="folder for results.json and report.html")
     p.add_argument("--methods", nargs="+", default=None, help="methods ('zero-shot' or registered names; default: "
-                   "zero-shot, coop, clip-adapter, ce, clipood, ogen, flyp)")
+                   "the study's, STUDY_METHODS in clipood_kit/studies/ood_study.py: zero-shot, prompt learning and "
+                   "OGEN, the adapters, full fine-tuning)")
     p.add_argument("--shots", dest="shot_counts", type=int, nargs="+", default=[1, 2, 4, 8, 16],
                    help="the shot counts: images per class and source domain")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (mean and std over them)")

@@ -5,6 +5,8 @@
     python tests/dist_worker.py N OUT_FILE diverge
 
 
+METHOD may carry a variant: `ogen:no-dropout` (OGEN's generator without attention dropout).
+
 The main process saves the evaluated encoder states to OUT_FILE (safetensors). With METHOD ogen every process
 also saves its feature generator to OUT_FILE.rank<r> (the method's own module, prepared by Accelerate like the
 model: DDP averages its gradients, so every process must hold the same generator).
@@ -28,9 +30,11 @@ def experiment(method):
         METHODS["probe-ce"] = MethodConfig("probe-ce", CEConfig(), (ProbeConfig(),))
     from clipood_kit.engine.settings import set_method_fields
     from clipood_kit.engine.training import TrainConfig
-    m = compose(method)
+    name, _, variant = method.partition(":")     # "ogen-ft:no-dropout": the generator without attention dropout
+    m = compose(name)
     if m.part("ogen") is not None:
-        m = set_method_fields(m, {"ogen.warmup": 0.4, "self-distill.start": 0.4, "ogen.dropout": 0.1})
+        m = set_method_fields(m, {"ogen.warmup": 0.4, "self-distill.start": 0.4,
+                                  "ogen.dropout": 0.0 if variant == "no-dropout" else 0.1})
     return ExperimentConfig(per_cell=3, method=m, train=TrainConfig(steps=5, batch_size=8, lr=1e-4, seed=3))
 
 

@@ -58,6 +58,25 @@ def test_every_new_method_trains_and_scores_on_vit_b32(real):
         assert (name.replace("tip-adapter-f", "tip-adapter") in trained) or name == "flyp", (name, trained)
 
 
+def test_ogen_in_its_own_setting_trains_and_scores_on_vit_b32(real):
+    """OGEN's prompt setting on a ViT: base-to-new on the folder (2 base, 2 new classes, so k = 1 neighbour), a
+    warm-up step, then the synthetic cross-entropy; only the context and the generator train."""
+    from clipood_kit.engine.builder import build_experiment
+    from clipood_kit.engine.experiment import prepare
+    from clipood_kit.engine.runs import run_method
+    ckpt, data, ood = real
+    exp = build_experiment(model="ViT-B-32", pretrained=str(ckpt), data=str(data), steps=5, batch_size=4, lr=2e-3,
+                           cache_dir="off", eval_batch_size=16, ood_data=[str(ood)], method="ogen",
+                           protocol="base-to-new", settings=["ogen.k=1"])
+    setup = prepare(exp)
+    r = run_method(setup, progress=False)
+    h = r["history"]
+    assert [row["warm_up"] for row in h] == [1, 0, 0, 0, 0] and "ce_unknown" in h[-1]
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in h)
+    assert set(r["states"]["last"]) == {"parts.coop.ctx", "parts.coop.tokens"} and set(r["models"]) == {"last", "teacher"}
+    assert set(r["models"]["last"]["ood"]["far-set"]) >= {"MCM", "GL-MCM"}
+
+
 def test_the_cli_runs_cocoop_on_vit_b32_with_an_ood_folder(real, tmp_path):
     ckpt, data, ood = real
     out = tmp_path / "run"

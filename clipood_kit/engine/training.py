@@ -305,7 +305,8 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
     dtype = next(model.visual.parameters()).dtype     # fp32 (or fp64 for exact numerical checks)
     text_features = task.text_features.to(device, dtype=torch.promote_types(dtype, torch.float32))
     rows, label_map = task.class_rows.to(device), task.label_map.to(device)
-    method.setup(RunContext(model, text_features, task.logit_scale, cfg.steps, cfg.seed, device, rows))
+    method.setup(RunContext(model, text_features, task.logit_scale, cfg.steps, cfg.seed, device, rows,
+                            accelerator.process_index, accelerator.num_processes))
     if method.training_free:                          # built, not trained (training-free Tip-Adapter)
         return FineTuneOutput(method.final_states(zero_shot, zero_shot), [], completed=True)
 

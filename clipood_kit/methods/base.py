@@ -111,6 +111,8 @@ class RunContext:
     device: torch.device
     class_rows: Optional[torch.Tensor] = None   # the training classes' rows among the model's class features of
                                                 # every class (None: the model's classes are the training classes)
+    process_index: int = 0                      # this process and the number of processes: a batch holds rows
+    num_processes: int = 1                      # process_index::num_processes of the step's global batch
 
     def part_seed(self, kind: str) -> int:
         """The run's seed for one part: stable across processes and Python versions (crc32, not hash())."""

@@ -48,7 +48,9 @@ Where this implementation differs from the official code (say so when you compar
   `start` share of the steps on (the warm-up's end). The result is the student ("last"); the teacher is
   evaluated too.
 - The generator's attention dropout (`dropout`; the official nn.MultiheadAttention uses 0.1, line 152) draws from
-  a generator seeded by the run's seed and the step, like every random draw of the parts. fp32, not fp16.
+  a generator seeded by the run's seed and the step, like every random draw of the parts. Its masks are drawn for
+  this process's rows, so with dropout on, a run on k processes differs from the 1-process run (u does not: it is
+  drawn for the global batch); with `ogen.dropout=0` the two are the same run. fp32, not fp16.
 
 The image-encoder variant (`ogen-ft`):
 - The image encoder is trained and the class features are frozen, so the generator's queries and classifiers are
@@ -155,7 +157,6 @@ class OGENGenerator(Regulariser):
     """The generator terms of OGEN (module docstring). `prepare` builds its inputs from the experiment."""
 
     unknown_class_ids: Optional[list] = None               # the held-out classes' rows among every class
-    unknown_text_features: Optional[torch.Tensor] = None   # their zero-shot text features
     class_feature_mean: Optional[torch.Tensor] = None      # training classes x D
     class_feature_std: Optional[torch.Tensor] = None
 
@@ -177,11 +178,11 @@ class OGENGenerator(Regulariser):
                              f"protocol with held-out classes (base-to-new, in-the-wild, open-world)")
 
     def prepare(self, inputs: PartInputs) -> None:
-        """Unknown classes: text features of the held-out (new) classes, the names OGEN synthesises features for.
-        Class statistics: per training class, the mean and standard deviation of the zero-shot encoder's
-        normalised features of the training images (evaluation transform), as the official code precomputes them."""
+        """Unknown classes: the held-out (new) classes, whose names OGEN synthesises features for (their class
+        features are the model's at each step, `classifiers`). Class statistics: per training class, the mean and
+        standard deviation of the zero-shot encoder's normalised features of the training images (evaluation
+        transform), as the official code precomputes them."""
         self.unknown_class_ids = list(inputs.unknown_class_ids)
-        self.unknown_text_features = inputs.text_features[inputs.unknown_class_ids]
         enc = inputs.training_features()
         rows = [enc["features"][enc["labels"] == c] for c in inputs.train_class_ids]
         empty = [inputs.class_names[c] for c, r in zip(inputs.train_class_ids, rows) if len(r) == 0]
@@ -220,10 +221,13 @@ class OGENGenerator(Regulariser):
         return 0.0 if step < self.warmup_steps else self.cfg.real_weight
 
     def sample_features(self, classes: torch.Tensor, step: int) -> torch.Tensor:
-        """v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, seeded by the run and the step."""
+        """v_c = mu_c + u * sigma_c, u ~ U[0, 1)^D, seeded by the run and the step. u is drawn for the step's global
+        batch and this process takes its rows (`RunContext.process_index::num_processes`, the rows its batch
+        holds), so a sample gets the same u on any number of processes."""
+        rank, world = self.run.process_index, self.run.num_processes
         gen = torch.Generator().manual_seed(self.seed + step)
-        u = torch.rand(*classes.shape, self.mu.shape[1], generator=gen).to(self.mu)
-        return self.mu[classes] + u * self.sigma[classes]
+        u = torch.rand(len(classes) * world, *classes.shape[1:], self.mu.shape[1], generator=gen)[rank::world]
+        return self.mu[classes] + u.to(self.mu) * self.sigma[classes]
 
     def classifiers(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
         """(w, w_new): the model's normalised class features of the training classes (C x D) and of the held-out

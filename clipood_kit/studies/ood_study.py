@@ -112,8 +112,8 @@ def _mean_std(values: List[float]) -> dict:
 
 def tabulate(runs: List[dict], shots: Sequence[int]) -> Dict[str, Dict[str, dict]]:
     """{method: {shots: {'id_accuracy', 'new_accuracy', 'ood': {kind: {score: {metric: mean/std/values}}}}}} over
-    seeds: ID accuracy (train domains, base classes), accuracy on the held-out classes among every class (train
-    domains; absent when the protocol has none) and each score's metric averaged over the shifts of each kind.
+    seeds: ID accuracy (train domains, base classes), accuracy on the held-out classes among themselves (train
+    domains, the base-to-new convention of `scoring`; absent when the protocol has none) and each score's metric averaged over the shifts of each kind.
     Zero-shot is listed at every shot count (the same numbers)."""
     table: Dict[str, Dict[str, dict]] = {}
     methods = list(dict.fromkeys(r["method"] for r in runs))
