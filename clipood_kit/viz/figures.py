@@ -24,7 +24,7 @@ MANY_COLOURS = ["#AA0DFE", "#3283FE", "#85660D", "#782AB6", "#565656", "#1C8356"
 MODEL_COLOURS = (("zero-shot", "#7f7f7f"), ("CE", "#d62728"), ("MMS", "#ff7f0e"), ("CLIPood", "#1f77b4"),
                  ("WiSE-FT", "#2ca02c"), ("BMA", "#9467bd"), ("EMA", "#8c564b"), ("CAR-FT", "#e377c2"),
                  ("OGEN-FT", "#9edae5"), ("OGEN", "#17becf"), ("CoOp", "#bcbd22"), ("CoCoOp", "#393b79"), ("CLIP-Adapter", "#ff9896"),
-                 ("Tip-Adapter-F", "#8c6d31"), ("Tip-Adapter", "#e7969c"), ("SWAD", "#c5b0d5"), ("FLYP", "#000080"),
+                 ("Tip-Adapter-F", "#8c6d31"), ("Tip-Adapter", "#7b4173"), ("SWAD", "#c5b0d5"), ("FLYP", "#000080"),
                  ("LP-FT", "#637939"))
 # ... and one per cell (domain group / class group), from another palette than the models'
 CELL_COLOURS = {("train", "base"): "#00798c", ("train", "new"): "#66a182", ("unseen", "base"): "#edae49",
