@@ -246,18 +246,18 @@ class OGENGenerator(Regulariser):
     def generate(self, features: torch.Tensor, labels: torch.Tensor, step: int, w: torch.Tensor, w_new: torch.Tensor
                  ) -> Dict[str, torch.Tensor]:
         """Every synthetic feature of a batch (module docstring): gen_y, gen_nb_fit, gen_nb, gen_unknown."""
-        f, frozen = F.normalize(features, dim=-1), w.detach()
+        f, fixed = F.normalize(features, dim=-1), w.detach()      # queries and keys carry no gradient
         nb = self.neighbours[labels]
-        query = frozen[labels].unsqueeze(1)
+        query = fixed[labels].unsqueeze(1)
         values = self.sample_features(nb, step)
         devices = [f.device] if f.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):          # the attention dropout's draws, seeded by the step
             torch.manual_seed(self.seed + 7919 * (step + 1))
-            calls = [(query, frozen[nb], values), (frozen[nb], query, f.detach().unsqueeze(1))]
+            calls = [(query, fixed[nb], values), (fixed[nb], query, f.detach().unsqueeze(1))]
             after_warmup = step >= self.warmup_steps
             if after_warmup:
-                unknown = nearest_unknown(frozen[labels], w_new.detach(), self.cfg.k)
-                calls += [(frozen[nb], query, f.unsqueeze(1)), (w_new[unknown], query, f.unsqueeze(1))]
+                unknown = nearest_unknown(fixed[labels], w_new.detach(), self.cfg.k)
+                calls += [(fixed[nb], query, f.unsqueeze(1)), (w_new[unknown], query, f.unsqueeze(1))]
             generated = self.calls(calls)
         out = {"neighbours": nb, "values": values, "gen_y": generated[0][:, 0], "gen_nb_fit": generated[1]}
         if after_warmup:
@@ -318,6 +318,11 @@ class SelfDistillation(Regulariser):
         self.teacher_average = LocalMeanTeacher(run.model, run.total_steps, self.cfg.window, self.cfg.snapshots)
         self.teacher = copy.deepcopy(run.model).eval().requires_grad_(False)
         self.start_step = int(self.cfg.start * run.total_steps)
+        # with a frozen image tower whose features no part adapts (the prompt setting), the teacher's image
+        # features are the student's: the batch's are reused rather than encoded again
+        model = run.model
+        self.same_image_features = (not any(p.requires_grad for p in model.visual.parameters())
+                                    and not getattr(model, "adapts_images", False))
 
     def penalty(self, batch: Batch) -> Tuple[Optional[torch.Tensor], Metrics]:
         """weight * KL(p_teacher || p_student) over the training classes, p = softmax(logit scale * cosines): the
@@ -328,7 +333,8 @@ class SelfDistillation(Regulariser):
         s = self.run.logit_scale
         self.teacher.to(batch.images.device)
         with torch.no_grad():
-            teacher = self.teacher.cosines(self.teacher.image_features(batch.images))
+            features = batch.features if self.same_image_features else self.teacher.image_features(batch.images)
+            teacher = self.teacher.cosines(features.detach())
             if self.run.class_rows is not None:
                 teacher = teacher[:, self.run.class_rows]
         if batch.cosines is not None:
