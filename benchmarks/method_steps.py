@@ -1,7 +1,8 @@
 """The cost of a training step per method against a CE step, on the tiny CLIP (CPU): CE (image tower),
 CoOp (prompt context through the frozen text tower), CoCoOp (the same, once per image: batch x classes prompts),
 CLIP-Adapter (an adapter on frozen features), Tip-Adapter-F (the cache's keys), FLYP (both towers, the text tower
-over every class's prompt ensemble each step). Runs are interleaved so machine noise hits each alike; prints the
+over every class's prompt ensemble each step), OGEN in its prompt setting (CoOp plus the feature generator and the
+mean teacher's class features) and its image-encoder variant OGEN-FT. Runs are interleaved so machine noise hits each alike; prints the
 median seconds per step and the ratio to CE. Then the cost of scoring one trained state on the evaluation images
 (and the OOD sets), against CE's: CoCoOp encodes images x classes prompts there too.
 
@@ -19,7 +20,7 @@ from clipood_kit.engine.runs import build_task
 from clipood_kit.engine.training import fine_tune
 from clipood_kit.methods import Method
 
-METHODS = ("ce", "coop", "cocoop", "clip-adapter", "tip-adapter-f", "flyp")
+METHODS = ("ce", "coop", "cocoop", "clip-adapter", "tip-adapter-f", "flyp", "ogen", "ogen-ft")
 SCORED = ("ce", "coop", "cocoop", "tip-adapter")
 
 
