@@ -128,6 +128,8 @@ def cmd_finetune(args) -> int:
         print(f"stopped after step {result['history'][-1]['step']}; resume with the same command and --resume")
         return 0
     print(format_table(flat_labels(result["headline"]), f"{exp.method.name} ({result['primary']}) accuracy (%)"))
+    for note in result["notes"]:
+        print(f"note: {note}")
     print(f"wrote {args.out}/results.json, history.json and the trained weights")
     return 0
 

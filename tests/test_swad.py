@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from clipood_kit.methods.swad import LossValley, Segment
+from clipood_kit.methods.swad import SWAD, LossValley, RunningMean, Segment, SWADConfig
 
 
 class Averaged:
-    """swa_utils.AveragedModel on one scalar weight: running mean, start and end steps."""
+    """swa_utils.AveragedModel (lines 9-80) on one scalar weight: the constructor copies the model's weight and
+    starts the count at 0 (line 26), so the first update overwrites it (lines 61-62)."""
 
     def __init__(self, model):
-        self.w, self.n, self.start_step, self.end_step = 0.0, 0, -1, -1
-        self.update_parameters(model, start_step=model.start_step, end_step=model.end_step)
+        self.w, self.n, self.start_step, self.end_step = model.w, 0, -1, -1
 
     def update_parameters(self, model, step=None, start_step=None, end_step=None):
         self.w = model.w if self.n == 0 else self.w + (model.w - self.w) / (self.n + 1)
@@ -128,6 +128,58 @@ def test_the_window_equals_the_official_rule(n_converge, n_tolerance):
         assert float(ours.result()["w"]) == pytest.approx(expected, abs=1e-5), (trial, losses, ratio)
 
 
+def test_the_held_until_minimum_segment_is_replaced_by_the_first_that_joins():
+    """The case the official counting decides: converged at the first segment, one more joins; the official
+    result is that segment alone (the held one had count 0), not the mean of both."""
+    official, ours = OfficialLossValley(3, 3, 0.3), LossValley(3, 3, 0.3)
+    for i, (loss, w) in enumerate([(1.0, 10.0), (1.1, 20.0), (1.2, 30.0), (1.15, 40.0)]):
+        official.update_and_evaluate(Seg(w, i, i), loss)
+        ours.update(Segment({"w": torch.tensor(w, dtype=torch.float64)}, i, i, loss))
+    expected = official.get_final_model().w
+    assert float(ours.result()["w"]) == pytest.approx(expected)
+    assert expected != pytest.approx(15.0)           # the old rule (until-min counted once) gave (10 + 20) / 2
+
+
+def official_segments(n_steps, checkpoint_freq):
+    """domainbed/trainer.py lines 161-257: every step updates the segment's AveragedModel (line 180; the first
+    update overwrites the copy made at lines 153 and 257); `step % checkpoint_freq == 0` (line 182, step from 0)
+    closes it. Returns the 1-based update numbers of each closed segment."""
+    segments, current = [], []
+    for step in range(n_steps):
+        current.append(step + 1)
+        if step % checkpoint_freq == 0:
+            segments.append(current)
+            current = []
+    return segments
+
+
+@pytest.mark.parametrize("steps, every", [(12, 3), (10, 3), (1, 5), (25, 10), (7, 1)])
+def test_segments_close_where_the_official_trainer_evaluates(steps, every):
+    """Segment boundaries after updates 1, F+1, 2F+1, ... and each segment the mean of its own steps' weights,
+    on a model whose one weight after update s is s (so a segment's mean tells which steps it holds)."""
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+    seen = []
+    cfg = SWADConfig(every=every, n_converge=1, n_tolerance=1, tolerance_ratio=1e9)
+    swad = SWAD(cfg)
+    swad.valley = LossValley(1, 1, 1e9)
+    swad.segment, swad.step, swad.losses = RunningMean(), 0, []
+    swad.validation_loss = lambda model: float(len(seen))
+    original = swad.valley.update
+    swad.valley.update = lambda seg: (seen.append((seg.start_step, seg.end_step, float(seg.average["w"]))), original(seg))
+    model = Model()
+    for s in range(1, steps + 1):
+        model.w.data.fill_(float(s))
+        swad.after_step(model)
+    expected = official_segments(steps, every)
+    assert [(a, b) for a, b, _ in seen] == [(seg[0], seg[-1]) for seg in expected]
+    assert [m for _, _, m in seen] == pytest.approx([float(np.mean(seg)) for seg in expected])
+    assert cfg.segments(steps) == len(expected)
+
+
 @pytest.fixture(scope="module")
 def setup():
     from clipood_kit.engine.builder import build_experiment
@@ -137,8 +189,10 @@ def setup():
 
 
 def test_with_a_window_over_every_segment_swad_is_the_dense_mean_of_every_step(setup):
-    """n_converge 1 converges at the first segment; an infinite tolerance never closes the valley: the average
-    is the mean of the weights after each of the 12 steps."""
+    """n_converge 1 converges at the first segment (update 1), which is held with count 0 and replaced by the
+    next; an infinite tolerance never closes the valley: the average is the dense mean of the weights after
+    updates 2 to 10 (the segments closed after updates 4, 7, 10; updates 11 and 12 are in no closed segment, as
+    in the official trainer). The run reports its open valley."""
     from clipood_kit.engine.runs import run_method
     from clipood_kit.engine.settings import set_method_fields
     method = set_method_fields(setup.cfg.method, {"swad.n_converge": 1, "swad.n_tolerance": 1,
@@ -149,10 +203,41 @@ def test_with_a_window_over_every_segment_swad_is_the_dense_mean_of_every_step(s
     assert len(steps) == 12
     swad = r["states"]["swad"]
     for key in ("visual.layer4.0.conv1.weight", "visual.attnpool.c_proj.weight"):
-        dense = torch.stack([s[key].double() for s in steps]).mean(0)
+        dense = torch.stack([s[key].double() for s in steps[1:10]]).mean(0)
         assert torch.allclose(swad[key].double(), dense, atol=1e-6), key
     losses = [row["validation_loss"] for row in r["history"] if "validation_loss" in row]
     assert len(losses) == 4 and all(np.isfinite(losses))
+    report = r["method_report"]["swad"]
+    assert report["converged"] and report["window"] == [2, 10] and report["averaged_segments"] == 3
+    assert not report["dead_valley"] and "still open" in report["note"]
+    assert any(n.startswith("swad: the loss valley was still open") for n in r["notes"])
+
+
+def test_a_run_whose_loss_never_stops_falling_says_it_returns_the_last_segment(setup):
+    """n_converge 4 on 4 segments: converged only if the first of them is the lowest; with the loss made to
+    fall at every segment, 'swad' is the last segment and the report and notes say so."""
+    from clipood_kit.engine.runs import run_method
+    from clipood_kit.engine.settings import set_method_fields
+    from clipood_kit.methods import swad as swad_module
+    method = set_method_fields(setup.cfg.method, {"swad.n_converge": 4, "swad.n_tolerance": 4})
+    falling = iter([4.0, 3.0, 2.0, 1.0])
+    original = swad_module.SWAD.validation_loss
+    swad_module.SWAD.validation_loss = lambda self, model: next(falling)
+    try:
+        r = run_method(setup.for_method(method), progress=False)
+    finally:
+        swad_module.SWAD.validation_loss = original
+    report = r["method_report"]["swad"]
+    assert not report["converged"] and report["averaged"] == "the last segment"
+    assert "never stopped falling" in r["notes"][0]
+
+
+def test_a_run_too_short_for_n_converge_segments_is_refused(setup):
+    from clipood_kit.engine.runs import run_method
+    from clipood_kit.engine.settings import set_method_fields
+    method = set_method_fields(setup.cfg.method, {"swad.every": 6})      # 12 steps: segments after 1 and 7
+    with pytest.raises(ValueError, match=r"needs n_converge=3 segments.*end only 2: set --set swad.every=5"):
+        run_method(setup.for_method(method), progress=False)
 
 
 def test_a_stopped_and_resumed_swad_run_equals_the_uninterrupted_one(setup, tmp_path):

@@ -23,7 +23,7 @@ from clipood_kit.data import TransformedSubset
 from clipood_kit.engine.experiment import ExperimentConfig, Setup, prepare
 from clipood_kit.core.io import save_weights, write_json
 from clipood_kit.methods import Method
-from clipood_kit.models.loader import TRAINED_STATE_FORMAT
+from clipood_kit.models.loader import TRAINED_STATE_FORMAT, weights_digest
 from clipood_kit.engine.scoring import evaluate_state, headline
 from clipood_kit.engine.training import CHECKPOINTS, FineTuneOutput, TrainConfig, TrainTask, fine_tune
 
@@ -159,6 +159,7 @@ def run_method(setup: Setup, run_dir: Optional[Path] = None, resume: bool = Fals
               "train_config": asdict(train), "history": out.history}
     if not out.completed:
         return result
+    result["method_report"], result["notes"] = method.report(), method.notes()
     result["models"] = {name: evaluate_state(setup, state) for name, state in out.states.items()}
     result["headline"] = headline(setup.cfg.protocol, result["models"][method.primary])
     result["seconds"] = round(time.perf_counter() - start, 2)
@@ -207,9 +208,10 @@ def _terminate_as_exception():
 
 def trained_state_metadata(setup: Setup, method: str, model: str) -> dict:
     """What a saved trained state needs to be loaded (`models.loader.load_clip`): the architecture and the
-    base weights it was trained from (a tag, or a file with its digest)."""
+    base weights it was trained from (a tag, or a file) with their digest, which loading compares."""
     return {"format": TRAINED_STATE_FORMAT, "architecture": setup.cfg.model,
             "base": str(setup.cfg.pretrained) if setup.cfg.pretrained is not None else "none",
+            "base_digest": weights_digest(setup.cfg.model, setup.cfg.pretrained),
             "base_id": setup.loaded.model_id, "method": method, "model": model}
 
 

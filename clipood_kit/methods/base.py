@@ -169,6 +169,11 @@ class Part:
     def final_states(self, zero_shot: State, last: State) -> Dict[str, State]:
         return {}
 
+    def report(self) -> dict:
+        """What the part decided during the run that its result depends on (SWAD's window), after
+        `final_states`; a 'note' says what a user must know. Recorded in results.json as `method_report`."""
+        return {}
+
 
 class Loss(Part):
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
@@ -339,6 +344,14 @@ class Method:
         for p in self.parts:
             states.update(p.final_states(zero_shot, last))
         return states
+
+    def report(self) -> Dict[str, dict]:
+        """{part kind: its `Part.report()`} for the parts that report something."""
+        return {p.cfg.kind: r for p in self.parts for r in [p.report()] if r}
+
+    def notes(self) -> List[str]:
+        """The reports' notes, each as 'KIND: note'."""
+        return [f"{kind}: {r['note']}" for kind, r in self.report().items() if r.get("note")]
 
 
 __all__ = ["PartConfig", "Part", "Loss", "Regulariser", "Averager", "MethodConfig", "Method", "RunContext", "Batch",

@@ -2,15 +2,19 @@
 Generalization by Seeking Flat Minima", NeurIPS 2021; official code github.com/khanrc/swad, `domainbed/swad.py`
 `LossValley`, and `domainbed/trainer.py` lines 178-257).
 
-Training is cut into segments of `every` steps. A segment's model is the dense mean of the weights after each of
-its steps (`trainer.py` line 180, reset at line 257); at the segment's end the current model's loss on held-out
+Training is cut into segments. A segment's model is the dense mean of the weights after each of its steps
+(`trainer.py` line 180, reset at line 257); the official trainer closes a segment at `step % checkpoint_freq == 0`
+with its step counted from 0 (line 182), so the first segment is the first update alone and the later ones end
+after updates 1 + F, 1 + 2F, ... (F = `every`); here too. At a segment's end the current model's loss on held-out
 images of the training domains is measured (`tr_outloss`, line 250). `LossValley.update_and_evaluate`
 (swad.py lines 83-144) then decides which segments enter the final average:
 
 - **start** (convergence): once `n_converge` segments are queued, if the first of them has the lowest loss, the
-  loss has stopped falling: averaging starts from that segment, the threshold is set to mean(their losses) x
-  (1 + tolerance_ratio), and the queued segments after it join (lines 96-123; with n_tolerance > n_converge, the
-  segments of the smoothing queue below the threshold);
+  loss has stopped falling: the threshold is set to mean(their losses) x (1 + tolerance_ratio), and the queued
+  segments after it join (lines 96-123; with n_tolerance > n_converge, the segments of the smoothing queue below
+  the threshold). The official code holds the until-minimum segment in a fresh `AveragedModel` (line 100), whose
+  count starts at 0 (`swa_utils.py` line 26), so the first segment to join **overwrites** it (lines 61-62): the
+  until-minimum segment is the result only when no other segment joins. Here too (`RunningMean.hold`);
 - **valley**: afterwards, each segment leaving the smoothing window of `n_tolerance` segments joins while the
   smallest loss in that window stays under the threshold; once it rises above, the valley is dead and nothing
   joins any more (lines 131-144);
@@ -18,12 +22,14 @@ images of the training domains is measured (`tr_outloss`, line 250). `LossValley
   what remains stays under the threshold; without convergence, the last segment is the result.
 
 The final model is the equal-weight mean of the segments that joined (`swa_utils.AveragedModel`), which is the
-dense mean of every step in the window. Defaults are the official config.yaml's (n_converge 3, n_tolerance 6,
+dense mean of every step in the window. `report()` says what happened (converged or not, the window, whether the
+valley closed before the run ended); results.json records it under `method_report`. Defaults are the official config.yaml's (n_converge 3, n_tolerance 6,
 tolerance_ratio 0.3). Deviations, each named: the validation images are the experiment's held-out images of its
 training domains and classes (DomainBed's training-domain "out" split, which is what they are), which are also
 the bench's "train domains / base" test cell, so that one cell is not independent of SWAD's window (the unseen
 domains and new classes are); training does not stop when the valley dies (the official trainer does, line 253:
-it saves time and leaves the average unchanged); `every` is 10 steps (official checkpoint_freq: 200 of DomainBed's
+it saves time and leaves the average unchanged); a run too short for `n_converge` segments is refused (it could
+only return its last segment); `every` is 10 steps (official checkpoint_freq: 200 of DomainBed's
 5,000 steps, the same share of a run for the bench's 120).
 """
 from __future__ import annotations
@@ -57,6 +63,13 @@ class RunningMean:
         self.average: Optional[Dict[str, torch.Tensor]] = None
         self.count = 0
         self.start_step = self.end_step = -1
+
+    @classmethod
+    def hold(cls, weights: Dict[str, torch.Tensor]) -> "RunningMean":
+        """`AveragedModel(model)`: holds `weights` with a count of 0, so the first `add` replaces them."""
+        mean = cls()
+        mean.average = {n: t.detach().float().clone() for n, t in weights.items()}
+        return mean
 
     def add(self, weights: Dict[str, torch.Tensor], start_step: int, end_step: int) -> None:
         if self.count == 0:
@@ -99,8 +112,7 @@ class LossValley:
             min_idx = losses.index(min(losses))
             if min_idx == 0:
                 self.converge_step = self.converge_q[0].end_step
-                self.final = RunningMean()
-                self._join(self.converge_q[0])
+                self.final = RunningMean.hold(self.converge_q[0].average)      # count 0: the next join replaces it
                 self.threshold = sum(losses) / len(losses) * (1.0 + self.tolerance_ratio)
                 if self.n_tolerance < self.n_converge:
                     for i in range(self.n_converge - self.n_tolerance):
@@ -148,6 +160,10 @@ class SWADConfig(PartConfig):
     tolerance_ratio: float = 0.3
     validation_images: int = 512     # at most this many held-out images for the validation loss (seeded subset)
 
+    def segments(self, steps: int) -> int:
+        """Segments a run of `steps` updates ends: after update 1, then every `every` updates (module docstring)."""
+        return 0 if steps < 1 else 1 + (steps - 1) // self.every
+
     def validate(self) -> None:
         for name in ("every", "n_converge", "n_tolerance", "validation_images"):
             value = getattr(self, name)
@@ -179,9 +195,12 @@ class SWAD(Averager):
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
-        if run.total_steps < self.cfg.every:
-            raise ValueError(f"swad.every ({self.cfg.every}) is more than the run's {run.total_steps} steps, so no "
-                             f"segment would end: set --set swad.every={max(1, run.total_steps // 12)} or more steps")
+        n = self.cfg.segments(run.total_steps)
+        if n < self.cfg.n_converge:
+            fit = max(1, (run.total_steps - 1) // max(1, self.cfg.n_converge - 1)) if run.total_steps > 1 else 1
+            raise ValueError(f"swad needs n_converge={self.cfg.n_converge} segments to find the loss valley, but "
+                             f"{run.total_steps} steps with swad.every={self.cfg.every} end only {n}: set "
+                             f"--set swad.every={fit} or train more steps")
         self.valley = LossValley(self.cfg.n_converge, self.cfg.n_tolerance, self.cfg.tolerance_ratio)
         self.segment = RunningMean()
         self.step = 0
@@ -206,7 +225,7 @@ class SWAD(Averager):
         self.step += 1
         weights = dict(_parameters(model))
         self.segment.add(weights, self.step, self.step)
-        if self.step % self.cfg.every:
+        if (self.step - 1) % self.cfg.every:            # the official `step % checkpoint_freq == 0`, step from 0
             return {}
         loss = self.validation_loss(model)
         self.losses.append(loss)
@@ -238,7 +257,33 @@ class SWAD(Averager):
         v.converge_step, v.dead_valley, v.threshold = state["converge_step"], state["dead_valley"], state["threshold"]
 
     def final_states(self, zero_shot: State, last: State) -> Dict[str, State]:
-        return {self.primary: with_average(last, self.valley.result())}
+        average = self.valley.result()
+        self._report = self._window_report()
+        return {self.primary: with_average(last, average)}
+
+    def _window_report(self) -> dict:
+        v = self.valley
+        out = {"segments": len(self.losses), "converged": v.converge_step is not None,
+               "converge_step": v.converge_step, "dead_valley": v.dead_valley, "threshold": v.threshold}
+        if v.converge_step is None:
+            out["averaged"] = "the last segment"
+            out["note"] = (f"the validation loss never stopped falling ({len(self.losses)} segments; convergence "
+                           f"needs the first of {self.cfg.n_converge} queued segments to be the lowest): 'swad' "
+                           f"is the last segment's mean, as the official get_final_model returns; train longer or "
+                           f"set a smaller swad.every")
+            return out
+        mean = v.final
+        out["window"] = [mean.start_step, mean.end_step] if mean.count else None
+        out["averaged_segments"] = mean.count
+        if not mean.count:
+            out["note"] = "no segment joined the until-minimum segment: 'swad' is that segment's mean"
+        elif not v.dead_valley:
+            out["note"] = (f"the loss valley was still open when the run ended (step {self.step}): the window ends "
+                           f"with the run, a longer run could average more")
+        return out
+
+    def report(self) -> dict:
+        return getattr(self, "_report", {})
 
 
 def _mean_state(mean: RunningMean) -> dict:
@@ -249,5 +294,5 @@ def _mean_state(mean: RunningMean) -> dict:
 def _mean_from(state: dict) -> RunningMean:
     mean = RunningMean()
     mean.count, mean.start_step, mean.end_step = int(state["count"]), int(state["start_step"]), int(state["end_step"])
-    mean.average = dict(state["average"]) if mean.count else None
+    mean.average = dict(state["average"]) if state.get("average") else None
     return mean

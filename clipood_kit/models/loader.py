@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -113,11 +114,18 @@ def _check_reachable(name: str, tag: str, cache_dir: Optional[str], timeout: flo
 
 
 def file_digest(path: Union[str, Path], length: int = 12) -> str:
+    """The first `length` hex digits of a file's sha256 (remembered per path, size and modification time)."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)[:length]
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()[:length]
+    return h.hexdigest()
 
 
 def tiny_tokenizer() -> WordTokenizer:
@@ -186,10 +194,25 @@ def architectures_like(path) -> List[str]:
 
 
 TRAINED_STATE_FORMAT = "clipood-kit trained state"
+# the metadata a run writes beside a trained state (`engine.runs.trained_state_metadata`)
+TRAINED_STATE_FIELDS = ("format", "architecture", "base", "base_digest", "base_id", "method", "model")
+
+
+def weights_digest(name: str, pretrained: Optional[str]) -> str:
+    """What a model's weights are, as a trained state records its base: a file's digest ('sha256:...'), a
+    pretrained tag ('tag:NAME'), or 'random-init'. 'default' is resolved first (the tiny model's shipped file)."""
+    if pretrained == "default":
+        pretrained = str(tiny_weights_path()) if name == TINY_NAME else None
+    if pretrained is None:
+        return "random-init"
+    if Path(pretrained).is_file():
+        return f"sha256:{file_digest(pretrained, 16)}"
+    return f"tag:{pretrained}"
 
 
 def trained_state_metadata(path) -> Optional[dict]:
-    """The metadata of a run's saved trained state (`engine.runs.write_run`), or None for any other file."""
+    """The metadata of a run's saved trained state (`engine.runs.write_run`), or None for any other file. A file
+    whose metadata has the trained-state fields but another `format` is refused by name (it was edited)."""
     if Path(path).suffix != ".safetensors":
         return None
     try:
@@ -198,28 +221,101 @@ def trained_state_metadata(path) -> Optional[dict]:
             meta = f.metadata() or {}
     except Exception:                 # noqa: BLE001 - not a readable safetensors file: load_clip says why
         return None
-    return meta if meta.get("format") == TRAINED_STATE_FORMAT else None
+    if meta.get("format") == TRAINED_STATE_FORMAT:
+        return meta
+    ours = [k for k in TRAINED_STATE_FIELDS[1:] if k in meta]
+    if len(ours) >= 2 or str(meta.get("format", "")).startswith("clipood-kit"):
+        raise ValueError(f"{path}: metadata field 'format' is {meta.get('format')!r}, expected "
+                         f"{TRAINED_STATE_FORMAT!r} (the file carries a trained state's fields {ours}): it was edited; "
+                         f"use the run's own model_*.safetensors or run it again")
+    return None
 
 
-def _load_trained_state(name: str, path: str, device, cache_dir) -> "LoadedCLIP":
+def check_trained_state_metadata(path, meta: dict, name: str) -> None:
+    """Every field of a trained state's metadata, each refused by name: present, of the right kind, consistent
+    with the architecture asked for, and a base that is neither the file itself nor another trained state."""
+    missing = [k for k in TRAINED_STATE_FIELDS if not meta.get(k)]
+    if "base_digest" in missing and meta.get("base_id"):
+        missing.remove("base_digest")                 # written before base_digest existed: base_id holds it
+    if missing:
+        raise ValueError(f"{path}: metadata field(s) {missing} missing or empty (a run writes {list(TRAINED_STATE_FIELDS)}): "
+                         f"the file was edited; use the run's own model_*.safetensors or run it again")
+    arch = meta["architecture"]
+    if arch not in open_clip.list_models():
+        raise ValueError(f"{path}: metadata field 'architecture' is {arch!r}, which is no open_clip architecture")
+    if arch != name:
+        raise ValueError(f"{path} holds a trained state of {arch}, not {name}: pass --model {arch}")
+    base = meta["base"]
+    if base not in ("none", "default") and Path(base).is_file():
+        if Path(base).resolve() == Path(path).resolve():
+            raise ValueError(f"{path}: metadata field 'base' names the file itself; it must name the weights the "
+                             f"run started from (a tag, a weights file or 'default')")
+        if Path(base).suffix == ".safetensors":
+            from safetensors import safe_open
+            try:
+                with safe_open(str(base), "pt") as f:
+                    base_meta = f.metadata() or {}
+            except Exception:         # noqa: BLE001 - an unreadable base: its own load says why
+                base_meta = {}
+            if base_meta.get("format") == TRAINED_STATE_FORMAT:
+                raise ValueError(f"{path}: metadata field 'base' names {base}, itself a trained state; a trained "
+                                 f"state loads onto plain weights only (the run's --pretrained)")
+
+
+def _recorded_base_digest(meta: dict) -> str:
+    """The base digest a trained state recorded ('base_digest'; files written before it: read from 'base_id',
+    'ARCH/file:NAME@DIGEST' or 'ARCH/TAG')."""
+    if meta.get("base_digest"):
+        return meta["base_digest"]
+    weights = meta["base_id"].split("/", 1)[-1]
+    if weights.startswith("file:") and "@" in weights:
+        return f"sha256-prefix:{weights.rsplit('@', 1)[1]}"
+    return "random-init" if weights == "random-init" else f"tag:{weights}"
+
+
+def _digests_match(recorded: str, actual: str) -> bool:
+    if recorded.startswith("sha256-prefix:") and actual.startswith("sha256:"):
+        prefix = recorded.split(":", 1)[1]
+        return actual.split(":", 1)[1][:len(prefix)] == prefix[:16]
+    return recorded == actual
+
+
+def _load_trained_state(name: str, path: str, meta: dict, device, cache_dir) -> "LoadedCLIP":
     """A run's trained state on its base weights: the base model (named in the file's metadata) with the image
-    ('visual.*') and text ('text.clip.*') entries of the state loaded over it."""
+    ('visual.*') and text ('text.clip.*') entries of the state loaded over it. The base must be the weights the
+    run started from: their digest is compared with the recorded one, so a state never lands on other weights
+    (a new `clipood-kit pretrain`, another CLIPOOD_KIT_DATA, an edited `base`)."""
     from safetensors.torch import load_file
-    meta = trained_state_metadata(path)
-    if meta["architecture"] != name:
-        raise ValueError(f"{path} holds a trained state of {meta['architecture']}, not {name}: pass --model "
-                         f"{meta['architecture']}")
+    check_trained_state_metadata(path, meta, name)
+    base_name = None if meta["base"] == "none" else meta["base"]
+    recorded, actual = _recorded_base_digest(meta), weights_digest(name, base_name)
+    if actual == "random-init":
+        raise ValueError(f"{path} was trained from randomly initialised weights, which cannot be rebuilt; load "
+                         f"it with the run's experiment instead (engine.scoring.evaluate_state)")
+    if not _digests_match(recorded, actual):
+        shown = base_name if base_name != "default" else f"default ({tiny_weights_path()})"
+        raise ValueError(f"{path} was trained on base weights {recorded}, but its base {shown} is now {actual}: "
+                         f"the base changed (a new `clipood-kit pretrain`, another CLIPOOD_KIT_DATA, an edited "
+                         f"metadata field 'base'); restore the run's base weights or train the run again")
     state = load_file(path)
     parts = sorted({k.split(".")[1] for k in state if k.startswith("parts.")})
     if parts:
         raise ValueError(f"{path} holds modules of the part(s) {parts} beside CLIP's towers, which a plain CLIP "
                          f"model cannot hold; score it with the run's experiment (engine.scoring.evaluate_state "
                          f"on the loaded state)")
-    base = load_clip(name, None if meta["base"] == "none" else meta["base"], device, cache_dir)
+    base = load_clip(name, base_name, device, cache_dir)
     mapped = {(k[len("text.clip."):] if k.startswith("text.clip.") else k): v for k, v in state.items()}
-    missing = [k for k in mapped if k not in base.model.state_dict()]
+    own = base.model.state_dict()
+    missing = [k for k in mapped if k not in own]
     if missing:
-        raise ValueError(f"{path} has entries its base model {meta['base']} lacks (e.g. {missing[:3]})")
+        raise ValueError(f"{path} has entries its base model {meta['base']} lacks (e.g. {missing[:3]}): metadata "
+                         f"field 'architecture' ({name}) is not the architecture the state was trained as")
+    shapes = [k for k in mapped if tuple(mapped[k].shape) != tuple(own[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise ValueError(f"{path}: {len(shapes)} entries have other shapes than {name}'s (e.g. {k}: "
+                         f"{tuple(mapped[k].shape)} vs {tuple(own[k].shape)}): metadata field 'architecture' is not "
+                         f"the architecture the state was trained as")
     base.model.load_state_dict(mapped, strict=False)
     base.pretrained = path
     base.model_id = f"{name}/file:{Path(path).name}@{file_digest(path)}"
@@ -244,8 +340,9 @@ def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", devi
                 f"or set CLIPOOD_KIT_DATA to the folder that holds them")
     kwargs = {"image_mean": TINY_MEAN, "image_std": TINY_STD} if is_tiny else {}
     is_file = pretrained is not None and Path(pretrained).is_file()
-    if is_file and trained_state_metadata(pretrained) is not None:
-        return _load_trained_state(name, pretrained, device, cache_dir)
+    meta = trained_state_metadata(pretrained) if is_file else None
+    if meta is not None:
+        return _load_trained_state(name, pretrained, meta, device, cache_dir)
     if pretrained is not None and not is_file:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
