@@ -21,7 +21,7 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 demo: setup
-	$(VENV)/bin/clipood-kit demo --out $(OUT)
+	$(VENV)/bin/clipood-kit demo --out $(OUT) --overwrite
 
 test: setup browser
 	$(PY) -m pytest -q -ra --durations=20

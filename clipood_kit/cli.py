@@ -140,7 +140,7 @@ def cmd_sweep(args) -> int:
         args.method = "ce" if args.kind == "wise" else "clipood"
     exp = _experiment_from_args(args)
     print(config_summary(exp))
-    run_sweep(args.kind, exp, args.values, args.betas or [], args.out, runner=_runner(args))
+    run_sweep(args.kind, exp, args.values, args.betas or [], args.out, runner=_runner(args), overwrite=args.overwrite)
     print(f"wrote {args.out}/results.json and {args.out}/report.html")
     return 0
 
@@ -168,14 +168,17 @@ def _bench_overrides(cfg, args):
 
 def cmd_demo(args) -> int:
     from clipood_kit.studies.bench import demo_bench
-    return _run_and_print(_bench_overrides(demo_bench(args.seeds), args), args.out, _runner(args))
+    return _run_and_print(_bench_overrides(demo_bench(args.seeds), args), args.out, _runner(args), args.overwrite)
 
 
-def _run_and_print(cfg, out, runner) -> int:
+def _run_and_print(cfg, out, runner, overwrite: bool = False) -> int:
     from clipood_kit.studies.bench import run_bench
     from clipood_kit.viz.report import text_table
-    results = run_bench(cfg, out, runner=runner)
+    results = run_bench(cfg, out, runner=runner, overwrite=overwrite)
     print(text_table(results))
+    for label, runs in results["runs"].items():
+        for note in sorted({n for r in runs for n in r.get("notes", [])}):
+            print(f"note ({label}): {note}")
     print(f"wrote {out}/results.json and {out}/report.html in {results['seconds']:.0f} s")
     return 0
 
@@ -183,7 +186,7 @@ def _run_and_print(cfg, out, runner) -> int:
 def cmd_compare(args) -> int:
     from clipood_kit.studies.bench import compare_bench
     return _run_and_print(_bench_overrides(compare_bench(args.seeds, fast=args.fast, ablation=args.ablation), args),
-                          args.out, _runner(args))
+                          args.out, _runner(args), args.overwrite)
 
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
@@ -295,7 +298,7 @@ def cmd_study(args) -> int:
     from clipood_kit.studies.ood_study import STUDY_METHODS, StudyConfig, run_study, study_experiment, text_table
     exp = apply_overrides(study_experiment(fast=args.fast), args.set or [], **_overrides(args))
     cfg = StudyConfig(experiment=exp, methods=args.methods or STUDY_METHODS, shots=args.shot_counts, seeds=args.seeds)
-    results = run_study(cfg, args.out, _runner(args))
+    results = run_study(cfg, args.out, _runner(args), overwrite=args.overwrite)
     for kind in ("far", "near"):
         print(text_table(results, kind))
     for f in results["findings"]:
@@ -356,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(p)
     _add_fanout_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for results.json and report.html")
+    p.add_argument("--overwrite", action="store_true", help="replace finished results in --out")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("methods", help="list the methods, their parts and the parts' defaults")
@@ -363,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: zero-shot, CE, ablations and CLIPood on the world + report")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for results.json and report.html")
+    p.add_argument("--overwrite", action="store_true", help="replace finished results in --out")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (mean and std over them)")
     _add_bench_args(p)
     _add_fanout_args(p)
@@ -370,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="every method x (domains, classes, OOD with MCM), mean and std over seeds")
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for results.json and report.html")
+    p.add_argument("--overwrite", action="store_true", help="replace finished results in --out")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (mean and std over them)")
     p.add_argument("--fast", action="store_true", help="tiny data and 8 steps (tests)")
     p.add_argument("--ablation", default=None, metavar="METHOD",
@@ -382,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "methods x scores x near/far OOD x shots x seeds); JSON and a report")
     p.add_argument("name", choices=["ood-after-finetuning"], help="the study")
     p.add_argument("--out", type=Path, default=Path("runs/study"), help="folder for results.json and report.html")
+    p.add_argument("--overwrite", action="store_true", help="replace finished results in --out")
     p.add_argument("--methods", nargs="+", default=None, help="methods ('zero-shot' or registered names; default: "
                    "the study's, STUDY_METHODS in clipood_kit/studies/ood_study.py: zero-shot, prompt learning and "
                    "OGEN, the adapters, full fine-tuning)")

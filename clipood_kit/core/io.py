@@ -75,3 +75,38 @@ def load_weights(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def check_results_dir(out: str | os.PathLike, overwrite: bool = False, what: str = "results") -> Path:
+    """Refuse an unusable results folder before any work: a file, an unwritable place, or a folder that holds
+    finished results (its results.json) unless `overwrite`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; give a folder for the {what}")
+    parent = next(p for p in [out, *out.parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write the {what} into {out}: {parent} is not writable; choose another --out")
+    if (out / "results.json").exists() and not overwrite:
+        raise FileExistsError(f"{out} holds finished {what} (results.json); pass --overwrite to replace them or "
+                              f"choose another --out")
+    return out
+
+
+def write_results(out: str | os.PathLike, results: Any, report: str) -> None:
+    """results.json and report.html of a study, bench or sweep: the old results.json goes first and the new one
+    last, so a finished folder (results.json present) never holds a report of other results."""
+    out = Path(out)
+    (out / "results.json").unlink(missing_ok=True)
+    write_text(out / "report.html", report)
+    write_json(out / "results.json", results)
+
+
+def check_unique(what: str, values) -> None:
+    """Refuse repeated entries (a seed counted twice looks like two runs in a mean ± std)."""
+    seen, repeated = set(), []
+    for v in values:
+        if v in seen and v not in repeated:
+            repeated.append(v)
+        seen.add(v)
+    if repeated:
+        raise ValueError(f"{what} {repeated} given more than once; each counts once: give distinct {what}")

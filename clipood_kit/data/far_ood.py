@@ -205,13 +205,14 @@ class ImageFolderSet(OODSet):
 
 
 def parse_ood_data(spec: str) -> Tuple[str, str, str]:
-    """'[near:|far:][NAME=]FOLDER' -> (kind, name, folder); the kind defaults to far, the name to the folder's."""
+    """'[near:|far:][NAME=]FOLDER' -> (kind, name, folder); the kind defaults to far, the name to the folder's.
+    A folder whose own path holds '=' is taken whole when it exists; a NAME never holds a path separator."""
     kind = "far"
     for k in KINDS:
         if spec.startswith(f"{k}:"):
             kind, spec = k, spec[len(k) + 1:]
     name, sep, folder = spec.partition("=")
-    if not sep:
+    if not sep or Path(spec).is_dir() or os.sep in name or "/" in name:
         name, folder = "", spec
     if not folder:
         raise ValueError(f"--ood-data needs a folder: '[near:|far:][NAME=]FOLDER', got {spec!r}")
@@ -219,9 +220,10 @@ def parse_ood_data(spec: str) -> Tuple[str, str, str]:
 
 
 def open_ood_sets(world_sets: Sequence[str], folders: Sequence[str], n: int, seed: int,
-                  styles: Sequence[str]) -> Dict[str, OODSet]:
+                  styles: Sequence[str], id_data: DomainDataset | None = None) -> Dict[str, OODSet]:
     """The experiment's OOD sets by name: the world's rendered ones (n images each, seeded) and the folders
-    (`parse_ood_data` specs). Names must be unique and must not be a near shift of the dataset."""
+    (`parse_ood_data` specs). Names must be unique and must not be a near shift of the dataset; a folder that
+    shares images with the ID dataset `id_data` is refused (`check_disjoint`)."""
     sets: Dict[str, OODSet] = {}
     for i, name in enumerate(world_sets):
         sets[name] = RenderedSet(name, n, seed * 1000 + 17 + i, styles)
@@ -230,4 +232,73 @@ def open_ood_sets(world_sets: Sequence[str], folders: Sequence[str], n: int, see
         if name in sets:
             raise ValueError(f"two OOD sets are named {name!r}; name them apart with --ood-data NAME=FOLDER")
         sets[name] = ImageFolderSet(folder, kind, name)
+        if id_data is not None:
+            check_disjoint(sets[name], id_data)
     return sets
+
+
+def _content_digest(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_disjoint(ood: "ImageFolderSet", id_data: DomainDataset) -> None:
+    """Refuse an OOD folder that shares images with the ID dataset: by path (the dataset's root or one of its
+    domains given as OOD) or by content (the same file bytes elsewhere; only files of equal size are hashed, so
+    the check reads few files). An OOD set that holds ID images scores them as OOD and still gives plausible
+    AUROCs."""
+    id_paths = getattr(id_data, "paths", None)
+    if not id_paths:
+        _check_disjoint_pixels(ood, id_data)
+        return
+    root = Path(id_data.root).resolve()
+    ood_root = ood.root.resolve()
+    if ood_root == root or root in ood_root.parents or ood_root in root.parents:
+        raise DatasetError(f"OOD set {ood.name!r} ({ood.root}) overlaps the ID dataset's folder {id_data.root}: an OOD "
+                           f"set must hold none of the ID images; pass a folder outside {id_data.root}")
+    resolved = {p.resolve() for p in id_paths}
+    shared = [p for p in ood.paths if p.resolve() in resolved]
+    if not shared:
+        by_size: Dict[int, List[Path]] = {}
+        for p in id_paths:
+            by_size.setdefault(p.stat().st_size, []).append(p)
+        candidates = [p for p in ood.paths if p.stat().st_size in by_size]
+        if candidates:
+            id_digests = {_content_digest(q) for p in candidates for q in by_size[p.stat().st_size]}
+            shared = [p for p in candidates if _content_digest(p) in id_digests]
+    if shared:
+        raise DatasetError(f"OOD set {ood.name!r} ({ood.root}) shares {len(shared)} image(s) with the ID dataset "
+                           f"{id_data.root} (e.g. {shared[0]}): an OOD set must hold none of the ID images; remove "
+                           f"them or pass another folder")
+
+
+def _check_disjoint_pixels(ood: "ImageFolderSet", id_data: DomainDataset) -> None:
+    """The same check for an in-memory ID dataset (the world): an OOD file whose decoded pixels equal an ID
+    image's (an `export-world` folder of the same seed). Only files of the ID images' size are decoded."""
+    from PIL import Image
+    images = getattr(id_data, "images", None)
+    if images is None or not len(images):
+        return
+    import hashlib
+    size = (images.shape[-1], images.shape[-2])
+    same_size = []
+    for p in ood.paths:
+        try:
+            with Image.open(p) as img:
+                if img.size == size:
+                    same_size.append(p)
+        except OSError:
+            continue                                  # `verify` names unreadable files
+    if not same_size:
+        return
+    digest = lambda t: hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()     # noqa: E731
+    id_digests = {digest(img) for img in images}
+    shared = [p for p in same_size if digest(read_image(p)) in id_digests]
+    if shared:
+        raise DatasetError(f"OOD set {ood.name!r} ({ood.root}) shares {len(shared)} image(s) with the ID dataset "
+                           f"{id_data.name} (e.g. {shared[0]}, the same pixels): an OOD set must hold none of the ID "
+                           f"images; pass another folder")

@@ -298,7 +298,7 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     in_dist = (torch.isin(dataset.domain_ids[eval_idx], torch.tensor(source_ids))
                & torch.isin(dataset.labels[eval_idx], torch.tensor(base_ids)))
     ood_sets = far_ood.open_ood_sets(cfg.world_ood_sets, cfg.ood_data, n=max(1, int(in_dist.sum())),
-                                     seed=cfg.data_seed, styles=sources)
+                                     seed=cfg.data_seed, styles=sources, id_data=dataset)
     for s in ood_sets.values():
         s.verify()
     loaded = load_clip(cfg.model, cfg.pretrained, device=cfg.device)

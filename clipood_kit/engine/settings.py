@@ -81,6 +81,7 @@ def _no_part(method: MethodConfig, key: str) -> ValueError:
 def set_method_fields(method: MethodConfig, values: Dict[str, Any], only_present: bool = False) -> MethodConfig:
     """A copy of `method` with `{'PART.FIELD': value}` set (values already typed). `only_present` skips parts the
     method lacks (a bench setting such as 'ema.decay' applies to the methods that average with EMA)."""
+    given: Dict[str, set] = {}
     for key, value in values.items():
         part, name, _ = _part_field(method, key)
         if part is None:
@@ -88,6 +89,9 @@ def set_method_fields(method: MethodConfig, values: Dict[str, Any], only_present
                 continue
             raise _no_part(method, key)
         method = method.replace_part(replace(part, **{name: value}))
+        given.setdefault(part.kind, set()).add(name)
+    for kind, names in given.items():          # fields that follow from the ones set (PartConfig.settled)
+        method = method.replace_part(method.part(kind).settled(names))
     method.validate()
     return method
 
@@ -97,6 +101,7 @@ def apply_settings(exp, items: Iterable[str]):
     top: Dict[str, Any] = {}
     train: Dict[str, Any] = {}
     method = exp.method
+    part_values: Dict[str, Any] = {}            # set together, so fields that follow one another settle once
     for item in items:
         key, text = split_setting(item)
         head, _, name = key.partition(".")
@@ -114,13 +119,15 @@ def apply_settings(exp, items: Iterable[str]):
             part, _, kind = _part_field(method, key)
             if part is None:
                 raise _no_part(method, key)
-            method = set_method_fields(method, {key: parse_value(key, text, kind)})
+            part_values[key] = parse_value(key, text, kind)
         else:
             fields = _fields(exp)
             if key not in fields:
                 raise ValueError(f"--set {key}: unknown key; use train.FIELD, PART.FIELD (parts of this method: "
                                  f"{method.describe()}) or an experiment field ({', '.join(fields)})")
             top[key] = parse_value(key, text, fields[key])
+    if part_values:
+        method = set_method_fields(method, part_values)
     new_train = replace(exp.train, **train)
     new_train.validate()
     return replace(exp, **top, method=method, train=new_train)

@@ -67,6 +67,11 @@ class PartConfig:
     def validate(self) -> None:
         """Refuse values the part cannot train with (before any work is done)."""
 
+    def settled(self, given) -> "PartConfig":
+        """This config with the fields that follow from others filled in, unless they are among `given` (the
+        field names a user set): CoOp's n_ctx follows its ctx_init. The recorded config is the one that runs."""
+        return self
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, **dataclasses.asdict(self)}
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipood_kit.methods.base import PartConfig, PartInputs
-from clipood_kit.methods.coop import CoOp, PromptContext
+from clipood_kit.methods.coop import CoOp, PromptContext, check_context, settle_context
 
 
 class ConditionalContext(PromptContext):
@@ -83,10 +83,12 @@ class CoCoOpConfig(PartConfig):
     reduction: int = 16              # official meta-net: vis_dim -> vis_dim // 16 -> ctx_dim
 
     def validate(self) -> None:
-        if not self.ctx_init and (not isinstance(self.n_ctx, int) or self.n_ctx < 1):
-            raise ValueError(f"cocoop.n_ctx must be an integer >= 1, got {self.n_ctx!r}")
+        check_context(self)
         if not isinstance(self.reduction, int) or self.reduction < 1:
             raise ValueError(f"cocoop.reduction must be an integer >= 1, got {self.reduction!r}")
+
+    def settled(self, given) -> "CoCoOpConfig":
+        return settle_context(self, given)
 
     def build(self) -> "CoCoOp":
         return CoCoOp(self)

@@ -9,7 +9,8 @@ space (official `PromptLearner`, lines 60-160, class token at the end):
     logits   = logit_scale * cos(f, t_c),   cross-entropy on the training classes.
 
 - Initialisation: from the embeddings of `ctx_init` ("a photo of a", the official CTX_INIT option; M = its number
-  of tokens), or, with `ctx_init=""`, N(0, 0.02) vectors (the official default, N_CTX = `n_ctx`). The official
+  of words, official `n_ctx = len(ctx_init.split(" "))`, `trainers/coop.py` line 71: so `n_ctx` follows `ctx_init`
+  unless set, and a value that disagrees with it is refused rather than recorded unused), or, with `ctx_init=""`, N(0, 0.02) vectors (the official default, N_CTX = `n_ctx`). The official
   random-init prompt holds M "X" tokens only to fix the positions; here the placeholder is the word "a" (the
   tiny CLIP's vocabulary has no "X"); the placeholders' embeddings are replaced by the context, as there.
 - `class_specific` (official CSC): one context per class. With `ctx_init`, every class starts from it.
@@ -22,7 +23,7 @@ space (official `PromptLearner`, lines 60-160, class token at the end):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -75,11 +76,31 @@ class CoOpConfig(PartConfig):
     class_specific: bool = False     # official CSC
 
     def validate(self) -> None:
-        if not self.ctx_init and (not isinstance(self.n_ctx, int) or self.n_ctx < 1):
-            raise ValueError(f"coop.n_ctx must be an integer >= 1, got {self.n_ctx!r}")
+        check_context(self)
+
+    def settled(self, given) -> "CoOpConfig":
+        return settle_context(self, given)
 
     def build(self) -> "CoOp":
         return CoOp(self)
+
+
+def settle_context(cfg, given):
+    """With `ctx_init`, the context has one vector per word (official CoOp): n_ctx follows it unless it was set."""
+    if cfg.ctx_init.strip() and "n_ctx" not in given:
+        return replace(cfg, n_ctx=len(cfg.ctx_init.split()))
+    return cfg
+
+
+def check_context(cfg) -> None:
+    """n_ctx an integer >= 1 that agrees with ctx_init's words (CoOp and CoCoOp)."""
+    if not isinstance(cfg.n_ctx, int) or isinstance(cfg.n_ctx, bool) or cfg.n_ctx < 1:
+        raise ValueError(f"{cfg.kind}.n_ctx must be an integer >= 1, got {cfg.n_ctx!r}")
+    words = len(cfg.ctx_init.split())
+    if words and cfg.n_ctx != words:
+        raise ValueError(f"{cfg.kind}.n_ctx={cfg.n_ctx} disagrees with {cfg.kind}.ctx_init {cfg.ctx_init!r} ({words} "
+                         f"words: the context is one vector per word, official CoOp); for a random context of "
+                         f"{cfg.n_ctx} vectors also set {cfg.kind}.ctx_init= (empty), or leave n_ctx out")
 
 
 class CoOp(CrossEntropy):
@@ -88,18 +109,36 @@ class CoOp(CrossEntropy):
     def _prefix(self) -> str:
         return self.cfg.ctx_init.strip() or " ".join(["a"] * self.cfg.n_ctx)
 
+    def _prompt_tokens(self, inputs: PartInputs) -> Tuple[torch.Tensor, torch.Tensor, int]:
+        """(every class's prompt tokens, the prefix's tokens, M = the context's vectors), each prompt whole: a
+        tokenizer that refuses a prompt, one that would cut it (open_clip's BPE truncates to its context) and a
+        ctx_init whose words are not one token each are refused, with the fix."""
+        kind, prefix = self.cfg.kind, self._prefix()
+        shown = prefix if len(prefix) <= 40 else f"{prefix[:20]}...{prefix[-12:]} ({len(prefix.split())} words)"
+        try:
+            tokens = inputs.tokenize([f"{prefix} {name}." for name in inputs.class_names])
+        except Exception as e:       # noqa: BLE001 - a prompt the tokenizer refuses is a config error
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = reason if len(reason) <= 160 else f"{reason[:60]} ... {reason[-90:]}"
+            raise ValueError(f"{kind} cannot build its prompts '{shown} CLASS.': {reason}") from None
+        if bool((tokens[:, -1] != 0).any()):
+            raise ValueError(f"{kind}'s prompts '{shown} CLASS.' fill the text tower's whole context of "
+                             f"{tokens.shape[1]} tokens, so class names may be cut: lower {kind}.n_ctx or shorten "
+                             f"{kind}.ctx_init")
+        init = inputs.tokenize([prefix])
+        m = int((init[0] != 0).sum()) - 2                      # the prefix's own tokens, without SOS and EOS
+        if m != self.cfg.n_ctx:
+            raise ValueError(f"{kind}.ctx_init {self.cfg.ctx_init!r} is {m} tokens for this tokenizer, not "
+                             f"{self.cfg.n_ctx} (one per word): choose a ctx_init of single-token words")
+        return tokens, init, m
+
     def check(self, inputs: PartInputs) -> None:
         if inputs.tokenize is None or inputs.embed_tokens is None:
-            raise ValueError("coop needs the experiment's tokenizer and token embedding")
-        try:
-            inputs.tokenize([f"{self._prefix()} {name}." for name in inputs.class_names])
-        except Exception as e:       # noqa: BLE001 - a prompt the tokenizer refuses is a config error
-            raise ValueError(f"coop cannot build its prompts '{self._prefix()} CLASS.': {e}") from None
+            raise ValueError(f"{self.cfg.kind} needs the experiment's tokenizer and token embedding")
+        self._prompt_tokens(inputs)
 
     def model_module(self, inputs: PartInputs) -> PromptContext:
-        tokens = inputs.tokenize([f"{self._prefix()} {name}." for name in inputs.class_names])
-        init = inputs.tokenize([self._prefix()])
-        m = int((init[0] != 0).sum()) - 2                      # the prefix's own tokens, without SOS and EOS
+        tokens, init, m = self._prompt_tokens(inputs)
         if self.cfg.ctx_init.strip():
             ctx = inputs.embed_tokens(init)[0, 1:1 + m]        # official: embedding[0, 1 : 1 + n_ctx]
             if self.cfg.class_specific:

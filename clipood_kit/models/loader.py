@@ -289,14 +289,15 @@ def _load_trained_state(name: str, path: str, meta: dict, device, cache_dir) -> 
     check_trained_state_metadata(path, meta, name)
     base_name = None if meta["base"] == "none" else meta["base"]
     recorded, actual = _recorded_base_digest(meta), weights_digest(name, base_name)
-    if actual == "random-init":
-        raise ValueError(f"{path} was trained from randomly initialised weights, which cannot be rebuilt; load "
-                         f"it with the run's experiment instead (engine.scoring.evaluate_state)")
     if not _digests_match(recorded, actual):
-        shown = base_name if base_name != "default" else f"default ({tiny_weights_path()})"
+        shown = f"default ({tiny_weights_path()})" if base_name == "default" and name == TINY_NAME else base_name
         raise ValueError(f"{path} was trained on base weights {recorded}, but its base {shown} is now {actual}: "
                          f"the base changed (a new `clipood-kit pretrain`, another CLIPOOD_KIT_DATA, an edited "
-                         f"metadata field 'base'); restore the run's base weights or train the run again")
+                         f"metadata field 'base' or 'architecture'); restore the run's base weights or train the run "
+                         f"again")
+    if actual == "random-init":
+        raise ValueError(f"{path} was trained from randomly initialised weights, which cannot be rebuilt; score "
+                         f"it with the run's experiment instead (engine.scoring.evaluate_state)")
     state = load_file(path)
     parts = sorted({k.split(".")[1] for k in state if k.startswith("parts.")})
     if parts:

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from tqdm.auto import tqdm
 
 from clipood_kit.engine.experiment import ExperimentConfig, prepare
-from clipood_kit.core.io import write_json, write_text
+from clipood_kit.core.io import check_results_dir, check_unique, write_results
 from clipood_kit.engine.builder import with_seed
 from clipood_kit.methods import MethodConfig
 from clipood_kit.engine.runs import check_methods, run_method
@@ -39,6 +39,11 @@ class BenchConfig:
     seeds: Sequence[int] = (0, 1, 2)
     umap_points: int = 0                         # > 0: UMAP of zero-shot, CE and CLIPood features (needs both rows)
     settings: Dict[str, object] = field(default_factory=dict)   # part settings applied where present (recorded)
+
+    def __post_init__(self):
+        if not self.seeds:
+            raise ValueError("the bench needs at least one seed")
+        check_unique("seeds", self.seeds)
 
 
 def summarise(per_seed: List[dict]) -> dict:
@@ -71,13 +76,15 @@ def bench_seed(cfg: BenchConfig, seed: int, keep_states: bool, progress: bool = 
     return {"rows": rows, "runs": runs, "states": kept}
 
 
-def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, runner: Optional[Runner] = None) -> dict:
+def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, runner: Optional[Runner] = None,
+              overwrite: bool = False) -> dict:
     """Every method on every seed (the seeds are independent jobs: `runner` fans them out, serial by default),
-    then the summary, results.json and report.html."""
+    then the summary, results.json and report.html (`out` checked before any work; finished results are
+    replaced only with `overwrite`)."""
     from clipood_kit.studies.projection import umap_projection
     from clipood_kit.viz.report import bench_report
+    out = check_results_dir(out, overwrite, "bench results")
     start = time.perf_counter()
-    out = Path(out)
     runner = runner or Runner()
     seeds = list(cfg.seeds)
     serial = runner.executor == "serial"
@@ -96,8 +103,7 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, runner: Option
                           "experiment": cfg.experiment.to_dict()},
                "setup": setup0.describe(), "summary": summarise(per_seed), "per_seed": per_seed, "runs": runs,
                "seconds": round(time.perf_counter() - start, 1)}
-    write_json(out / "results.json", results)
-    write_text(out / "report.html", bench_report(results, setup0, umap_data))
+    write_results(out, results, bench_report(results, setup0, umap_data))
     return results
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from clipood_kit.core.io import write_json, write_text
+from clipood_kit.core.io import check_results_dir, check_unique, write_results
 from clipood_kit.engine.builder import with_seed
 from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.engine.runs import check_methods, run_method
@@ -78,6 +78,9 @@ class StudyConfig:
             raise ValueError(f"shots must be integers >= 1, got {list(self.shots)}")
         if not self.seeds:
             raise ValueError("the study needs at least one seed")
+        check_unique("methods", self.methods)
+        check_unique("shots", self.shots)
+        check_unique("seeds", self.seeds)
 
     def spec(self, method: str, shots: Optional[int], seed: int) -> ExperimentConfig:
         """The experiment of one run: the seed rule of `with_seed`, the shots, the method and its learning rate."""
@@ -212,9 +215,12 @@ def findings(table: Dict[str, Dict[str, dict]], shots: Sequence[int]) -> List[di
     return out
 
 
-def run_study(cfg: StudyConfig, out: Path, runner: Optional[Runner] = None, progress: bool = True) -> dict:
-    """Every (method, seed) job through `runner` (serial by default); results.json and report.html in `out`."""
+def run_study(cfg: StudyConfig, out: Path, runner: Optional[Runner] = None, progress: bool = True,
+              overwrite: bool = False) -> dict:
+    """Every (method, seed) job through `runner` (serial by default); results.json and report.html in `out`
+    (checked before any work; finished results are replaced only with `overwrite`)."""
     from clipood_kit.viz.report import study_report
+    out = check_results_dir(out, overwrite, "study")
     start = time.perf_counter()
     setup = prepare(cfg.spec(ZERO_SHOT, None, cfg.seeds[0]))       # every input checked before any job runs
     check_methods(setup, [compose(m) for m in cfg.methods if m != ZERO_SHOT])
@@ -231,9 +237,7 @@ def run_study(cfg: StudyConfig, out: Path, runner: Optional[Runner] = None, prog
                "findings": findings(table, cfg.shots), "runs": runs,
                "runner": {"executor": (runner or Runner()).executor, "workers": (runner or Runner()).workers},
                "seconds": round(time.perf_counter() - start, 1)}
-    out = Path(out)
-    write_json(out / "results.json", results)
-    write_text(out / "report.html", study_report(results))
+    write_results(out, results, study_report(results))
     return results
 
 

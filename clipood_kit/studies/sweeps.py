@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from clipood_kit.core import store
 from clipood_kit.engine.experiment import ExperimentConfig, Setup, inputs_identity, prepare
-from clipood_kit.core.io import write_json
+from clipood_kit.core.io import check_results_dir, check_unique, write_results
 from clipood_kit.methods import Method, MethodConfig
 from clipood_kit.engine.posthoc import Trajectory
 from clipood_kit.engine.runs import run_method
@@ -118,17 +118,19 @@ SWEEP_KINDS = ("lambda", "bma", "wise")
 
 
 def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: Sequence[float], out: Path,
-              progress: bool = True, runner: Optional[Runner] = None) -> dict:
+              progress: bool = True, runner: Optional[Runner] = None, overwrite: bool = False) -> dict:
     """`clipood-kit sweep`: lambda (one run per value, cached; the runs fanned out by `runner`), bma (`values` are the alphas, `betas` the betas,
     one recorded run) or wise (`values` are the mixes, one recorded run). Writes results.json and report.html
     into `out`; every point holds every cell and OOD score."""
     from clipood_kit.viz import figures
-    from clipood_kit.core.io import write_text
     from clipood_kit.viz.widgets import cells_of
     if kind not in SWEEP_KINDS:
         raise ValueError(f"unknown sweep {kind!r}; choose one of {SWEEP_KINDS}")
     if not values:
         raise ValueError("a sweep needs at least one value")
+    check_unique("values", values)
+    check_unique("betas", betas or [])
+    out = check_results_dir(out, overwrite, "sweep")
     label = "unseen domains / new"
     sections = []
     result: dict = {"kind": kind, "experiment": exp.to_dict()}
@@ -163,7 +165,5 @@ def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: 
             sections.append(("WiSE-FT mix", "", figures.curve_figure(
                 values, curves, f"WiSE-FT of {exp.method.name}: accuracy (%) against the mix", "mix a "
                 "(0 = zero-shot, 1 = fine-tuned)", "accuracy (%)", references=refs)))
-    out = Path(out)
-    write_json(out / "results.json", result)
-    write_text(out / "report.html", figures.report_html(f"clipood-kit sweep: {kind}", sections))
+    write_results(out, result, figures.report_html(f"clipood-kit sweep: {kind}", sections))
     return result

@@ -1,0 +1,148 @@
+"""Nothing that looks right while it is wrong (issue 26): a saved trained state is bound to the base weights it was
+trained from, and its metadata is checked field by field; every refusal names the problem and the fix."""
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from clipood_kit.core.io import save_weights
+from clipood_kit.engine.builder import build_experiment
+from clipood_kit.engine.runs import run
+from clipood_kit.models.loader import load_clip, tiny_weights_path
+
+
+@pytest.fixture(scope="module")
+def state_file(tmp_path_factory):
+    """A `ce` run's saved trained state (image tower only: the text tower comes from the base)."""
+    out = tmp_path_factory.mktemp("trust") / "run"
+    run(build_experiment(per_cell=2, steps=2, batch_size=8, method="ce", cache_dir="off",
+                         settings=["far_ood_sets="]), out, progress=False)
+    return out / "model_last.safetensors"
+
+
+def _metadata(path):
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata())
+
+
+def _rewrite(src, dst, **changes):
+    """A copy of the state with its metadata changed (a value None removes the field)."""
+    meta = {**_metadata(src), **changes}
+    save_weights(dst, load_file(src), {k: v for k, v in meta.items() if v is not None})
+    return dst
+
+
+def test_the_state_records_its_base_digest_and_loads_onto_it(state_file):
+    meta = _metadata(state_file)
+    assert meta["base"] == "default" and meta["base_digest"].startswith("sha256:")
+    loaded = load_clip(pretrained=str(state_file))
+    assert torch.equal(loaded.model.state_dict()["visual.conv1.weight"], load_file(state_file)["visual.conv1.weight"])
+
+
+def test_a_state_refuses_a_base_that_changed_since_the_run(state_file, tmp_path, monkeypatch):
+    """Another CLIPOOD_KIT_DATA (or a new `clipood-kit pretrain`) puts other weights under the same name."""
+    other = load_file(tiny_weights_path())
+    other["text_projection"] = other["text_projection"] * 1.01
+    save_weights(tmp_path / "tiny-clip-world.safetensors", other)
+    monkeypatch.setenv("CLIPOOD_KIT_DATA", str(tmp_path))
+    recorded = _metadata(state_file)["base_digest"]
+    with pytest.raises(ValueError, match=rf"trained on base weights {recorded}, but its base default .* is now "
+                                         rf"sha256:[0-9a-f]{{16}}: the base changed"):
+        load_clip(pretrained=str(state_file))
+
+
+def test_a_state_whose_base_field_names_other_weights_is_refused(state_file, tmp_path):
+    other = load_file(tiny_weights_path())
+    other["logit_scale"] = other["logit_scale"] + 0.5
+    save_weights(tmp_path / "other.safetensors", other)
+    edited = _rewrite(state_file, tmp_path / "edited.safetensors", base=str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="the base changed"):
+        load_clip(pretrained=str(edited))
+
+
+def test_a_state_written_before_base_digest_existed_is_checked_through_base_id(state_file, tmp_path, monkeypatch):
+    old = _rewrite(state_file, tmp_path / "old.safetensors", base_digest=None)
+    assert load_clip(pretrained=str(old)).model is not None
+    other = load_file(tiny_weights_path())
+    other["logit_scale"] = other["logit_scale"] + 0.5
+    (tmp_path / "data").mkdir()
+    save_weights(tmp_path / "data" / "tiny-clip-world.safetensors", other)
+    monkeypatch.setenv("CLIPOOD_KIT_DATA", str(tmp_path / "data"))
+    with pytest.raises(ValueError, match="the base changed"):
+        load_clip(pretrained=str(old))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"architecture": None}, r"metadata field\(s\) \['architecture'\] missing"),
+    ({"base": "SELF"}, "metadata field 'base' names the file itself"),
+    ({"format": "something else"}, "metadata field 'format' is 'something else', expected 'clipood-kit trained state'"),
+    ({"architecture": "no-such-arch"}, "metadata field 'architecture' is 'no-such-arch', which is no open_clip"),
+    ({"architecture": "RN50"}, "holds a trained state of RN50, not tiny-clip-world: pass --model RN50"),
+])
+def test_tampered_metadata_is_refused_by_field(state_file, tmp_path, changes, message):
+    target = tmp_path / "tampered.safetensors"
+    changes = {k: (str(target) if v == "SELF" else v) for k, v in changes.items()}
+    _rewrite(state_file, target, **changes)
+    with pytest.raises(ValueError, match=message):
+        load_clip(pretrained=str(target))
+
+
+def test_a_base_that_is_itself_a_trained_state_is_refused(state_file, tmp_path):
+    chained = _rewrite(state_file, tmp_path / "chained.safetensors", base=str(state_file))
+    with pytest.raises(ValueError, match="itself a trained state"):
+        load_clip(pretrained=str(chained))
+
+
+def test_a_state_whose_architecture_was_edited_is_refused_with_the_digests(state_file, tmp_path):
+    """architecture='RN50' with --model RN50: 'default' is no weights for RN50, so the recorded base does not
+    match (before: a raw torch error from the shapes)."""
+    target = _rewrite(state_file, tmp_path / "rn50.safetensors", architecture="RN50")
+    with pytest.raises(ValueError, match="the base changed .*'architecture'"):
+        load_clip("RN50", pretrained=str(target), device="cpu")
+
+
+def test_the_cli_prints_one_line(state_file, tmp_path, capsys):
+    from clipood_kit.cli import main
+    target = _rewrite(state_file, tmp_path / "noarch.safetensors", architecture=None)
+    code = main(["zeroshot", "--pretrained", str(target), "--per-cell", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "metadata field(s) ['architecture'] missing" in err
+
+
+# -- OOD sets that are the ID data ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["root", "domain", "copy"])
+def test_an_ood_set_sharing_images_with_the_id_data_is_refused_by_name(world_tree, tmp_path, which):
+    from clipood_kit.engine.experiment import prepare
+    if which == "root":
+        ood = world_tree
+    elif which == "domain":
+        ood = world_tree / "photo"
+    else:                                              # a copy elsewhere: caught by content
+        ood = tmp_path / "ood"
+        shutil.copytree(world_tree / "cartoon", ood)
+    exp = build_experiment(data=str(world_tree), ood_data=[f"mine={ood}"], cache_dir="off", method="ce")
+    with pytest.raises(ValueError, match=r"OOD set 'mine' .* (overlaps the ID dataset's folder|shares \d+ image)"):
+        prepare(exp)
+
+
+def test_an_export_of_the_world_as_ood_is_refused_by_its_pixels(tmp_path):
+    from clipood_kit.data import export_world
+    from clipood_kit.engine.experiment import prepare
+    tree = export_world(tmp_path / "w", per_cell=2, seed=0)
+    exp = build_experiment(per_cell=2, ood_data=[str(tree / "photo")], cache_dir="off", method="ce",
+                           settings=["far_ood_sets="])
+    with pytest.raises(ValueError, match="shares .* the same pixels"):
+        prepare(exp)
+
+
+def test_an_ood_folder_whose_path_holds_an_equals_sign_is_read_whole(tmp_path):
+    from clipood_kit.data.far_ood import parse_ood_data
+    folder = tmp_path / "a=b" / "ood"
+    folder.mkdir(parents=True)
+    assert parse_ood_data(str(folder)) == ("far", "ood", str(folder))
+    assert parse_ood_data(f"near:x={folder}") == ("near", "x", str(folder))
+    assert parse_ood_data("x=b/ood")[1:] == ("x", "b/ood")              # NAME=FOLDER when the whole is no folder
+    assert parse_ood_data("data/a=b")[1:] == ("a=b", "data/a=b")        # a name holds no '/': the whole is a path
