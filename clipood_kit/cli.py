@@ -411,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "and hidden tests) under OUT/autograder")
     p.add_argument("--notebooks", type=Path, default=None, help="the instructor notebooks (default: the repository's "
                                                                 "notebooks/)")
+    p.add_argument("--overwrite", action="store_true", help="student: replace notebooks in --out that differ from the "
+                                                            "new ones (a lecturer's edits)")
     p.set_defaults(func=cmd_lessons)
 
     p = sub.add_parser("export-world", help="write the world as a DomainBed-style image folder")
@@ -431,7 +433,8 @@ def cmd_lessons(args) -> int:
         print(f"the lessons' results are in {args.cache}: set CLIPOOD_KIT_CACHE={args.cache} for the students "
               f"(read-only is enough), and CLIPOOD_KIT_NO_TRAINING=1 to refuse any training on the server")
     else:
-        for path in student_versions(Path(args.out), args.notebooks, autograder=args.autograder):
+        for path in student_versions(Path(args.out), args.notebooks, autograder=args.autograder,
+                                     overwrite=args.overwrite):
             print(path)
     return 0
 
@@ -440,9 +443,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from clipood_kit.models.loader import PretrainedUnavailableError
     from clipood_kit.engine.training import NonFiniteLossError
+    from clipood_kit.lessons.build import LessonFailed
+    from clipood_kit.studies.fanout import JobFailed
     # user errors get one line; anything else (a bug, torch's own RuntimeErrors) keeps its traceback
     user_errors = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FileExistsError,
-                   PretrainedUnavailableError, NonFiniteLossError)
+                   PretrainedUnavailableError, NonFiniteLossError, LessonFailed, JobFailed)
     try:
         return args.func(args)
     except user_errors as e:

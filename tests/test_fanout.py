@@ -34,8 +34,15 @@ def test_results_come_back_in_job_order_from_worker_processes():
 
 
 def test_a_failed_job_names_itself_and_its_log(tmp_path):
-    with pytest.raises(RuntimeError, match=r"(?s)job \(7,\) failed.*log: .*bad input 7"):
+    with pytest.raises(RuntimeError, match=r"job \(7,\) failed \(.*bad input 7\); its log: "):
         fan_out(broken, [(7,)], Runner("local", workers=2, folder=str(tmp_path)), progress=False)
+
+
+def test_a_job_with_a_config_is_named_briefly():
+    """A study job's first argument is its whole config: the message names its type, not its repr."""
+    from clipood_kit.studies.fanout import job_label
+    from clipood_kit.studies.ood_study import StudyConfig
+    assert job_label((StudyConfig(), "coop", 0)) == "(StudyConfig, 'coop', 0)"
 
 
 @pytest.mark.parametrize("kwargs, message", [

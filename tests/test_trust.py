@@ -146,3 +146,15 @@ def test_an_ood_folder_whose_path_holds_an_equals_sign_is_read_whole(tmp_path):
     assert parse_ood_data(f"near:x={folder}") == ("near", "x", str(folder))
     assert parse_ood_data("x=b/ood")[1:] == ("x", "b/ood")              # NAME=FOLDER when the whole is no folder
     assert parse_ood_data("data/a=b")[1:] == ("a=b", "data/a=b")        # a name holds no '/': the whole is a path
+
+
+def test_a_one_class_dataset_is_refused_before_any_work(world_tree, tmp_path):
+    from clipood_kit.cli import main
+    for domain in ("photo", "sketch"):
+        shutil.copytree(world_tree / domain / "arrow", tmp_path / "one" / domain / "arrow")
+    code = main(["finetune", "--data", str(tmp_path / "one"), "--protocol", "domain-shift", "--method", "ce",
+                 "--out", str(tmp_path / "run")])
+    assert code == 2 and not (tmp_path / "run").exists()
+    from clipood_kit.data import open_dataset
+    with pytest.raises(ValueError, match="has one class .*needs at least 2 classes"):
+        open_dataset(str(tmp_path / "one"))

@@ -127,6 +127,10 @@ class FolderDataset(DomainDataset):
                     f"class sets differ between domains '{self.domains[0]}' and '{d}': only in '{self.domains[0]}': "
                     f"{only_ref}; only in '{d}': {only_here}. Every domain needs the same class folders.")
         self.classes = sorted(reference)
+        if len(self.classes) < 2:
+            raise DatasetError(f"{self.root} has one class ({self.classes[0]}): a classifier needs at least 2 classes "
+                               f"(with one, every image is 'right' and accuracy is 100 %); add class folders "
+                               f"root/<domain>/<class>/")
         paths, labels, doms = [], [], []
         for di, d in enumerate(self.domains):
             for ci, c in enumerate(self.classes):

@@ -22,6 +22,10 @@ from typing import Dict, List, Optional
 from tqdm.auto import tqdm
 
 
+class LessonFailed(RuntimeError):
+    """A lesson notebook raised while the store was prepared; the message names the notebook, cell and error."""
+
+
 def default_notebooks() -> Path:
     """The repository's `notebooks/` beside the package (an editable install), where the lessons live."""
     return Path(__file__).resolve().parents[2] / "notebooks"
@@ -36,28 +40,53 @@ def _notebooks(folder: Optional[Path]) -> List[Path]:
     return found
 
 
-def student_versions(out: Path, notebooks: Optional[Path] = None, autograder: bool = False) -> List[Path]:
+def student_versions(out: Path, notebooks: Optional[Path] = None, autograder: bool = False,
+                     overwrite: bool = False) -> List[Path]:
     """`out/NAME.ipynb` for every lesson: solutions stripped, checks kept (and `out/autograder/NAME.ipynb`, with
-    solutions and hidden tests, when `autograder`). Returns the student notebooks' paths."""
+    solutions and hidden tests, when `autograder`). Returns the student notebooks' paths.
+
+    All or none: every notebook is assigned into a staging folder first, and only when all succeeded are they
+    moved into `out`. A notebook already in `out` that differs from the new one (a lecturer's edits) is replaced
+    only with `overwrite`."""
     otter = Path(sys.executable).parent / "otter"
     if not otter.exists():
         raise FileNotFoundError(f"otter-grader is not installed in this environment ({otter} is missing): "
                                 f"pip install -e '.[notebooks]'")
-    out = Path(out)
-    written = []
-    for nb in _notebooks(notebooks):
-        with tempfile.TemporaryDirectory(prefix="clipood-kit-assign-") as tmp:
-            proc = subprocess.run([str(otter), "assign", str(nb), tmp], capture_output=True, text=True)
+    out = check_folder(Path(out), "--out", "the student notebooks")
+    lessons = _notebooks(notebooks)
+    with tempfile.TemporaryDirectory(prefix="clipood-kit-assign-") as staging:
+        made: List[tuple] = []                      # (staged file, target)
+        for nb in lessons:
+            tmp = Path(staging) / nb.stem
+            proc = subprocess.run([str(otter), "assign", str(nb), str(tmp)], capture_output=True, text=True)
             if proc.returncode != 0:
-                raise RuntimeError(f"otter assign failed on {nb.name}: {proc.stderr.strip()[-2000:]}")
-            out.mkdir(parents=True, exist_ok=True)
-            target = out / nb.name
-            shutil.copyfile(Path(tmp) / "student" / nb.name, target)
-            written.append(target)
+                lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+                raise ValueError(f"otter assign failed on {nb.name}: {lines[-1] if lines else 'no message'}; fix "
+                                 f"its assignment config or questions (nothing was written to {out})")
+            made.append((tmp / "student" / nb.name, out / nb.name))
             if autograder:
-                (out / "autograder").mkdir(exist_ok=True)
-                shutil.copyfile(Path(tmp) / "autograder" / nb.name, out / "autograder" / nb.name)
-    return written
+                made.append((tmp / "autograder" / nb.name, out / "autograder" / nb.name))
+        changed = [t for src, t in made if t.exists() and t.read_bytes() != src.read_bytes()]
+        if changed and not overwrite:
+            raise FileExistsError(f"{out} already holds {len(changed)} notebook(s) that differ from the new ones "
+                                  f"({', '.join(str(t.relative_to(out)) for t in changed[:4])}): edits would be lost; "
+                                  f"pass --overwrite to replace them or choose another --out")
+        for src, target in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp_target = target.parent / f".{target.name}.incoming"
+            shutil.copyfile(src, tmp_target)
+            os.replace(tmp_target, target)
+    return [t for _, t in made if t.parent == out]
+
+
+def check_folder(folder: Path, option: str, what: str) -> Path:
+    """A folder that exists or can be made and is writable, checked before any work."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{option} {folder} is a file; give a folder for {what}")
+    parent = next(p for p in [folder, *folder.parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {what} into {folder}: {parent} is not writable; choose another {option}")
+    return folder
 
 
 def prepare_store(cache: Path, notebooks: Optional[Path] = None,
@@ -66,7 +95,7 @@ def prepare_store(cache: Path, notebooks: Optional[Path] = None,
     returns each notebook's run time in seconds."""
     import papermill
     lessons = _notebooks(notebooks)
-    cache = Path(cache)
+    cache = check_folder(Path(cache), "--cache", "the lessons' result store")
     cache.mkdir(parents=True, exist_ok=True)
     times = {}
     previous = os.environ.get("CLIPOOD_KIT_CACHE")
@@ -75,9 +104,14 @@ def prepare_store(cache: Path, notebooks: Optional[Path] = None,
         for nb in tqdm(lessons, desc="lessons", disable=not progress):
             start = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="clipood-kit-prepare-") as tmp:
-                papermill.execute_notebook(str(nb), str(Path(tmp) / nb.name), cwd=str(nb.parent),
-                                           parameters=(parameters or {}).get(nb.name, {}), progress_bar=False,
-                                           kernel_name="python3")
+                try:
+                    papermill.execute_notebook(str(nb), str(Path(tmp) / nb.name), cwd=str(nb.parent),
+                                               parameters=(parameters or {}).get(nb.name, {}), progress_bar=False,
+                                               kernel_name="python3")
+                except papermill.PapermillExecutionError as e:
+                    raise LessonFailed(f"lesson {nb.name} failed in cell {e.exec_count}: {e.ename}: "
+                                       f"{str(e.evalue).splitlines()[0][:300] if e.evalue else ''}; open it in "
+                                       f"JupyterLab to see the cell (the store keeps what ran before)") from None
             times[nb.name] = round(time.perf_counter() - start, 1)
     finally:
         if previous is None:

@@ -16,6 +16,7 @@ draw of a run comes from its own seed. Results come back in job order, whatever 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -123,8 +124,26 @@ def _local(fn, jobs, runner: Runner, threads: int, folder: Path, desc: str, prog
     return results
 
 
+class JobFailed(RuntimeError):
+    """A fanned-out job failed or was killed; the message names the job briefly, its log and its last error line."""
+
+
+def job_label(args: tuple) -> str:
+    """A short name for a job: its plain arguments as they are, a config by its type (a repr of a whole
+    StudyConfig is thousands of characters)."""
+    parts = []
+    for a in args:
+        text = repr(a) if isinstance(a, (str, int, float, bool, type(None))) else type(a).__name__
+        parts.append(text if len(text) <= 40 else text[:37] + "...")
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
 def _result(job, args: tuple):
     try:
         return job.result()
     except Exception as e:       # noqa: BLE001 - submitit wraps the job's own error; name the job and its log
-        raise RuntimeError(f"job {args!r} failed ({type(e).__name__}); its log: {job.paths.stderr}\n{e}") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", line)]
+        last = (errors or lines or [type(e).__name__])[-1][:300]       # the job's own error, else submitit's word
+        raise JobFailed(f"job {job_label(args)} failed ({type(e).__name__}: {last}); its log: "
+                        f"{job.paths.stderr}") from None
