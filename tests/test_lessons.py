@@ -8,8 +8,10 @@
 """
 import json
 import os
+import shutil
 from pathlib import Path
 
+import nbformat
 import papermill
 import pytest
 
@@ -177,3 +179,55 @@ def test_a_slider_start_outside_its_grid_is_refused_before_any_training():
     exp = build_experiment(per_cell=2, steps=3)
     with pytest.raises(ValueError, match="must both be values of GRID"):
         bma_lesson(exp, [0.1, 0.5], 2, alpha=0.3, beta=0.5)
+
+
+# -- class-room tools that keep a lecturer's work (issue 26) ------------------------------------------------------
+
+def _lesson_folder(tmp_path, *extra):
+    folder = tmp_path / "lessons"
+    folder.mkdir()
+    shutil.copy(NOTEBOOKS / "01_world_and_zero_shot.ipynb", folder)
+    for name, cells in extra:
+        nbformat.write(nbformat.v4.new_notebook(cells=cells), folder / name)
+    return folder
+
+
+def test_student_versions_keep_a_lecturers_edits_unless_overwrite(tmp_path):
+    folder, out = _lesson_folder(tmp_path), tmp_path / "student"
+    [path] = student_versions(out, folder)
+    path.write_text(path.read_text().replace("Predict", "Predict (edited by the lecturer)", 1))
+    edited = path.read_bytes()
+    with pytest.raises(FileExistsError, match="differ from the new ones .*01_world_and_zero_shot.ipynb.*--overwrite"):
+        student_versions(out, folder)
+    assert path.read_bytes() == edited
+    student_versions(out, folder, overwrite=True)
+    assert path.read_bytes() != edited
+    student_versions(out, folder)                     # unchanged notebooks are no edits: written again, no error
+
+
+def test_a_broken_assignment_writes_no_student_notebook(tmp_path):
+    broken = [nbformat.v4.new_raw_cell("# ASSIGNMENT CONFIG\nthis: [is not yaml"),
+              nbformat.v4.new_markdown_cell("# BEGIN QUESTION\nname: q1")]
+    folder, out = _lesson_folder(tmp_path, ("02_broken.ipynb", broken)), tmp_path / "student"
+    with pytest.raises(ValueError, match=r"otter assign failed on 02_broken.ipynb: .*nothing was written"):
+        student_versions(out, folder)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_lesson_that_raises_is_named_with_its_cell(tmp_path):
+    from clipood_kit.lessons.build import LessonFailed
+    folder = tmp_path / "lessons"
+    folder.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
+                                                   nbformat.v4.new_code_cell("raise ValueError('boom')")]),
+                   folder / "01_raises.ipynb")
+    with pytest.raises(LessonFailed, match=r"lesson 01_raises.ipynb failed in cell 2: ValueError: boom"):
+        prepare_store(tmp_path / "cache", folder, progress=False)
+
+
+def test_a_store_that_cannot_be_written_is_refused_before_any_lesson_runs(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises((PermissionError, NotADirectoryError), match="file"):
+        prepare_store(tmp_path / "file" / "cache", NOTEBOOKS, progress=False)
+    with pytest.raises(NotADirectoryError, match="--out .* is a file"):
+        student_versions(tmp_path / "file", NOTEBOOKS)

@@ -158,3 +158,104 @@ def test_a_one_class_dataset_is_refused_before_any_work(world_tree, tmp_path):
     from clipood_kit.data import open_dataset
     with pytest.raises(ValueError, match="has one class .*needs at least 2 classes"):
         open_dataset(str(tmp_path / "one"))
+
+
+# -- recorded configs are the ones that ran ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("settings, expected", [
+    (["coop.ctx_init=a photo"], ("a photo", 2)),                       # n_ctx follows ctx_init (official CoOp)
+    (["coop.ctx_init=", "coop.n_ctx=6"], ("", 6)),
+    (["coop.n_ctx=6", "coop.ctx_init="], ("", 6)),                     # in either order
+])
+def test_coop_records_the_context_that_runs(settings, expected):
+    cfg = build_experiment(method="coop", settings=settings).method.loss
+    assert (cfg.ctx_init, cfg.n_ctx) == expected
+
+
+@pytest.mark.parametrize("method, settings, message", [
+    ("coop", ["coop.n_ctx=0"], "coop.n_ctx must be an integer >= 1, got 0"),
+    ("coop", ["coop.n_ctx=8"], "coop.n_ctx=8 disagrees with coop.ctx_init 'a photo of a' \\(4 words"),
+    ("cocoop", ["cocoop.n_ctx=2"], "cocoop.n_ctx=2 disagrees with cocoop.ctx_init"),
+])
+def test_a_context_length_the_run_would_ignore_is_refused(method, settings, message):
+    with pytest.raises(ValueError, match=message):
+        build_experiment(method=method, settings=settings)
+
+
+def test_a_context_too_long_for_the_text_tower_is_one_short_line():
+    from clipood_kit.engine.experiment import prepare
+    from clipood_kit.methods import Method
+    setup = prepare(build_experiment(per_cell=1, method="coop", cache_dir="off",
+                                     settings=["coop.ctx_init=", "coop.n_ctx=500", "far_ood_sets="]))
+    with pytest.raises(ValueError) as e:
+        Method(setup.cfg.method).check(setup.part_inputs())
+    assert len(str(e.value)) < 400 and "500 words" in str(e.value) and "context length is 12" in str(e.value)
+
+
+def test_a_per_image_prompt_method_warns_of_its_cost():
+    from clipood_kit.methods import Method, compose
+    note = Method(compose("cocoop")).cost_note(2048, 25)
+    assert "51,200 prompt passes a step" in note and "lower --batch-size" in note
+    assert Method(compose("cocoop")).cost_note(32, 25) is None and Method(compose("coop")).cost_note(2048, 25) is None
+
+
+# -- studies and benches count what ran --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(seeds=[0, 0]), r"seeds \[0\] given more than once"),
+    (dict(methods=["zero-shot", "zero-shot"]), r"methods \['zero-shot'\] given more than once"),
+    (dict(shots=[1, 2, 1]), r"shots \[1\] given more than once"),
+])
+def test_a_study_refuses_repeats(kwargs, message):
+    from clipood_kit.studies.ood_study import StudyConfig
+    with pytest.raises(ValueError, match=message):
+        StudyConfig(**kwargs)
+
+
+def test_a_bench_refuses_repeated_seeds():
+    from clipood_kit.studies.bench import compare_bench, demo_bench
+    with pytest.raises(ValueError, match=r"seeds \[1\] given more than once"):
+        demo_bench([1, 1])
+    with pytest.raises(ValueError, match=r"seeds \[0\] given more than once"):
+        compare_bench([0, 2, 0], fast=True)
+
+
+def _no_work(monkeypatch):
+    import clipood_kit.studies.bench as bench
+    import clipood_kit.studies.ood_study as study
+
+    def refuse(*a, **k):
+        raise AssertionError("work started before --out was checked")
+    monkeypatch.setattr(study, "prepare", refuse)
+    monkeypatch.setattr(bench, "fan_out", refuse)
+
+
+def test_out_is_checked_before_any_work(tmp_path, monkeypatch):
+    from clipood_kit.studies.bench import compare_bench, run_bench
+    from clipood_kit.studies.ood_study import StudyConfig, run_study, study_experiment
+    _no_work(monkeypatch)
+    (tmp_path / "file").write_text("x")
+    cfg = StudyConfig(experiment=study_experiment(fast=True), methods=["zero-shot"], shots=[1], seeds=[0])
+    with pytest.raises(NotADirectoryError, match="--out .*file is a file"):
+        run_study(cfg, tmp_path / "file", progress=False)
+    with pytest.raises(NotADirectoryError, match="--out .*file is a file"):
+        run_bench(compare_bench([0], fast=True), tmp_path / "file", progress=False)
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "results.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="holds finished study .*--overwrite"):
+        run_study(cfg, tmp_path / "done", progress=False)
+    with pytest.raises(FileExistsError, match="holds finished bench results .*--overwrite"):
+        run_bench(compare_bench([0], fast=True), tmp_path / "done", progress=False)
+    with pytest.raises(AssertionError, match="work started"):        # --overwrite goes on to the work
+        run_study(cfg, tmp_path / "done", progress=False, overwrite=True)
+
+
+def test_a_sweep_refuses_repeats_and_finished_results(tmp_path):
+    from clipood_kit.studies.sweeps import run_sweep
+    exp = build_experiment(method="ce", per_cell=1)
+    with pytest.raises(ValueError, match=r"values \[0.5\] given more than once"):
+        run_sweep("wise", exp, [0.5, 0.5], [], tmp_path / "s")
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "results.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="holds finished sweep"):
+        run_sweep("wise", exp, [0.5], [], tmp_path / "s")

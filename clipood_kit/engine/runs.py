@@ -13,6 +13,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -150,6 +151,9 @@ def run_method(setup: Setup, run_dir: Optional[Path] = None, resume: bool = Fals
     train = effective_train(setup.cfg.train, setup)
     method = Method(method_cfg)
     method.prepare(setup.part_inputs())
+    note = method.cost_note(train.batch_size, len(setup.train_class_ids))
+    if note:
+        warnings.warn(note, stacklevel=2)
     task = build_task(setup, method, train)
     out: FineTuneOutput = fine_tune(task, run_dir=run_dir, resume=resume, stop_after=stop_after, progress=progress,
                                     on_step=on_step, accelerator=accelerator, identity=run_identity(setup))

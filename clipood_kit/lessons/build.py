@@ -66,7 +66,7 @@ def student_versions(out: Path, notebooks: Optional[Path] = None, autograder: bo
             made.append((tmp / "student" / nb.name, out / nb.name))
             if autograder:
                 made.append((tmp / "autograder" / nb.name, out / "autograder" / nb.name))
-        changed = [t for src, t in made if t.exists() and t.read_bytes() != src.read_bytes()]
+        changed = [t for src, t in made if t.exists() and not _same_notebook(t, src)]
         if changed and not overwrite:
             raise FileExistsError(f"{out} already holds {len(changed)} notebook(s) that differ from the new ones "
                                   f"({', '.join(str(t.relative_to(out)) for t in changed[:4])}): edits would be lost; "
@@ -79,13 +79,36 @@ def student_versions(out: Path, notebooks: Optional[Path] = None, autograder: bo
     return [t for _, t in made if t.parent == out]
 
 
+def _same_notebook(a: Path, b: Path) -> bool:
+    """Equal notebooks but for their cells' ids (otter assign draws new ones on every run)."""
+    import json
+
+    def content(path: Path):
+        try:
+            nb = json.loads(path.read_text())
+        except (ValueError, OSError):
+            return path.read_bytes()
+        for cell in nb.get("cells", []):
+            cell.pop("id", None)
+        return nb
+    return content(a) == content(b)
+
+
 def check_folder(folder: Path, option: str, what: str) -> Path:
     """A folder that exists or can be made and is writable, checked before any work."""
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{option} {folder} is a file; give a folder for {what}")
     parent = next(p for p in [folder, *folder.parents] if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {what} into {folder}: {parent} is not writable; choose another {option}")
+    problem = None if parent.is_dir() else f"{parent} is a file"
+    if problem is None:
+        try:                                      # a real write: permission bits do not tell root or a read-only mount
+            fd, probe = tempfile.mkstemp(prefix=".clipood-kit-probe-", dir=parent)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as e:
+            problem = f"{parent} is not writable ({e.strerror})"
+    if problem:
+        raise PermissionError(f"cannot write {what} into {folder}: {problem}; choose another {option}")
     return folder
 
 

@@ -54,6 +54,8 @@ class PartConfig:
     module: ClassVar[Optional[type]] = None             # its PartModule class, when the model holds one
     every_parameter_every_step: ClassVar[bool] = True   # False: some steps leave trained parameters without a
                                                         # gradient (DDP must then look for unused parameters)
+    text_passes_per_image: ClassVar[bool] = False       # True: every image's prompts go through the text tower
+                                                        # (CoCoOp): a step costs batch x classes text passes
 
     @property
     def training_free(self) -> bool:
@@ -283,6 +285,16 @@ class Method:
     @property
     def every_parameter_every_step(self) -> bool:
         return all(p.cfg.every_parameter_every_step for p in self.parts)
+
+    def cost_note(self, batch_size: int, n_classes: int, limit: int = 4096) -> Optional[str]:
+        """A warning when a step costs more than `limit` text-tower passes (a per-image prompt part), else None."""
+        kinds = [p.cfg.kind for p in self.parts if p.cfg.text_passes_per_image]
+        passes = batch_size * n_classes
+        if not kinds or passes <= limit:
+            return None
+        return (f"{'+'.join(kinds)} runs the text tower once per image and class: batch {batch_size} x {n_classes} "
+                f"classes = {passes:,} prompt passes a step, with activations for each (the official recipe uses "
+                f"batch 1); memory and time grow with the batch: lower --batch-size")
 
     def check(self, inputs: PartInputs) -> None:
         for p in self.parts:

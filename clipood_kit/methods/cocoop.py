@@ -80,6 +80,7 @@ class CoCoOpConfig(PartConfig):
     ctx_init: str = "a photo of a"   # official CTX_INIT (configs/trainers/CoCoOp/*_ctxv1.yaml)
     n_ctx: int = 4                   # with random init (official N_CTX 4)
     class_specific: ClassVar[bool] = False     # CoCoOp has one context for all classes
+    text_passes_per_image: ClassVar[bool] = True
     reduction: int = 16              # official meta-net: vis_dim -> vis_dim // 16 -> ctx_dim
 
     def validate(self) -> None:
