@@ -110,7 +110,9 @@ def test_the_experiment_checks_its_ood_sets(tmp_path, world_tree):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """A small world experiment with a folder OOD set holding copies of its own in-distribution images."""
+    """A small world experiment with a folder OOD set holding copies of its own in-distribution images: the
+    experiment refuses such a set (`far_ood.check_disjoint`), so it is added after `prepare`, as a control whose
+    AUROC must be exactly 50."""
     from clipood_kit.engine.builder import build_experiment
     from clipood_kit.engine.experiment import prepare
     from clipood_kit.engine.scoring import ood_sets
@@ -119,7 +121,11 @@ def small(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ood") / "own-id-images"
     _write(folder, base.dataset.images[base.eval_idx[in_dist]])
     exp = build_experiment("tiny-world", per_cell=5, cache_dir="off", ood_data=[f"near:{folder}"])
-    return prepare(exp)
+    with pytest.raises(ValueError, match="shares .* image"):
+        prepare(exp)
+    setup = prepare(build_experiment("tiny-world", per_cell=5, cache_dir="off"))
+    setup.ood_sets["own-id-images"] = far_ood.ImageFolderSet(folder, "near")
+    return setup
 
 
 def test_the_experiment_holds_the_world_sets_and_the_folders(small):

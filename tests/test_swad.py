@@ -140,6 +140,18 @@ def test_the_held_until_minimum_segment_is_replaced_by_the_first_that_joins():
     assert expected != pytest.approx(15.0)           # the old rule (until-min counted once) gave (10 + 20) / 2
 
 
+def test_an_early_convergence_joins_the_first_segments_more_than_once_as_the_official_rule():
+    """Converged at the first of 12 flat segments, the valley step joins smooth_Q[0] while the queue fills: the
+    official result counts segments 1 to 3 more than once; ours equals it, and the joins are counted apart."""
+    official, ours = OfficialLossValley(3, 6, 0.3), LossValley(3, 6, 0.3)
+    for i in range(12):
+        loss, w = 1.0 + 0.001 * i, float(i)
+        official.update_and_evaluate(Seg(w, i, i), loss)
+        ours.update(Segment({"w": torch.tensor(w, dtype=torch.float64)}, i, i, loss))
+    assert float(ours.result()["w"]) == pytest.approx(official.get_final_model().w)
+    assert ours.final.count == official.final_model.n > len({tuple(j) for j in ours.final.joined}) == 12
+
+
 def official_segments(n_steps, checkpoint_freq):
     """domainbed/trainer.py lines 161-257: every step updates the segment's AveragedModel (line 180; the first
     update overwrites the copy made at lines 153 and 257); `step % checkpoint_freq == 0` (line 182, step from 0)
@@ -208,7 +220,8 @@ def test_with_a_window_over_every_segment_swad_is_the_dense_mean_of_every_step(s
     losses = [row["validation_loss"] for row in r["history"] if "validation_loss" in row]
     assert len(losses) == 4 and all(np.isfinite(losses))
     report = r["method_report"]["swad"]
-    assert report["converged"] and report["window"] == [2, 10] and report["averaged_segments"] == 3
+    assert report["converged"] and report["window"] == [2, 10] and report["segment_joins"] == 3
+    assert report["distinct_segments"] == 3
     assert not report["dead_valley"] and "still open" in report["note"]
     assert any(n.startswith("swad: the loss valley was still open") for n in r["notes"])
 

@@ -55,6 +55,7 @@ def test_training_free_tip_adapter_builds_its_cache_and_trains_nothing(setup):
     from clipood_kit.methods import compose
     r = run_method(setup.for_method(compose("tip-adapter")), progress=False)
     assert r["history"] == [] and r["primary"] == "last"
+    assert r["train_config"] is None and "trains nothing" in r["notes"][0]      # not recorded as applied
     state = r["states"]["last"]
     train = encode(setup, setup.zero_shot_state, indices=setup.train_idx)
     assert torch.allclose(state["parts.tip-adapter.keys"], F.normalize(train["features"], dim=-1), atol=1e-6)

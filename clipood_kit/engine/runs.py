@@ -160,10 +160,14 @@ def run_method(setup: Setup, run_dir: Optional[Path] = None, resume: bool = Fals
     result = {"method": method_cfg.name, "parts": method_cfg.describe(), "primary": method.primary,
               "trains": list(method.trains) + [f"parts.{k}" for k in task.model.parts],
               "completed": out.completed, "method_config": method_cfg.to_dict(),
-              "train_config": asdict(train), "history": out.history}
+              "train_config": None if method.training_free else asdict(train), "history": out.history}
     if not out.completed:
         return result
     result["method_report"], result["notes"] = method.report(), method.notes()
+    if method.training_free:            # recorded as not applied: nothing trained
+        result["notes"].append(f"{method_cfg.name} trains nothing (its model is built from the training images): "
+                               f"the training settings (steps {train.steps}, lr {train.lr:g}, batch "
+                               f"{train.batch_size}) did not apply; train_config is null in results.json")
     result["models"] = {name: evaluate_state(setup, state) for name, state in out.states.items()}
     result["headline"] = headline(setup.cfg.protocol, result["models"][method.primary])
     result["seconds"] = round(time.perf_counter() - start, 2)
