@@ -279,7 +279,7 @@ class SWAD(Averager):
                            f"set a smaller swad.every")
             return out
         mean = v.final
-        out["window"] = [mean.start_step, mean.end_step] if mean.count else None
+        out["window"] = [min(j[0] for j in mean.joined), max(j[1] for j in mean.joined)] if mean.joined else None
         out["segment_joins"] = mean.count
         out["distinct_segments"] = len({tuple(j) for j in mean.joined})
         if not mean.count:
