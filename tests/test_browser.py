@@ -239,17 +239,16 @@ def test_notebook_in_jupyterlab(lab, name):
         page.close()
 
 
-# Notebook 4 in Voila: in about a third of page loads (7 of 20 measured 2026-12-02, none in JupyterLab) the WiSE-FT
-# bars never take the slider's updates. The kernel runs the callback and sends each update (logged), but the
-# browser's view applies none of them. It happens exactly when the figure below the bars (the WiSE-FT curve) draws
-# before the bars; it happens with and without `page_wide`'s relayout. Not fixed yet: recorded as an expected
-# failure, not a pass.
-VOILA_LOST_UPDATES = pytest.mark.xfail(strict=False, reason=(
-    "Voila, notebook 4: when the curve below draws before the bars, the bars' view drops every update"))
+# Voila used to drop figure updates: plotly's FigureWidget keeps its synced state at display time and sends every edit
+# as a one-shot message, and in about a third of page loads a view took none of them (measured 2026-12-06: 2 to 5
+# stale loads of 5 to 8 for notebook 4's WiSE-FT bars; the loss figure empty in every load). The lessons now draw
+# their edited figures as `viz.widgets.LiveFigure` (an Output widget whose state is the whole figure): 0 stale of 8
+# loads there. Each app is loaded VOILA_LOADS times here (CLIPOOD_KIT_VOILA_LOADS to soak it: 20 per app).
+VOILA_LOADS = int(os.environ.get("CLIPOOD_KIT_VOILA_LOADS", "2"))
+VOILA_FINAL_TITLES = {"04_fine_tuning.ipynb": "Training loss (CE and MMS"}   # set after display: must reach the page
 
 
-@pytest.mark.parametrize("name", ["03_beta_moving_average.ipynb",
-                                  pytest.param("04_fine_tuning.ipynb", marks=VOILA_LOST_UPDATES)])
+@pytest.mark.parametrize("name", sorted(SLIDER_FIGURE))
 def test_notebook_as_a_voila_app(lab, classroom, tmp_path, name):
     """The notebook served by Voila (no code cells shown): it renders its figures from the class-room store, and a
     slider reaches its outcome figure."""
@@ -260,25 +259,34 @@ def test_notebook_as_a_voila_app(lab, classroom, tmp_path, name):
                "--theme=light", "--VoilaExporter.exclude_raw=True"]     # the README's command: no otter markup
     with _serving(command, tmp_path, _serving_env(tmp_path, classroom), tmp_path / "voila.log",
                   f"http://127.0.0.1:{port}/"):
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for load in range(VOILA_LOADS):
+            _voila_load(browser, port, name, load)
+
+
+def _voila_load(browser, port: int, name: str, load: int) -> None:
+    """One page load of a lesson app: no code, no traceback, the figures drawn, and a slider that reaches its figure."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        started = time.perf_counter()
+        page.goto(f"http://127.0.0.1:{port}/", timeout=180_000)
+        page.wait_for_function("""(start) => [...document.querySelectorAll('.js-plotly-plot')].some(el => {
+            const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
+            return typeof t === 'string' && t.startsWith(start); })""", arg=SLIDER_FIGURE[name], timeout=180_000)
+        _record("Voila: first figure (s)", {name: round(time.perf_counter() - started, 1)})
+        page.wait_for_timeout(3000)
+        text = page.locator("body").inner_text()
+        assert "Traceback" not in text and "Error" not in text, text[-2000:]
+        assert "import " not in text, "Voila shows code"
+        assert "BEGIN QUESTION" not in text and "ASSIGNMENT CONFIG" not in text, "Voila shows otter's markup"
+        if name in VOILA_FINAL_TITLES:
+            assert _figure_state(page, VOILA_FINAL_TITLES[name]) is not None, \
+                f"{name}, load {load}: an edit made after the figure was displayed did not reach the page"
         try:
-            started = time.perf_counter()
-            page.goto(f"http://127.0.0.1:{port}/", timeout=180_000)
-            page.wait_for_function("""(start) => [...document.querySelectorAll('.js-plotly-plot')].some(el => {
-                const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
-                return typeof t === 'string' && t.startsWith(start); })""", arg=SLIDER_FIGURE[name], timeout=180_000)
-            _record("Voila: first figure (s)", {name: round(time.perf_counter() - started, 1)})
-            page.wait_for_timeout(3000)
-            text = page.locator("body").inner_text()
-            assert "Traceback" not in text and "Error" not in text, text[-2000:]
-            assert "import " not in text, "Voila shows code"
-            assert "BEGIN QUESTION" not in text and "ASSIGNMENT CONFIG" not in text, "Voila shows otter's markup"
-            try:
-                latency = _move_slider(page, page, SLIDER_FIGURE[name])
-            except Exception:
-                page.screenshot(path=str(ARTIFACTS / f"voila_{Path(name).stem}.png"), full_page=True)
-                raise
-            _record("Voila: slider latency (s)", {name: round(latency, 3)})
-            page.screenshot(path=str(ARTIFACTS / f"voila_{Path(name).stem}.png"), full_page=True)
-        finally:
-            page.close()
+            latency = _move_slider(page, page, SLIDER_FIGURE[name])
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / f"voila_{Path(name).stem}_load{load}.png"), full_page=True)
+            raise
+        _record("Voila: slider latency (s)", {f"{name} (load {load})": round(latency, 3)})
+        page.screenshot(path=str(ARTIFACTS / f"voila_{Path(name).stem}.png"), full_page=True)
+    finally:
+        page.close()

@@ -62,43 +62,55 @@ def test_ood_view_gives_the_chosen_sets_scores_and_metrics():
         ood_view(sets, "ce", "MCM", "covariate")
 
 
-def test_a_figure_widget_is_resized_to_the_page_once_a_view_has_drawn_on_the_kernels_loop(monkeypatch):
-    """The autosize relayout waits for a view to draw, then goes through the kernel's event loop (the callbacks'
-    thread), never a thread of its own (a threaded relayout raced slider updates in Voila)."""
-    import threading
+
+def _shown(fig):
+    """The figure an Output widget's state holds (what a page that connects late reads)."""
+    [out] = fig.widget.outputs
+    return out["data"]["application/vnd.plotly.v1+json"]
+
+
+def test_a_live_figure_keeps_the_whole_figure_in_its_widget_state():
+    """Every edit after display is in the Output widget's state, so a page that connects after the cells ran
+    (Voila) shows the current figure, not the figure at display time."""
     import plotly.graph_objects as go
-    from clipood_kit.viz import widgets
-
-    class Loop:                                     # the kernel's io_loop: runs what it was given when it runs
-        def __init__(self):
-            self.pending = []
-
-        def call_later(self, delay, fn):
-            self.pending.append((delay, fn))
-
-    loop = Loop()
-    monkeypatch.setattr(widgets, "_kernel_loop", lambda: loop)
-    threads = set(threading.enumerate())
-    fig = widgets.page_wide(go.FigureWidget(go.Figure(go.Scatter(y=[1, 2]))), delay=0.05)
-    assert fig._config["responsive"] is True and fig.layout.autosize is None
-    assert loop.pending == []                               # no view has drawn: nothing is scheduled
-    fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": -1}    # what a view reports after drawing
-    assert [d for d, _ in loop.pending] == [0.05] and fig.layout.autosize is None
-    assert set(threading.enumerate()) == threads            # no thread was started
-    loop.pending[0][1]()
-    assert fig.layout.autosize is True
-    fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": -2}    # a second draw: sent once only
-    assert len(loop.pending) == 1
+    from clipood_kit.viz.widgets import LiveFigure
+    fig = LiveFigure(go.Figure(go.Scatter(x=[0, 1], y=[1, 2]), layout=dict(title="before")))
+    assert _shown(fig)["data"][0]["y"] == [1, 2] and _shown(fig)["layout"]["title"]["text"] == "before"
+    fig.data[0].y = [3, 4]
+    fig.layout.title = "after"
+    assert _shown(fig)["data"][0]["y"] == [3, 4] and _shown(fig)["layout"]["title"]["text"] == "after"
+    new = go.Figure([go.Bar(x=["a"], y=[7]), go.Bar(x=["b"], y=[8])], layout=dict(title="replaced"))
+    with fig.batch_update():                        # the notebooks' whole-figure swap
+        fig.data = []
+        fig.layout = new.layout
+        fig.add_traces(list(new.data))
+    assert [t["y"] for t in _shown(fig)["data"]] == [[7], [8]] and _shown(fig)["layout"]["title"]["text"] == "replaced"
+    assert "responsive" not in _shown(fig)["config"] and _shown(fig)["layout"]["height"] == 450
 
 
-def test_outside_a_kernel_the_relayout_is_sent_when_the_view_has_drawn(monkeypatch):
+def test_a_batch_update_sends_the_figure_once(monkeypatch):
     import plotly.graph_objects as go
-    from clipood_kit.viz import widgets
-    monkeypatch.setattr(widgets, "_kernel_loop", lambda: None)
-    fig = widgets.page_wide(go.FigureWidget(go.Figure(go.Scatter(y=[1, 2]))))
-    assert fig.layout.autosize is None
-    fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": -1}
-    assert fig.layout.autosize is True
+    from clipood_kit.viz.widgets import LiveFigure
+    fig = LiveFigure(go.Figure(go.Scatter(y=[1, 2])))
+    sent = []
+    monkeypatch.setattr(type(fig.widget), "outputs", property(lambda self: sent[-1] if sent else (),
+                                                              lambda self, value: sent.append(value)), raising=False)
+    with fig.batch_update():
+        fig.data[0].y = [5, 6]
+        fig.layout.title = "once"
+        fig.data[0].name = "n"
+    assert len(sent) == 1 and sent[0][0]["data"]["application/vnd.plotly.v1+json"]["data"][0]["y"] == [5, 6]
+
+
+def test_show_displays_a_live_figure_through_its_widget(monkeypatch):
+    import plotly.graph_objects as go
+    import IPython.display
+    from clipood_kit.viz.widgets import LiveFigure, show
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *items: shown.extend(items))
+    fig = LiveFigure(go.Figure(go.Scatter(y=[1])))
+    show("x", fig)
+    assert shown == ["x", fig.widget]
 
 
 def test_set_cells_moves_one_models_dots_in_both_panels():

@@ -2,9 +2,11 @@
 figure shows. The notebooks only wire sliders to these functions (and these are unit-tested)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Sequence
 
 import numpy as np
+import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 
@@ -118,49 +120,85 @@ def cells_of(scores: dict) -> Dict[str, float]:
     return out
 
 
-def page_wide(figure, delay: float = 0.5):
-    """A plotly FigureWidget drawn at the page's width. Its view draws before the page attaches it, so plotly
-    falls back to 700 px; once a view reports that it has drawn (its first trace deltas), an autosize relayout
-    sent `delay` seconds later makes plotly measure the attached view. Window resizes are followed afterwards
-    (plotly's `responsive`). Returns the figure.
+class LiveFigure(go.Figure):
+    """A plotly figure that a widget callback edits, shown through an ipywidgets `Output` whose `outputs` state holds
+    the whole figure: every edit (a trace's values, the title, `batch_update`, `add_traces`) re-sends it.
 
-    The relayout is scheduled on the kernel's own event loop (the thread that runs the widgets' callbacks), never
-    from another thread: a relayout sent from a timer thread raced the callbacks' figure updates, and in Voila an
-    update could then stay behind it and never reach the page. Outside a kernel the relayout is sent at once."""
-    figure._config = {**figure._config, "responsive": True}
-    state = {"sent": False}
+    Why not plotly's `FigureWidget`: it sends each edit as a one-shot message (`_py2js_restyle`, `_py2js_relayout`,
+    ... set and reset to None at once) while its synced state (`_widget_data`, `_widget_layout`) keeps the figure as
+    it was when displayed. Voila runs every cell before the page's widget manager connects and reads the widgets'
+    states, so any edit made after the display (the loss curve filled in after training) never reaches the page.
+    And the anywidget view (plotly's `widgetbundle.js`, `render` of its default export) registers its listeners
+    through the model proxy of `initialize`, whose listeners anywidget removes when it binds the model again
+    (`model.off(null, null, INITIALIZE_MARKER)`): in Voila, in about a third of page loads, a view then drops every
+    later edit while the kernel keeps sending them (measured: 2 to 5 stale loads of 5 to 8 for notebook 4's WiSE-FT
+    bars, 0 of 8 with this class). The `Output` widget's state is the figure itself, so a page that connects late,
+    or a view made again, shows the current figure. An edit costs one figure's JSON (a few to a few hundred kB)."""
 
-    def relayout():
-        figure.layout.autosize = True
+    def __init__(self, *args, **kwargs):
+        self._live_ready = False
+        super().__init__(*args, **kwargs)
+        import ipywidgets as widgets
+        self._live_output = widgets.Output(layout=widgets.Layout(width="100%"))
+        self._live_batch = 0
+        self._live_ready = True
+        self.refresh()
 
-    def drawn(change):
-        if change["new"] and not state["sent"]:
-            state["sent"] = True
-            loop = _kernel_loop()
-            if loop is None:
-                relayout()
-            else:
-                loop.call_later(delay, relayout)
-    figure.observe(drawn, names="_js2py_traceDeltas")
-    return figure
+    @property
+    def widget(self):
+        """The `Output` widget that shows the figure (what `show` displays)."""
+        return self._live_output
 
+    def refresh(self) -> None:
+        """Send the whole figure to the page (done after every edit; call it after editing a trace in place)."""
+        if not getattr(self, "_live_ready", False) or self._live_batch:
+            return
+        import plotly.io as pio
+        bundle = pio.renderers["plotly_mimetype"].to_mimebundle(self)
+        shown = bundle["application/vnd.plotly.v1+json"]
+        shown["config"] = {"displaylogo": False}      # not `responsive`: it sizes the plot to its container's
+        if self.layout.height is None:                # height, which an Output has none of when it first draws
+            shown["layout"]["height"] = 450           # plotly's own default
+        self._live_output.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
-def _kernel_loop():
-    """The running IPython kernel's event loop (tornado), or None outside a kernel."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    kernel = getattr(shell, "kernel", None)
-    return getattr(kernel, "io_loop", None)
+    @contextlib.contextmanager
+    def batch_update(self):
+        """Every edit inside the block, sent once at its end."""
+        self._live_batch += 1
+        try:
+            with super().batch_update():
+                yield
+        finally:
+            self._live_batch -= 1
+        self.refresh()
+
+    # plotly's BaseFigure calls these after each edit (FigureWidget sends them as messages; here: the whole figure)
+    def _send_addTraces_msg(self, *args, **kwargs):
+        self.refresh()
+
+    def _send_moveTraces_msg(self, *args, **kwargs):
+        self.refresh()
+
+    def _send_deleteTraces_msg(self, *args, **kwargs):
+        self.refresh()
+
+    def _send_restyle_msg(self, *args, **kwargs):
+        self.refresh()
+
+    def _send_relayout_msg(self, *args, **kwargs):
+        self.refresh()
+
+    def _send_update_msg(self, *args, **kwargs):
+        self.refresh()
+
+    def _send_animate_msg(self, *args, **kwargs):
+        self.refresh()
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        return self._live_output._repr_mimebundle_(include=include, exclude=exclude)
 
 
 def show(*items) -> None:
-    """`IPython.display.display` of widgets and figures, every plotly FigureWidget among them at the page's width."""
+    """`IPython.display.display` of widgets and figures (a `LiveFigure` through its widget)."""
     from IPython.display import display
-    import plotly.graph_objects as go
-    for item in items:
-        if isinstance(item, go.FigureWidget):
-            page_wide(item)
-    display(*items)
+    display(*[item.widget if isinstance(item, LiveFigure) else item for item in items])
