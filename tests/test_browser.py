@@ -21,6 +21,9 @@ import pytest
 
 from test_notebooks import FAST
 
+# the first browser test also prepares the class-room store (every lesson cold, about 5 minutes on 2 idle cores)
+pytestmark = pytest.mark.timeout(1800)
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

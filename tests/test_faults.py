@@ -141,8 +141,8 @@ def test_a_bad_input_is_one_line_and_leaves_nothing(case, files, tmp_path, capsy
     assert re.search(expected, lines[0]), lines[0]
     assert "Traceback" not in err and "fine-tune" not in out       # refused before any training
     assert not out_dir.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
-    if case == "weights-offline-tag":
-        assert seconds < 2.0, seconds
+    if case == "weights-offline-tag":        # fails at once, not after open_clip's minute of retries (a loose bound:
+        assert seconds < 20.0, seconds       # 4.5 s seen on 2 cores busy with a browser test)
 
 
 # -- run folders: finished, stopped, resumed, overwritten, killed ------------------------------------------

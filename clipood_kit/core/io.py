@@ -77,15 +77,30 @@ def load_weights(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
+def check_writable_folder(folder: str | os.PathLike, option: str = "--out", what: str = "the results") -> Path:
+    """Refuse, before any work, a folder that is a file or cannot be written (a real write into its nearest existing
+    parent: permission bits do not tell for root or a read-only mount)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{option} {folder} is a file; give a folder for {what}")
+    parent = next(p for p in [folder, *folder.parents] if p.exists())
+    problem = None if parent.is_dir() else f"{parent} is a file, so it is not writable"
+    if problem is None:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".clipood-kit-probe-", dir=parent)
+            os.close(fd)
+            os.remove(probe)
+        except OSError:
+            problem = f"{parent} is not writable"
+    if problem:
+        raise PermissionError(f"cannot write {what} into {folder}: {problem}; choose another {option}")
+    return folder
+
+
 def check_results_dir(out: str | os.PathLike, overwrite: bool = False, what: str = "results") -> Path:
-    """Refuse an unusable results folder before any work: a file, an unwritable place, or a folder that holds
-    finished results (its results.json) unless `overwrite`."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file; give a folder for the {what}")
-    parent = next(p for p in [out, *out.parents] if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write the {what} into {out}: {parent} is not writable; choose another --out")
+    """`check_writable_folder`, and refuse a folder that holds finished results (its results.json) unless
+    `overwrite`."""
+    out = check_writable_folder(out, "--out", f"the {what}")
     if (out / "results.json").exists() and not overwrite:
         raise FileExistsError(f"{out} holds finished {what} (results.json); pass --overwrite to replace them or "
                               f"choose another --out")

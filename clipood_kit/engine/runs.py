@@ -22,7 +22,7 @@ import torch
 
 from clipood_kit.data import TransformedSubset
 from clipood_kit.engine.experiment import ExperimentConfig, Setup, prepare
-from clipood_kit.core.io import save_weights, write_json
+from clipood_kit.core.io import check_writable_folder, save_weights, write_json
 from clipood_kit.methods import Method
 from clipood_kit.models.loader import TRAINED_STATE_FORMAT, weights_digest
 from clipood_kit.engine.scoring import evaluate_state, headline
@@ -51,12 +51,7 @@ def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) 
     `overwrite`), checkpoints of a stopped run (unless `resume` or `overwrite`). Leftovers of an interrupted
     final write (hidden `.NAME.incoming-*` / `.NAME.old-*` folders beside it) are removed, after the old run is
     moved back when the kill came between the two renames."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"--out {run_dir} is a file; give a folder for the run")
-    parent = next(p for p in [run_dir, *run_dir.parents] if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write the run into {run_dir}: {parent} is not writable; choose another --out")
+    run_dir = check_writable_folder(run_dir, "--out", "the run")
     if run_dir.parent.is_dir():
         olds = sorted(run_dir.parent.glob(f".{run_dir.name}.old-*"), key=lambda p: p.stat().st_mtime)
         if olds and not run_dir.exists():       # killed between the two renames: the old run is whole, restore it

@@ -21,6 +21,8 @@ from typing import Dict, List, Optional
 
 from tqdm.auto import tqdm
 
+from clipood_kit.core.io import check_writable_folder
+
 
 class LessonFailed(RuntimeError):
     """A lesson notebook raised while the store was prepared; the message names the notebook, cell and error."""
@@ -52,7 +54,7 @@ def student_versions(out: Path, notebooks: Optional[Path] = None, autograder: bo
     if not otter.exists():
         raise FileNotFoundError(f"otter-grader is not installed in this environment ({otter} is missing): "
                                 f"pip install -e '.[notebooks]'")
-    out = check_folder(Path(out), "--out", "the student notebooks")
+    out = check_writable_folder(out, "--out", "the student notebooks")
     lessons = _notebooks(notebooks)
     with tempfile.TemporaryDirectory(prefix="clipood-kit-assign-") as staging:
         made: List[tuple] = []                      # (staged file, target)
@@ -94,31 +96,13 @@ def _same_notebook(a: Path, b: Path) -> bool:
     return content(a) == content(b)
 
 
-def check_folder(folder: Path, option: str, what: str) -> Path:
-    """A folder that exists or can be made and is writable, checked before any work."""
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{option} {folder} is a file; give a folder for {what}")
-    parent = next(p for p in [folder, *folder.parents] if p.exists())
-    problem = None if parent.is_dir() else f"{parent} is a file"
-    if problem is None:
-        try:                                      # a real write: permission bits do not tell root or a read-only mount
-            fd, probe = tempfile.mkstemp(prefix=".clipood-kit-probe-", dir=parent)
-            os.close(fd)
-            os.remove(probe)
-        except OSError as e:
-            problem = f"{parent} is not writable ({e.strerror})"
-    if problem:
-        raise PermissionError(f"cannot write {what} into {folder}: {problem}; choose another {option}")
-    return folder
-
-
 def prepare_store(cache: Path, notebooks: Optional[Path] = None,
                   parameters: Optional[Dict[str, dict]] = None, progress: bool = True) -> Dict[str, float]:
     """Run every lesson once (its default setting, or `parameters[name]`) with the result store at `cache`;
     returns each notebook's run time in seconds."""
     import papermill
     lessons = _notebooks(notebooks)
-    cache = check_folder(Path(cache), "--cache", "the lessons' result store")
+    cache = check_writable_folder(cache, "--cache", "the lessons' result store")
     cache.mkdir(parents=True, exist_ok=True)
     times = {}
     previous = os.environ.get("CLIPOOD_KIT_CACHE")

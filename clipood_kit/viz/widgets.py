@@ -172,27 +172,12 @@ class LiveFigure(go.Figure):
             self._live_batch -= 1
         self.refresh()
 
+    def _edited(self, *args, **kwargs):
+        self.refresh()
+
     # plotly's BaseFigure calls these after each edit (FigureWidget sends them as messages; here: the whole figure)
-    def _send_addTraces_msg(self, *args, **kwargs):
-        self.refresh()
-
-    def _send_moveTraces_msg(self, *args, **kwargs):
-        self.refresh()
-
-    def _send_deleteTraces_msg(self, *args, **kwargs):
-        self.refresh()
-
-    def _send_restyle_msg(self, *args, **kwargs):
-        self.refresh()
-
-    def _send_relayout_msg(self, *args, **kwargs):
-        self.refresh()
-
-    def _send_update_msg(self, *args, **kwargs):
-        self.refresh()
-
-    def _send_animate_msg(self, *args, **kwargs):
-        self.refresh()
+    _send_addTraces_msg = _send_moveTraces_msg = _send_deleteTraces_msg = _edited
+    _send_restyle_msg = _send_relayout_msg = _send_update_msg = _send_animate_msg = _edited
 
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
         return self._live_output._repr_mimebundle_(include=include, exclude=exclude)
