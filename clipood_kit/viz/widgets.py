@@ -128,12 +128,14 @@ class LiveFigure(go.Figure):
     ... set and reset to None at once) while its synced state (`_widget_data`, `_widget_layout`) keeps the figure as
     it was when displayed. Voila runs every cell before the page's widget manager connects and reads the widgets'
     states, so any edit made after the display (the loss curve filled in after training) never reaches the page.
-    And the anywidget view (plotly's `widgetbundle.js`, `render` of its default export) registers its listeners
-    through the model proxy of `initialize`, whose listeners anywidget removes when it binds the model again
-    (`model.off(null, null, INITIALIZE_MARKER)`): in Voila, in about a third of page loads, a view then drops every
-    later edit while the kernel keeps sending them (measured: 2 to 5 stale loads of 5 to 8 for notebook 4's WiSE-FT
-    bars, 0 of 8 with this class). The `Output` widget's state is the figure itself, so a page that connects late,
-    or a view made again, shows the current figure. An edit costs one figure's JSON (a few to a few hundred kB)."""
+    And in Voila, in about a third of page loads, a view drops every later edit while the kernel sends them and
+    the slider's other figures take them (measured: 2 to 5 stale loads of 5 to 8 for notebook 4's WiSE-FT bars;
+    0 of 8 with this class). A likely cause, read in the bundled code but not traced in the browser: plotly's
+    anywidget view (`widgetbundle.js`, the `render` of its default export) listens through the model proxy it got in
+    `initialize`, not the one `render` gets, and anywidget removes the listeners of that proxy whenever it binds
+    the model again (`model.off(null, null, INITIALIZE_MARKER)`). The `Output` widget's state is the figure itself,
+    so a page that connects late, or a view made again, shows the current figure. An edit costs one figure's JSON
+    (a few to a few hundred kB) and a full redraw: slider latency 0.16 to 0.6 s instead of 0.08 to 0.16 s."""
 
     def __init__(self, *args, **kwargs):
         self._live_ready = False
