@@ -26,8 +26,8 @@ images of the training domains is measured (`tr_outloss`, line 250). `LossValley
 
 The final model is the equal-weight mean of the segments that joined (`swa_utils.AveragedModel`), which is the
 dense mean of every step in the window. `report()` says what happened (converged or not, the window, whether the
-valley closed before the run ended); results.json records it under `method_report`. Defaults are the official config.yaml's (n_converge 3, n_tolerance 6,
-tolerance_ratio 0.3). Deviations, each named: the validation images are the experiment's held-out images of its
+valley closed before the run ended); results.json records it under `method_report`. Defaults are the official
+config.yaml's (n_converge 3, n_tolerance 6, tolerance_ratio 0.3). Deviations, each named: the validation images are the experiment's held-out images of its
 training domains and classes (DomainBed's training-domain "out" split, which is what they are), which are also
 the bench's "train domains / base" test cell, so that one cell is not independent of SWAD's window (the unseen
 domains and new classes are); training does not stop when the valley dies (the official trainer does, line 253:
