@@ -1,6 +1,8 @@
 """Atomic writes: results, histories and weights appear whole or not at all (write a temp file, then rename)."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -125,3 +127,18 @@ def check_unique(what: str, values) -> None:
         seen.add(v)
     if repeated:
         raise ValueError(f"{what} {repeated} given more than once; each counts once: give distinct {what}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """A file's sha256 (hex), remembered per path, size and modification time (weights digests, OOD overlap)."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
+from clipood_kit.core.io import file_sha256
 from clipood_kit.data import world
 from clipood_kit.data.datasets import IMAGE_EXTENSIONS, DatasetError, DomainDataset, read_image, verify_images
 
@@ -237,15 +238,6 @@ def open_ood_sets(world_sets: Sequence[str], folders: Sequence[str], n: int, see
     return sets
 
 
-def _content_digest(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_disjoint(ood: "ImageFolderSet", id_data: DomainDataset) -> None:
     """Refuse an OOD folder that shares images with the ID dataset: by path (the dataset's root or one of its
     domains given as OOD) or by content (the same file bytes elsewhere; only files of equal size are hashed, so
@@ -266,10 +258,10 @@ def check_disjoint(ood: "ImageFolderSet", id_data: DomainDataset) -> None:
         by_size: Dict[int, List[Path]] = {}
         for p in id_paths:
             by_size.setdefault(p.stat().st_size, []).append(p)
-        candidates = [p for p in ood.paths if p.stat().st_size in by_size]
-        if candidates:
-            id_digests = {_content_digest(q) for p in candidates for q in by_size[p.stat().st_size]}
-            shared = [p for p in candidates if _content_digest(p) in id_digests]
+        sizes = {p: p.stat().st_size for p in ood.paths}
+        candidates = [p for p in ood.paths if sizes[p] in by_size]
+        id_digests = {file_sha256(q) for p in candidates for q in by_size[sizes[p]]}
+        shared = [p for p in candidates if file_sha256(p) in id_digests]
     if shared:
         raise DatasetError(f"OOD set {ood.name!r} ({ood.root}) shares {len(shared)} image(s) with the ID dataset "
                            f"{id_data.root} (e.g. {shared[0]}): an OOD set must hold none of the ID images; remove "

@@ -10,7 +10,8 @@ space (official `PromptLearner`, lines 60-160, class token at the end):
 
 - Initialisation: from the embeddings of `ctx_init` ("a photo of a", the official CTX_INIT option; M = its number
   of words, official `n_ctx = len(ctx_init.split(" "))`, `trainers/coop.py` line 75: so `n_ctx` follows `ctx_init`
-  unless set, and a value that disagrees with it is refused rather than recorded unused), or, with `ctx_init=""`, N(0, 0.02) vectors (the official default, N_CTX = `n_ctx`). The official
+  unless set, and a value that disagrees with it is refused rather than recorded unused), or, with `ctx_init=""`,
+  N(0, 0.02) vectors (the official default, N_CTX = `n_ctx`). The official
   random-init prompt holds M "X" tokens only to fix the positions; here the placeholder is the word "a" (the
   tiny CLIP's vocabulary has no "X"); the placeholders' embeddings are replaced by the context, as there.
 - `class_specific` (official CSC): one context per class. With `ctx_init`, every class starts from it.

@@ -8,8 +8,6 @@
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 import re
@@ -20,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Union
 import open_clip
 import torch
 
+from clipood_kit.core.io import file_sha256
 from clipood_kit.data.transforms import make_transform
 from clipood_kit.models.tokenizer import WordTokenizer
 
@@ -114,18 +113,8 @@ def _check_reachable(name: str, tag: str, cache_dir: Optional[str], timeout: flo
 
 
 def file_digest(path: Union[str, Path], length: int = 12) -> str:
-    """The first `length` hex digits of a file's sha256 (remembered per path, size and modification time)."""
-    st = os.stat(path)
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)[:length]
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The first `length` hex digits of a file's sha256 (`core.io.file_sha256`, remembered per file version)."""
+    return file_sha256(path)[:length]
 
 
 def tiny_tokenizer() -> WordTokenizer:
