@@ -402,17 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lessons", help="class-room tools: precompute what the lesson notebooks train, or write the "
                                        "student versions (solutions stripped, self-checks kept)")
-    p.add_argument("action", choices=["prepare", "student"],
+    p.add_argument("action", choices=["prepare", "student", "app"],
                    help="prepare: run every lesson once in its default setting into --cache; student: write the "
-                        "student notebooks (otter-grader) into --out")
+                        "student notebooks (otter-grader) into --out; app: write the app versions (exercises "
+                        "removed) of the lessons served with Voila into --out")
     p.add_argument("--cache", default="runs/lessons-cache", help="prepare: the result store to fill")
-    p.add_argument("--out", default="runs/student", help="student: where the student notebooks go")
+    p.add_argument("--out", default=None, help="student: where the student notebooks go (default runs/student); "
+                                                "app: where the app notebooks go (default runs/apps)")
     p.add_argument("--autograder", action="store_true", help="student: also write autograder versions (solutions "
                                                              "and hidden tests) under OUT/autograder")
     p.add_argument("--notebooks", type=Path, default=None, help="the instructor notebooks (default: the repository's "
                                                                 "notebooks/)")
-    p.add_argument("--overwrite", action="store_true", help="student: replace notebooks in --out that differ from the "
-                                                            "new ones (a lecturer's edits)")
+    p.add_argument("--overwrite", action="store_true", help="student, app: replace notebooks in --out that differ "
+                                                            "from the new ones (a lecturer's edits)")
     p.set_defaults(func=cmd_lessons)
 
     p = sub.add_parser("export-world", help="write the world as a DomainBed-style image folder")
@@ -425,15 +427,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_lessons(args) -> int:
-    from clipood_kit.lessons.build import prepare_store, student_versions
-    if args.action == "prepare":
+    from clipood_kit.lessons.build import app_versions, prepare_store, student_versions
+    if args.action == "app":
+        paths = app_versions(Path(args.out or "runs/apps"), args.notebooks, overwrite=args.overwrite)
+        for path in paths:
+            print(path)
+        print(f"serve one as an app: voila {paths[0]}")
+    elif args.action == "prepare":
         times = prepare_store(Path(args.cache), args.notebooks)
         for name, seconds in times.items():
             print(f"{name}: {seconds:.1f} s")
         print(f"the lessons' results are in {args.cache}: set CLIPOOD_KIT_CACHE={args.cache} for the students "
               f"(read-only is enough), and CLIPOOD_KIT_NO_TRAINING=1 to refuse any training on the server")
     else:
-        for path in student_versions(Path(args.out), args.notebooks, autograder=args.autograder,
+        for path in student_versions(Path(args.out or "runs/student"), args.notebooks, autograder=args.autograder,
                                      overwrite=args.overwrite):
             print(path)
     return 0

@@ -50,6 +50,12 @@ def test_an_unwritten_answer_fails_and_says_so(name):
         ex.IMPLEMENT_CHECKS[name](todo)
 
 
+def _beta_on(x, a, b):
+    """Normalised Beta weights evaluated on the grid `x` (a student's wrong grid)."""
+    w = x.double() ** (a - 1) * (1 - x.double()) ** (b - 1)
+    return w / w.sum()
+
+
 MISTAKES = [
     ("mms_logits", lambda f, t, y, lam, s: s * (F.normalize(f, dim=-1) @ F.normalize(t, dim=-1).T)
      + lam * (1 - F.normalize(t, dim=-1) @ F.normalize(t, dim=-1).T)[y], "inside the temperature"),
@@ -64,6 +70,10 @@ MISTAKES = [
     ("bma_weights", lambda T, a, b: bma_weights(T, b, a), "swapped"),
     ("bma_weights", lambda T, a, b: bma_weights(T - 1, a, b), "T \\+ 1"),
     ("bma_weights", lambda T, a, b: bma_weights(T, a, b) * 7, "divide by their sum"),
+    ("bma_weights", lambda T, a, b: _beta_on(torch.arange(T + 1) / T, a, b), "bin centres"),
+    ("bma_weights", lambda T, a, b: _beta_on(torch.linspace(0, 1, T + 1), a, b), "infinite at x = 0"),
+    ("bma_weights", lambda T, a, b: _beta_on((torch.arange(T + 1) + 1) / (T + 2), a, b), "bin centres"),
+    ("harmonic_mean", lambda a, b: 2 * a * b / (a + b), "return 0 there"),
     ("wise_ft", lambda z, f, a: {k: a * z[k] + (1 - a) * f[k] for k in z}, "swapped"),
     ("wise_ft", lambda z, f, a: [z, f], "must return a dict"),
     ("mean_displacement", lambda r, m: float(F.cosine_similarity(r, m, dim=-1).mean()), "1 - cos"),
@@ -94,12 +104,7 @@ def test_a_crashing_or_misshapen_answer_is_reported_not_raised():
         ex.check_mcm(3)
 
 
-def test_predictions_must_be_committed_and_valid():
-    with pytest.raises(AssertionError, match="commit to a prediction first"):
-        ex.check_choice(..., ["a", "b"], "guess")
-    with pytest.raises(AssertionError, match="must be one of"):
-        ex.check_choice("c", ["a", "b"])
-    ex.check_choice("a", ["a", "b"])
+def test_a_number_prediction_must_be_committed_and_valid():
     with pytest.raises(AssertionError, match="commit to a prediction first"):
         ex.check_number(None, 0, 1)
     with pytest.raises(AssertionError, match="a fraction, not a percentage"):
@@ -116,3 +121,18 @@ def test_reveal_sets_the_prediction_beside_the_answer():
     assert "off by 0.05" in ex.reveal(0.30, 0.35, tolerance=0.1) and "Right." in ex.reveal(0.30, 0.35, tolerance=0.1)
     assert "Close." in ex.reveal(0.2, 0.35, tolerance=0.1)
     assert "not predicted yet" in ex.reveal(..., "a")
+
+
+HOSTILE = {"None": lambda *a: None, "a string": lambda *a: "0.5", "a ragged list": lambda *a: [[1], [2, 3]],
+           "a dict": lambda *a: {"x": 1}, "NaN": lambda *a: float("nan"), "an object": lambda *a: object(),
+           "a huge int": lambda *a: 10 ** 400, "a generator": lambda *a: (x for x in range(3)),
+           "a function of no arguments": lambda: 1, "not a function": 3, "a KeyError": lambda *a: {}["x"],
+           "a bool tensor": lambda *a: torch.ones(3, dtype=torch.bool)}
+
+
+@pytest.mark.parametrize("name", sorted(ex.IMPLEMENT_CHECKS))
+@pytest.mark.parametrize("answer", sorted(HOSTILE))
+def test_a_check_never_raises_anything_but_its_message_on_a_students_input(name, answer):
+    with pytest.raises(AssertionError) as failed:
+        ex.IMPLEMENT_CHECKS[name](HOSTILE[answer])
+    assert str(failed.value).strip(), "a check failed without saying why"

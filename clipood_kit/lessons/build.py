@@ -4,6 +4,9 @@
   `# ASSIGNMENT CONFIG` cell, `# BEGIN QUESTION` blocks with solutions and tests). `otter assign` strips the
   solutions (`# SOLUTION` lines become `...`), keeps the visible checks as `grader.check("name")` cells that run in
   the student's own notebook, and keeps hidden tests for the autograder version only.
+- **Apps** (`app_versions`): what Voila serves in a lecture: the implement-and-check exercises (each otter
+  `# BEGIN QUESTION` ... `# END QUESTION` block) and the raw cells removed; prose, predictions (widgets whose
+  reveal waits for its button, `lessons.predict`), sliders and figures kept.
 - **The class-room store** (`prepare_store`): every notebook run once in its default setting (papermill) with
   `CLIPOOD_KIT_CACHE` pointing at the store, so everything the lessons train is computed once; students whose
   `CLIPOOD_KIT_CACHE` points there (read-only is enough) open every notebook without training.
@@ -79,6 +82,52 @@ def student_versions(out: Path, notebooks: Optional[Path] = None, autograder: bo
             shutil.copyfile(src, tmp_target)
             os.replace(tmp_target, target)
     return [t for _, t in made if t.parent == out]
+
+
+APP_LESSONS = ("02_margins.ipynb", "03_beta_moving_average.ipynb", "04_fine_tuning.ipynb", "06_ood_detection.ipynb")
+"""The lessons built around a control (a slider or a dropdown) that a lecturer serves as apps."""
+
+
+def app_notebook(nb: dict) -> dict:
+    """A lesson as an app: every cell of an otter question block (the implement-and-check exercises: their task,
+    solution and tests) and every raw cell removed."""
+    cells, inside = [], False
+    for cell in nb["cells"]:
+        text = "".join(cell.get("source", ""))
+        if cell["cell_type"] == "raw":
+            if "BEGIN QUESTION" in text:
+                inside = True
+            elif "END QUESTION" in text:
+                inside = False
+            continue
+        if not inside:
+            cells.append(cell)
+    if inside:
+        raise ValueError("a '# BEGIN QUESTION' raw cell has no '# END QUESTION' after it: close the question")
+    return {**nb, "cells": cells}
+
+
+def app_versions(out: Path, notebooks: Optional[Path] = None, names=APP_LESSONS, overwrite: bool = False) -> List[Path]:
+    """`out/NAME.ipynb` (`app_notebook`) for each lesson of `names`, written atomically; serve one with
+    `voila out/NAME.ipynb`. A file in `out` that differs from the new one is replaced only with `overwrite`."""
+    import json
+    out = check_writable_folder(out, "--out", "the app notebooks")
+    folder = Path(notebooks) if notebooks is not None else default_notebooks()
+    lessons = {p.name: p for p in _notebooks(folder)}
+    unknown = [n for n in names if n not in lessons]
+    if unknown:
+        raise FileNotFoundError(f"no lesson {unknown} in {folder} (it has {sorted(lessons)})")
+    made = {out / n: json.dumps(app_notebook(json.loads(lessons[n].read_text())), indent=1) + "\n" for n in names}
+    changed = [t for t, text in made.items() if t.exists() and t.read_text() != text]
+    if changed and not overwrite:
+        raise FileExistsError(f"{out} already holds app notebook(s) that differ from the new ones "
+                              f"({', '.join(t.name for t in changed)}): pass --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for target, text in made.items():
+        tmp = target.parent / f".{target.name}.incoming"
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    return list(made)
 
 
 def _same_notebook(a: Path, b: Path) -> bool:

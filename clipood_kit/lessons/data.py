@@ -36,6 +36,21 @@ def cell_images(setup, labels: torch.Tensor, domains: torch.Tensor) -> dict:
             for group, inside in (("train", source), ("unseen", ~source))}
 
 
+def eval_cell_images(exp: ExperimentConfig) -> dict:
+    """`cell_images` of the experiment's evaluation set (stored: reading it back builds nothing)."""
+    def compute() -> dict:
+        setup = prepare(exp)
+        return cell_images(setup, setup.dataset.labels[setup.eval_idx], setup.dataset.domain_ids[setup.eval_idx])
+    return _cached("cell-images", exp, {}, compute)
+
+
+def lambda_lesson(exp: ExperimentConfig, lambdas: Sequence[float], progress: bool = True) -> dict:
+    """Notebook 2: `studies.sweeps.lambda_sweep` of the experiment's method over `lambdas`, with `cell_images`
+    (one image's worth of accuracy per cell, the noise its curves are read against)."""
+    from clipood_kit.studies.sweeps import lambda_sweep
+    return {**lambda_sweep(exp, lambdas, exp.method, progress=progress), "cell_images": eval_cell_images(exp)}
+
+
 def bma_lesson(exp: ExperimentConfig, grid: Sequence[float], every: int, alpha: float, beta: float,
                progress: bool = True) -> dict:
     """Notebook 3: one CLIPood run with every step kept, scored after the fact. Returns the zero-shot and last-step
@@ -154,7 +169,9 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
                 cells[m][str(k)] = _prompt_cells(result["models"][result["primary"]])
                 if m == "coop" and k == max(shots):
                     learned = (setup, result["states"][result["primary"]])
-        out = {"cells": cells, "shots": [int(k) for k in shots], "methods": list(methods)}
+        out = {"cells": cells, "shots": [int(k) for k in shots], "methods": list(methods),
+               "cell_images": cell_images(setup, setup.dataset.labels[setup.eval_idx],
+                                          setup.dataset.domain_ids[setup.eval_idx])}
         if learned is not None:
             setup, state = learned
             method = Method(compose("coop"))
@@ -185,4 +202,4 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
                 "ctx": end.tolist(), "ctx_init": start.tolist()}
         return out
     return _cached("prompt", exp, {"shots": [int(k) for k in shots], "methods": list(methods),
-                                   "nearest": nearest}, compute)
+                                   "nearest": nearest, "version": 2}, compute)

@@ -1,5 +1,5 @@
-"""The lessons' self-checks: a student's implementation against the library on random inputs, and a student's
-prediction before the notebook reveals the run's answer.
+"""The lessons' self-checks: a student's implementation against the library on random inputs, and the text that
+sets a student's prediction beside the run's answer (shown by `lessons.predict`'s Reveal button).
 
 Every `check_*` raises AssertionError with a message that says what differs (shape, which entry, by how much) and,
 where a common mistake explains the difference, names it. The otter-grader test cells in the notebooks call
@@ -30,7 +30,7 @@ def _as_tensor(value, what: str) -> torch.Tensor:
         raise AssertionError(f"{what} returned {value!r}: {NOT_DONE} (did you forget the `return`?)")
     try:
         return torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise AssertionError(f"{what} returned a {type(value).__name__}, which is not a number or tensor: {e}")
 
 
@@ -58,7 +58,9 @@ def _matches(got, want: torch.Tensor) -> bool:
         return False
 
 
-def _call(fn: Callable, what: str, *args):
+def _call(fn: Callable, what: str, *args, errors: Dict[type, str] | None = None):
+    """`fn(*args)`; any error the student's code raises becomes the check's message (with the hint of `errors`
+    for its type, when a common mistake explains it)."""
     if not callable(fn):
         raise AssertionError(f"{what} is not a function: define it with `def` in the cell above")
     try:
@@ -66,22 +68,26 @@ def _call(fn: Callable, what: str, *args):
     except NotImplementedError:
         raise AssertionError(f"{what} is not written yet: {NOT_DONE}")
     except Exception as e:          # the student's error, reported as the check's message
-        raise AssertionError(f"{what} raised {type(e).__name__}: {e}") from None
+        hint = next((h for kind, h in (errors or {}).items() if isinstance(e, kind)), "")
+        raise AssertionError(f"{what} raised {type(e).__name__}: {e}" + (f". Hint: {hint}" if hint else "")) from None
 
 
 def _check_cases(fn: Callable, name: str, cases, reference: Callable, hints: Sequence = (),
-                 rules: Sequence = ()) -> None:
-    """Each case's arguments through `fn` and `reference`. `rules` [(holds(answer), message)] are checked first;
-    on a mismatch, the first hint (wrong formula, message) that reproduces the student's answer is named."""
+                 rules: Sequence = (), nonfinite: str = "", errors: Dict[type, str] | None = None) -> None:
+    """Each case's arguments through `fn` and `reference`. An answer of the right shape holding NaN or inf fails
+    with the `nonfinite` hint; `rules` [(holds(answer), message)] are checked next; on a mismatch, the first hint
+    (wrong formula, message) that reproduces the student's answer is named. `errors` {exception type: hint}
+    explains an error the student's function raises."""
     for args in cases:
         what = f"{name}({', '.join(_describe(a) for a in args)})"
-        got = _call(fn, what, *args)
+        got = _call(fn, what, *args, errors=errors)
         want = reference(*args)
-        if rules:
-            answer = _as_tensor(got, what)
-            for holds, message in rules:
-                if answer.shape == want.shape and not holds(answer):
-                    raise AssertionError(f"{what}: {message}")
+        answer = _as_tensor(got, what)
+        if answer.shape == want.shape and not torch.isfinite(answer).all():
+            raise AssertionError(f"{what} contains NaN or inf" + (f". Hint: {nonfinite}" if nonfinite else ""))
+        for holds, message in rules:
+            if answer.shape == want.shape and not holds(answer):
+                raise AssertionError(f"{what}: {message}")
         try:
             _compare(got, want, what)
         except AssertionError as e:
@@ -155,7 +161,9 @@ def check_harmonic_mean(fn: Callable) -> None:
     cases = [(90.0, 80.0), (100.0, 50.0), (0.0, 0.0), (40.0, 0.0)]
     hints = [(lambda a, b: torch.tensor((a + b) / 2), "that is the arithmetic mean; H = 2ab / (a + b)"),
              (lambda a, b: torch.tensor(math.sqrt(a * b)), "that is the geometric mean; H = 2ab / (a + b)")]
-    _check_cases(fn, "harmonic_mean", cases, lambda a, b: torch.tensor(harmonic_mean(a, b)), hints)
+    _check_cases(fn, "harmonic_mean", cases, lambda a, b: torch.tensor(harmonic_mean(a, b)), hints,
+                 errors={ZeroDivisionError: "at base = new = 0 the formula divides 0 by 0: return 0 there (a model "
+                                            "with no accuracy on either side has H = 0)"})
 
 
 def check_bma_weights(fn: Callable) -> None:
@@ -176,7 +184,10 @@ def check_bma_weights(fn: Callable) -> None:
               "alpha and beta are swapped: alpha shapes the start (x near 0), beta the end"),
              (lambda T, a, b: normalised([pdf((t + 1) / (T + 2), a, b) for t in range(T + 1)]),
               "evaluate the density at the bin centres (t + 0.5) / (T + 1)")]
-    _check_cases(fn, "bma_weights", cases, lambda T, a, b: normalised(beta_weights(T, a, b)), hints, rules)
+    nonfinite = ("the Beta density is infinite at x = 0 (alpha < 1) and x = 1 (beta < 1), so a grid that touches "
+                 "an end (t / T, linspace(0, 1, T + 1), t / (T + 1)) gives inf there: evaluate at the bin centres "
+                 "(t + 0.5) / (T + 1), which never reach 0 or 1")
+    _check_cases(fn, "bma_weights", cases, lambda T, a, b: normalised(beta_weights(T, a, b)), hints, rules, nonfinite)
 
 
 def check_wise_ft(fn: Callable, seed: int = 0) -> None:
@@ -256,14 +267,6 @@ def check_context_cosines(fn: Callable, seed: int = 0) -> None:
 
 # --- predict, then reveal ----------------------------------------------------------------------------------------
 
-def check_choice(prediction, options: Sequence[str], name: str = "prediction") -> None:
-    """A committed prediction among `options` (the check fails until the student commits to one)."""
-    if prediction is None or prediction is Ellipsis:
-        raise AssertionError(f"commit to a prediction first: set `{name}` to one of {list(options)}")
-    if prediction not in options:
-        raise AssertionError(f"`{name}` is {prediction!r}; it must be one of {list(options)} (spelled exactly)")
-
-
 def check_number(prediction, low: float, high: float, name: str = "prediction", unit: str = "") -> None:
     """A committed number in [low, high]."""
     if prediction is None or prediction is Ellipsis:
@@ -279,7 +282,7 @@ def reveal(prediction, actual, explanation: str = "", tolerance: float | None = 
     """Markdown that sets the student's prediction beside the run's answer (a choice, or a number within
     `tolerance`)."""
     if prediction is None or prediction is Ellipsis:
-        return "**You have not predicted yet.** Commit to a prediction above, run its check, then run this cell again."
+        return "**You have not predicted yet.** Answer the question above first."
     if tolerance is None:
         right = prediction == actual
         said = f"**You predicted** {prediction}. **The run says** {actual}."

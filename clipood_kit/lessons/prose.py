@@ -11,7 +11,6 @@ import numpy as np
 
 from clipood_kit.methods import beta_weights
 
-TREND_OPTIONS = ("better", "worse", "within a point")
 SHAPE_OPTIONS = ("start-heavy (alpha < beta)", "symmetric (alpha = beta)", "end-heavy (alpha > beta)")
 WISE_OPTIONS = ("below CE", "between CE and zero-shot", "above zero-shot")
 
@@ -52,18 +51,70 @@ def family_finding(cosine: np.ndarray, classnames: Sequence[str], families: Dict
                "There is no family structure here: MMS's margins carry no semantics."))
 
 
-def trend_answer(start: float, end: float) -> str:
-    """'better' / 'worse' / 'within a point' for a change from `start` to `end` (accuracy in %)."""
-    if abs(end - start) < 1.0:
-        return TREND_OPTIONS[2]
-    return TREND_OPTIONS[0] if end > start else TREND_OPTIONS[1]
+CURVE_OPTIONS = ("rises, then falls (best in between)", "keeps rising (best at the largest value)",
+                 "keeps falling (best at the smallest value)", "flat (every change within the noise)")
 
 
-def lambda_finding(lambdas: Sequence[float], curves: Dict[str, Sequence[float]], zero_shot: float) -> str:
-    """Notebook 2: how each model's accuracy moves from the smallest to the largest lambda."""
-    parts = [f"{name} goes from {_pct(y[0])} at lambda = {lambdas[0]:g} to {_pct(y[-1])} at lambda = "
-             f"{lambdas[-1]:g} ({trend_answer(y[0], y[-1])})" for name, y in curves.items()]
-    return "; ".join(parts) + f". Zero-shot: {_pct(zero_shot)}."
+def curve_shape(y: Sequence[float], noise: float) -> str:
+    """The shape of a whole curve, one of CURVE_OPTIONS, read against `noise` (a difference no larger is no
+    difference): flat when max - min <= noise; else where its peak sits: not above the first point by more than
+    the noise ('keeps falling'), not above the last by more ('keeps rising'), or above both ('rises, then falls')."""
+    arr = np.asarray(y, dtype=float)
+    peak = float(arr.max())
+    if peak - float(arr.min()) <= noise:
+        return CURVE_OPTIONS[3]
+    if peak - arr[0] <= noise:
+        return CURVE_OPTIONS[2]
+    if peak - arr[-1] <= noise:
+        return CURVE_OPTIONS[1]
+    return CURVE_OPTIONS[0]
+
+
+def curve_reading(name: str, x: Sequence[float], y: Sequence[float], noise: float, x_name: str) -> str:
+    """One sentence on a whole curve: its start, its peak and where it sits, its end, each change against `noise`."""
+    arr = np.asarray(y, dtype=float)
+    k = int(arr.argmax())
+    shape = curve_shape(arr, noise)
+    said = f"**{name}** starts at {_pct(arr[0])} ({x_name} = {x[0]:g})"
+    if 0 < k < len(arr) - 1:
+        said += (f", peaks at {_pct(arr[k])} ({x_name} = {x[k]:g}, {arr[k] - arr[0]:+.1f} points) and ends at "
+                 f"{_pct(arr[-1])} ({x_name} = {x[-1]:g}, {arr[-1] - arr[k]:+.1f} from the peak)")
+    else:
+        said += f" and ends at {_pct(arr[-1])} ({x_name} = {x[-1]:g}, {arr[-1] - arr[0]:+.1f} points)"
+    return f"{said}: it {shape}."
+
+
+def lambda_finding(lambdas: Sequence[float], curves: Dict[str, Sequence[float]], zero_shot: float,
+                   noise: float) -> str:
+    """Notebook 2: each model's whole accuracy curve over the sweep (start, peak, end, shape against the noise of
+    one image), and zero-shot's level."""
+    lines = [f"- {curve_reading(name, lambdas, y, noise, 'lambda')}" for name, y in curves.items()]
+    best = {name: max(y) for name, y in curves.items()}
+    top = max(best, key=best.get)
+    lines.append(f"- Zero-shot: {_pct(zero_shot)}; the best point of any curve ({top.split(':')[0]}, "
+                 f"{_pct(best[top])}) is " + (f"{best[top] - zero_shot:+.1f} points from it"
+                                              if abs(best[top] - zero_shot) > noise else "within the noise of it")
+                 + f". One image is {noise:.2f} points here.")
+    return "\n".join(lines)
+
+
+REFERENCE_OPTIONS = ("above zero-shot at every shot count", "below zero-shot at every shot count",
+                     "mixed: above, below or level depending on the shot count",
+                     "level with zero-shot (within the noise) at every shot count")
+
+
+def against_reference(values: Sequence[float], reference: Sequence[float], noise: float) -> str:
+    """Where a curve sits against a reference curve over its whole length (one of REFERENCE_OPTIONS): each
+    point's difference counts only beyond `noise`."""
+    diff = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
+    above, below = bool((diff > noise).any()), bool((diff < -noise).any())
+    if above and below:
+        return REFERENCE_OPTIONS[2]
+    if above:
+        return REFERENCE_OPTIONS[0] if (diff > noise).all() else REFERENCE_OPTIONS[2]
+    if below:
+        return REFERENCE_OPTIONS[1] if (diff < -noise).all() else REFERENCE_OPTIONS[2]
+    return REFERENCE_OPTIONS[3]
 
 
 def zero_shot_share(steps: int, alpha: float, beta: float) -> float:
@@ -92,8 +143,15 @@ def grid_finding(tables: Dict[str, Sequence[Sequence[float]]], grid: Sequence[fl
         a, b, v = grid_best(z, grid)
         best[cell] = (a, b)
         refs = ", ".join(f"{k} {_pct(r[cell])}" for k, r in references.items())
+        one = 100 / images[cell]
+        against = ""
+        if "zero-shot" in references:
+            gain = v - references["zero-shot"][cell]
+            against = (" The best BMA model is within one image of zero-shot: on this cell no Beta of the grid does "
+                       "better than not fine-tuning at all." if abs(gain) <= one else
+                       f" The best BMA model is {gain:+.1f} points from zero-shot.")
         lines.append(f"- **{cell}**: best Beta({a:g}, {b:g}) = {_pct(v)} ({shape_of(a, b)}); {refs}; one image is "
-                     f"{100 / images[cell]:.2f} points here, so differences of that size are noise.")
+                     f"{one:.2f} points here, so differences of that size are noise.{against}")
     cells = list(tables)
     both = [(i, j) for i in range(len(grid)) for j in range(len(grid))
             if all(tables[c][i][j] >= grid_best(tables[c], grid)[2] - 100 / images[c] for c in cells)]
@@ -171,13 +229,6 @@ def ood_reading(table: Dict[str, Dict[str, float]], logit_scale: float, text_cos
     return "\n".join(lines)
 
 
-def new_class_answer(cells: Dict[str, Dict[str, dict]], method: str = "coop") -> str:
-    """Notebook 7: 'higher' or 'lower': the method's new-class accuracy at the largest shot count against
-    zero-shot's."""
-    k = max(cells[method], key=int)
-    return "higher" if cells[method][k]["new"] > cells["zero-shot"][k]["new"] else "lower"
-
-
 def moved_ratio(context: dict) -> float:
     """Notebook 7: the new classes' mean text-feature movement (1 - cos) over the base classes'."""
     moved = context["class_moved"]
@@ -200,6 +251,27 @@ def context_reading(context: dict) -> str:
     return "\n".join(lines)
 
 
+def shots_finding(cells: Dict[str, Dict[str, dict]], shots: Sequence[int], methods: Sequence[str],
+                  names: Dict[str, str], images: Dict[str, int]) -> str:
+    """Notebook 7: each method's whole base and new curve over the shot counts (`curve_reading`, the noise one
+    image of the class group: `images` {'base': n, 'new': n}), and where its new-class curve sits against
+    zero-shot's."""
+    lines = []
+    for m in methods:
+        for group in ("base", "new"):
+            y = [cells[m][str(k)][group] for k in shots]
+            noise = 100 / images[group]
+            ref = [cells["zero-shot"][str(k)][group] for k in shots]
+            lines.append(f"- {curve_reading(f'{names[m]}, {group} classes', shots, y, noise, 'shots')} Against "
+                         f"zero-shot: {against_reference(y, ref, noise)}.")
+    return "\n".join(lines)
+
+
+def shots_label(k) -> str:
+    """'1 shot', '16 shots'."""
+    return f"{int(k)} shot" + ("" if int(k) == 1 else "s")
+
+
 def prompt_ood_reading(cells: Dict[str, Dict[str, dict]]) -> str:
     """Notebook 7: per method at the largest shot count, new-class accuracy and H against zero-shot, and MCM and
     max-logit AUROC on near- and far-OOD."""
@@ -207,7 +279,7 @@ def prompt_ood_reading(cells: Dict[str, Dict[str, dict]]) -> str:
     lines = []
     for method, row in cells.items():
         c = row[k]
-        lines.append(f"- **{method}** ({k} shots): base {c['base']:.1f}, new {c['new']:.1f}, H {c['H']:.1f}; AUROC "
+        lines.append(f"- **{method}**{'' if method == 'zero-shot' else f' ({shots_label(k)})'}: base {c['base']:.1f}, new {c['new']:.1f}, H {c['H']:.1f}; AUROC "
                      f"near-OOD MCM {c['near MCM']:.1f} / max-logit {c['near max-logit']:.1f}, far-OOD MCM "
                      f"{c['far MCM']:.1f} / max-logit {c['far max-logit']:.1f}")
     return "\n".join(lines)

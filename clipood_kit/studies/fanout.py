@@ -79,6 +79,8 @@ def fan_out(fn: Callable, jobs: Sequence[tuple], runner: Runner = Runner(), desc
     """[fn(*job) for job in jobs], run as `runner` says; results in job order. `fn` must be a module-level
     function (jobs are pickled to other processes). A failed job raises, naming the job and its log."""
     jobs = [tuple(j) for j in jobs]
+    if not jobs:                          # nothing to run (every result stored): no process, no empty progress bar
+        return []
     threads = runner.job_threads()
     if runner.executor == "serial":
         return [_run_job(fn, job, threads) for job in tqdm(jobs, desc=desc, disable=not progress)]

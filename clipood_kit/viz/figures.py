@@ -153,9 +153,10 @@ def margin_heatmap(text_features: torch.Tensor, classnames: Sequence[str], margi
 
 def loss_figure(histories: Dict[str, List[dict]], names: Dict[str, str], live: bool = False) -> go.Figure:
     """Each method's training loss in its own panel (different objectives are not on one axis), in the
-    method's colour; `names` maps a method key to its display name."""
+    method's colour; `names` maps a method key to the name of its panel: what the loss is, of which model
+    ('CE', 'CLIPood: MMS loss of the trained weights'; the BMA average is never trained, so it has no loss)."""
     keys = list(names)
-    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[f"{names[k]} loss" for k in keys],
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[names[k] for k in keys],
                         horizontal_spacing=0.08)
     for i, key in enumerate(keys, start=1):
         hist = histories.get(key, [])
@@ -304,7 +305,8 @@ def ood_figure(id_scores: np.ndarray, ood_scores: np.ndarray, fpr: np.ndarray, t
     fig.add_hline(y=0.95, line={"dash": "dash", "color": "firebrick"}, row=1, col=2)
     if fpr95 is not None:
         fig.add_scatter(x=[fpr95], y=[0.95], mode="markers+text", marker=dict(size=11, color="firebrick"),
-                        text=[f"FPR95 = {100 * fpr95:.1f} %"], textposition="bottom right", name="FPR95",
+                        text=[f"FPR95 = {100 * fpr95:.1f} %"], name="FPR95",
+                        textposition="bottom right" if fpr95 < 0.6 else "bottom left",     # inside the plot
                         row=1, col=2)
     fig.update_layout(barmode="overlay", title=title, height=440)
     fig.update_xaxes(title_text="score (higher = more in-distribution)", row=1, col=1)
@@ -427,12 +429,13 @@ def grid_heatmap(z: Sequence[Sequence[float]], alphas: Sequence[float], betas: S
 def curve_figure(x: Sequence[float], curves: Dict[str, Sequence[float]], title: str, x_title: str, y_title: str,
                  references: Dict[str, float] = (), marker_x: Optional[float] = None, log_x: bool = False,
                  dotted: str = "", y_range: Optional[Sequence[float]] = None,
-                 colours: Optional[Dict[str, str]] = None) -> go.Figure:
+                 colours: Optional[Dict[str, str]] = None, tick_names: Optional[Dict[float, str]] = None) -> go.Figure:
     """Lines of y against x, horizontal dashed reference lines (zero-shot, last step), and an optional vertical
     marker at the slider's value. A curve named 'MODEL: CELL' takes its cell's colour (so the average and the
     last step of one cell share a colour; `colours` maps a CELL to a colour of the caller's), else its model's;
     curves whose name starts with `dotted` are drawn dotted (e.g. the last-step model beside its average).
-    `log_x` puts x on a log axis ticked at the x values."""
+    `log_x` puts x on a log axis ticked at the x values; `tick_names` names some x values on the axis (the ends of
+    an interpolation: {0: 'zero-shot', 1: 'CE'}), the others ticked by value."""
     fig = go.Figure()
     for name, y in curves.items():
         cell = name.split(": ", 1)[-1]
@@ -442,6 +445,9 @@ def curve_figure(x: Sequence[float], curves: Dict[str, Sequence[float]], title: 
                         line=dict(color=colour, dash="dot" if dotted and name.startswith(dotted) else None))
     if log_x:
         fig.update_xaxes(type="log", tickvals=list(x), ticktext=[f"{v:g}" for v in x])
+    if tick_names:
+        fig.update_xaxes(tickvals=list(x), ticktext=[f"{v:g}<br>{tick_names[v]}" if v in tick_names else f"{v:g}"
+                                                     for v in x])
     for name, value in dict(references).items():
         fig.add_hline(y=value, line=dict(dash="dash", color=model_colour(name)),
                       annotation_text=f"{name} {value:.1f}", annotation_position="bottom right")
