@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT ?= runs/demo
 
-.PHONY: setup browser demo test lab pretrain bench clean
+.PHONY: setup browser demo test lab pretrain bench classroom clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ test: setup browser
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+# A class server in one command: the store every lesson reads (nothing trains in class), the student handouts and the
+# app versions Voila serves. STORE may be any folder the students' kernels can read.
+STORE ?= runs/classroom-store
+classroom: setup
+	$(VENV)/bin/clipood-kit lessons prepare --cache $(STORE)
+	$(VENV)/bin/clipood-kit lessons student --out runs/handout --overwrite
+	$(VENV)/bin/clipood-kit lessons app --out runs/apps --overwrite
 
 pretrain: setup
 	$(VENV)/bin/clipood-kit pretrain

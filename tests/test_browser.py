@@ -1,10 +1,12 @@
 """The notebooks in a real browser, as a lecturer opens them: every notebook at its DEFAULT setting, cold, with the
 class-room store prepared once (`lessons.build.prepare_store`) and training switched off on the server (so a
-run that trained would fail). JupyterLab (headless, localhost, temporary token) and Voila (the notebook as an
-app, no code shown), driven by Playwright in Debian's Chromium. Each notebook runs all its cells; no error
-output; plotly figures render; in notebooks 2, 3 and 4 a slider moves and a figure of what it reaches (accuracy
-of trained models) changes; in notebook 6 a dropdown picks another score and the figure changes. Screenshots of
-the key figures and the Voila app go to test-artifacts/ (with the run and open times in timings.json)."""
+run that trained would fail). JupyterLab (headless, localhost, temporary token) and Voila (the app versions of
+`lessons.build.APP_LESSONS`, no code shown), driven by Playwright in Debian's Chromium. Each notebook runs all its
+cells; no error output; plotly figures render; every prediction's Reveal shows the answer only when pressed; in
+JupyterLab a slider moves and its outcome figure changes; in Voila every control (slider or dropdown) is moved to
+three values and every figure it drives is checked after each move, on CLIPOOD_KIT_VOILA_LOADS page loads per app.
+Screenshots of the key figures and the Voila apps go to test-artifacts/ (with the run and open times in
+timings.json)."""
 import contextlib
 import json
 import os
@@ -110,6 +112,9 @@ def _move_slider(page, scope, title_start: str) -> float:
 def classroom(tmp_path_factory):
     """The result store of every notebook's default setting, prepared once (as a lecturer would before class)."""
     from clipood_kit.lessons.build import prepare_store
+    given = os.environ.get("CLIPOOD_KIT_CLASSROOM_STORE")     # a store `clipood-kit lessons prepare` made (soak runs)
+    if given:
+        return Path(given)
     cache = tmp_path_factory.mktemp("classroom-store")
     ARTIFACTS.mkdir(exist_ok=True)
     times = prepare_store(cache, ROOT / "notebooks", progress=False)
@@ -165,7 +170,8 @@ def _figure_state(page, title_start: str):
         for (const el of document.querySelectorAll('.js-plotly-plot')) {
             const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
             if (typeof t === 'string' && t.startsWith(start))
-                return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z])]);
+                return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z]),
+                                       (el.layout.shapes || []).map(sh => [sh.x0, sh.x1, sh.y0, sh.y1])]);
         }
         return null; }""", title_start)
 
@@ -212,8 +218,7 @@ def test_notebook_in_jupyterlab(lab, name):
         page.wait_for_timeout(1500)
         outputs = " ".join(panel.locator(".jp-OutputArea-output").all_inner_texts())
         assert "Traceback" not in outputs and "Error:" not in outputs, outputs[-2000:]
-        # the instructor's answers are the lesson plan's expected answers: at the default setting each reveal agrees
-        assert "Not this time" not in outputs and "Close." not in outputs, outputs[-3000:]
+        _answer_and_reveal(page, panel, name)
         assert panel.locator(".js-plotly-plot").count() > 0, f"{name}: no plotly figure rendered"
         if name in SLIDER_FIGURE:
             latency = _move_slider(page, panel, SLIDER_FIGURE[name])
@@ -242,54 +247,155 @@ def test_notebook_in_jupyterlab(lab, name):
         page.close()
 
 
+def _answer_and_reveal(page, scope, name: str) -> None:
+    """Every prediction of the page: no reveal shown before its button is pressed; pressed unanswered, it asks for
+    an answer; answered (the first choice, or 0.5), it sets the answer beside the run's."""
+    text = scope.inner_text()
+    assert "The run says" not in text and "You predicted" not in text, f"{name}: a reveal shows before its button"
+    buttons = scope.locator("button", has_text="Reveal")
+    count = buttons.count()
+    assert count >= 1, f"{name}: no Reveal button"
+    buttons.first.scroll_into_view_if_needed()
+    buttons.first.click()
+    scope.get_by_text("Answer the question above first").first.wait_for(timeout=15_000)
+    radios, boxes = scope.locator(".widget-radio-box"), scope.locator(".widget-text input")
+    assert radios.count() + boxes.count() == count, f"{name}: {count} Reveal buttons for " \
+        f"{radios.count() + boxes.count()} questions"
+    for i in range(radios.count()):
+        radios.nth(i).locator("input").first.check()
+    for i in range(boxes.count()):
+        boxes.nth(i).fill("0.5")
+        boxes.nth(i).press("Enter")
+    for i in range(count):
+        buttons.nth(i).scroll_into_view_if_needed()
+        buttons.nth(i).click()
+    page.wait_for_function("(n) => (document.body.innerText.match(/The run says/g) || []).length >= n", arg=count,
+                           timeout=30_000)
+
+
 # Voila used to drop figure updates: plotly's FigureWidget keeps its synced state at display time and sends every edit
 # as a one-shot message, and in about a third of page loads a view took none of them (measured 2026-12-06: 2 to 5
 # stale loads of 5 to 8 for notebook 4's WiSE-FT bars; the loss figure empty in every load). The lessons now draw
-# their edited figures as `viz.widgets.LiveFigure` (an Output widget whose state is the whole figure): 0 stale of 8
-# loads there. Each app is loaded VOILA_LOADS times here (CLIPOOD_KIT_VOILA_LOADS to soak it: 20 per app).
+# their edited figures as `viz.widgets.LiveFigure` (an Output widget whose state is the whole figure). Each app is
+# loaded VOILA_LOADS times here (CLIPOOD_KIT_VOILA_LOADS=20 is the soak the closing notes report).
 VOILA_LOADS = int(os.environ.get("CLIPOOD_KIT_VOILA_LOADS", "2"))
 VOILA_FINAL_TITLES = {"04_fine_tuning.ipynb": "Training loss (CE and MMS"}   # set after display: must reach the page
+# every control of each app: (its description, the title starts of the figures it drives)
+APP_CONTROLS = {
+    "02_margins.ipynb": [("lambda", ["Class-adaptive margins", "Trained with lambda", "Accuracy (%) against lambda",
+                                     "the chosen image: class probabilities"])],
+    "03_beta_moving_average.ipynb": [("alpha", ["BMA weights", "BMA model"]), ("beta", ["BMA weights", "BMA model"])],
+    "04_fine_tuning.ipynb": [("mix a", ["WiSE-FT at a =", "WiSE-FT: accuracy (%) against the mix"])],
+    "06_ood_detection.ipynb": [("model", ["OOD: "]), ("score", ["OOD: "]), ("shift", ["OOD: "])],
+}
+MOVES = 3
 
 
-@pytest.mark.parametrize("name", sorted(SLIDER_FIGURE))
-def test_notebook_as_a_voila_app(lab, classroom, tmp_path, name):
-    """The notebook served by Voila (no code cells shown): it renders its figures from the class-room store, and a
-    slider reaches its outcome figure."""
+def test_every_app_lesson_has_its_controls_listed():
+    from clipood_kit.lessons.build import APP_LESSONS
+    assert sorted(APP_CONTROLS) == sorted(APP_LESSONS)
+
+
+@pytest.fixture(scope="module")
+def apps(tmp_path_factory):
+    from clipood_kit.lessons.build import app_versions
+    folder = tmp_path_factory.mktemp("apps")
+    app_versions(folder, ROOT / "notebooks")
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(APP_CONTROLS))
+def test_lesson_as_a_voila_app(lab, classroom, apps, name):
+    """The app version served by Voila (the README's command): it renders from the class-room store, shows no
+    reveal before its button, and every control reaches every figure it drives, on every load."""
     browser = lab[0]
-    shutil.copyfile(ROOT / "notebooks" / name, tmp_path / name)
     port = _free_port()
     command = [sys.executable, "-m", "voila", name, f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1",
-               "--theme=light", "--VoilaExporter.exclude_raw=True"]     # the README's command: no otter markup
-    with _serving(command, tmp_path, _serving_env(tmp_path, classroom), tmp_path / "voila.log",
+               "--theme=light"]
+    with _serving(command, apps, _serving_env(apps, classroom), apps / f"voila-{name}.log",
                   f"http://127.0.0.1:{port}/"):
         for load in range(VOILA_LOADS):
             _voila_load(browser, port, name, load)
 
 
+def _control(page, description: str):
+    """The slider or dropdown whose description is `description`."""
+    import re
+    label = page.locator(".widget-label", has_text=re.compile(f"^{re.escape(description)}$"))
+    return page.locator(".widget-slider, .widget-dropdown", has=label).first
+
+
+def _move(page, control) -> None:
+    """One step of a control: a slider's handle one position (right, or left at its end), a dropdown's next
+    option (wrapping)."""
+    select = control.locator("select")
+    if select.count():
+        options = select.locator("option").all_inner_texts()
+        now = select.evaluate("el => el.selectedIndex")
+        select.select_option(index=(now + 1) % len(options))
+        return
+    handle = control.locator(".noUi-handle").first
+    now, top = (float(handle.get_attribute(a)) for a in ("aria-valuenow", "aria-valuemax"))
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    page.keyboard.press("ArrowLeft" if now >= top else "ArrowRight")
+
+
+def _wait_changed(page, titles, before: dict, seconds: float = 15):
+    """Until every figure of `titles` differs from `before` (its state before the move); the stale ones on timeout."""
+    deadline = time.time() + seconds
+    while True:
+        stale = [t for t in titles if _figure_state(page, t) == before[t]]
+        if not stale or time.time() > deadline:
+            return stale
+        page.wait_for_timeout(50)
+
+
 def _voila_load(browser, port: int, name: str, load: int) -> None:
-    """One page load of a lesson app: no code, no traceback, the figures drawn, and a slider that reaches its figure."""
+    """One page load of a lesson app: no code, no traceback, no reveal before its button, the figures drawn, and
+    every control moved MOVES times with every figure it drives checked after each move."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    stem = Path(name).stem
     try:
         started = time.perf_counter()
         page.goto(f"http://127.0.0.1:{port}/", timeout=180_000)
+        first = APP_CONTROLS[name][0][1][0]
         page.wait_for_function("""(start) => [...document.querySelectorAll('.js-plotly-plot')].some(el => {
             const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
-            return typeof t === 'string' && t.startsWith(start); })""", arg=SLIDER_FIGURE[name], timeout=180_000)
-        _record("Voila: first figure (s)", {name: round(time.perf_counter() - started, 1)})
-        page.wait_for_timeout(3000)
+            return typeof t === 'string' && t.startsWith(start); })""", arg=first, timeout=180_000)
+        _record("Voila: first figure (s)", {f"{name} (load {load})": round(time.perf_counter() - started, 1)})
+        page.wait_for_timeout(2000)
         text = page.locator("body").inner_text()
         assert "Traceback" not in text and "Error" not in text, text[-2000:]
         assert "import " not in text, "Voila shows code"
         assert "BEGIN QUESTION" not in text and "ASSIGNMENT CONFIG" not in text, "Voila shows otter's markup"
+        assert "Implement." not in text, "the app shows an implement-and-check exercise"
+        assert "The run says" not in text and "You predicted" not in text, f"{name}: a reveal shows before its button"
+        if load == 0:
+            page.screenshot(path=str(ARTIFACTS / f"voila_{stem}_before_reveal.png"), full_page=True)
         if name in VOILA_FINAL_TITLES:
             assert _figure_state(page, VOILA_FINAL_TITLES[name]) is not None, \
                 f"{name}, load {load}: an edit made after the figure was displayed did not reach the page"
-        try:
-            latency = _move_slider(page, page, SLIDER_FIGURE[name])
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / f"voila_{Path(name).stem}_load{load}.png"), full_page=True)
-            raise
-        _record("Voila: slider latency (s)", {f"{name} (load {load})": round(latency, 3)})
-        page.screenshot(path=str(ARTIFACTS / f"voila_{Path(name).stem}.png"), full_page=True)
+        latencies = []
+        for description, titles in APP_CONTROLS[name]:
+            control = _control(page, description)
+            control.wait_for(timeout=30_000)
+            for move in range(MOVES):
+                before = {t: _figure_state(page, t) for t in titles}
+                assert all(before.values()), f"{name}: a figure of {titles} did not render"
+                pressed = time.perf_counter()
+                _move(page, control)
+                stale = _wait_changed(page, titles, before)
+                if stale and move == 0:      # a first key press that reached the page before the widget listened
+                    _move(page, control)
+                    stale = _wait_changed(page, titles, before)
+                if stale:
+                    page.screenshot(path=str(ARTIFACTS / f"voila_{stem}_load{load}_stale.png"), full_page=True)
+                assert not stale, f"{name}, load {load}: {description} move {move + 1} did not reach {stale}"
+                latencies.append(time.perf_counter() - pressed)
+        _record("Voila: control latency, max over moves (s)", {f"{name} (load {load})": round(max(latencies), 3)})
+        if load == 0:
+            _answer_and_reveal(page, page.locator("body"), name)
+            page.screenshot(path=str(ARTIFACTS / f"voila_{stem}.png"), full_page=True)
     finally:
         page.close()

@@ -93,3 +93,13 @@ def test_compare_seeds_and_a_lambda_sweep_on_two_workers_equal_serial(tmp_path):
     b = lambda_sweep(exp, [0.0, 0.3], compose("mms"), cache=tmp_path / "c2",
                      runner=Runner("local", workers=2, threads=1))
     assert a == b and a["points"][0]["models"] != a["points"][1]["models"]
+
+
+def test_no_jobs_run_nothing_and_show_no_progress_bar(capsys):
+    """Every result stored (a lesson read from the class-room store): no process, no '0/0' bar on the page."""
+    assert fan_out(_boom_if_called, [], desc="lambda sweep", progress=True) == []
+    assert "lambda sweep" not in capsys.readouterr().err
+
+
+def _boom_if_called(*args):
+    raise AssertionError("no job should run")

@@ -3,7 +3,6 @@ versions of the lessons (`lessons.build.app_notebook`)."""
 import json
 import re
 
-import numpy as np
 import pytest
 
 from clipood_kit.lessons import prose
