@@ -84,7 +84,11 @@ def _move_slider(page, scope, title_start: str) -> float:
     times, and the latency is the successful press's."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     before = _figure_state(page, title_start)
-    assert before is not None, f"the interactive figure {title_start!r} did not render"
+    if before is None:
+        page.screenshot(path=str(ARTIFACTS / "missing_figure.png"), full_page=True)
+        titles = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(el =>
+            el.layout && el.layout.title && (el.layout.title.text || el.layout.title))""")
+        raise AssertionError(f"the interactive figure {title_start!r} did not render; the page has {titles}")
     handle = scope.locator(".widget-slider .noUi-handle").first
     for attempt in range(3):
         handle.scroll_into_view_if_needed()
@@ -159,9 +163,21 @@ def lab(tmp_path_factory, classroom):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             try:
-                yield browser, f"http://127.0.0.1:{port}", token
+                yield browser, f"http://127.0.0.1:{port}", token, folder
             finally:
                 browser.close()
+
+
+def _scroll_through(page, panel) -> None:
+    """Every output of the notebook scrolled into view once, top to bottom, and every figure hovered, as a reader
+    does: JupyterLab's plotly renderer keeps a PNG of each figure in the output and shows it until the mouse enters
+    it (jupyterlab-plotly `RenderedPlotly.renderModel`), then draws the live figure."""
+    outputs = panel.locator(".jp-OutputArea-output")
+    for i in range(outputs.count()):
+        outputs.nth(i).scroll_into_view_if_needed()
+    panel.evaluate("""(el) => el.querySelectorAll('img.plot-img').forEach(
+        img => img.dispatchEvent(new MouseEvent('mouseenter')))""")
+    page.wait_for_timeout(1500)
 
 
 def _figure_state(page, title_start: str):
@@ -190,7 +206,7 @@ def _shoot_figure(page, panel, title_start: str, path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_notebook_in_jupyterlab(lab, name):
-    browser, base, token = lab
+    browser, base, token, folder = lab
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1600})      # tall enough for the 3-panel UMAP
     try:
@@ -216,9 +232,9 @@ def test_notebook_in_jupyterlab(lab, name):
             assert time.time() < deadline, f"{name}: cells still running: {prompts}"
             page.wait_for_timeout(1000)
         page.wait_for_timeout(1500)
+        _scroll_through(page, panel)
         outputs = " ".join(panel.locator(".jp-OutputArea-output").all_inner_texts())
         assert "Traceback" not in outputs and "Error:" not in outputs, outputs[-2000:]
-        _answer_and_reveal(page, panel, name)
         assert panel.locator(".js-plotly-plot").count() > 0, f"{name}: no plotly figure rendered"
         if name in SLIDER_FIGURE:
             latency = _move_slider(page, panel, SLIDER_FIGURE[name])
@@ -243,18 +259,36 @@ def test_notebook_in_jupyterlab(lab, name):
             assert _figure_state(page, title) is not None, f"{name}: the figure {title!r} did not render"
             _shoot_figure(page, panel, title, ARTIFACTS / f"{Path(name).stem}_key{i}.png")
         page.screenshot(path=str(ARTIFACTS / f"{Path(name).stem}.png"), full_page=True)
+        _answer_and_reveal(page, panel, name)
+        # saved as a student saves it (what 30 students hand in): it must stay small
+        saved = folder / name
+        unsaved = saved.stat().st_mtime
+        panel.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
+        page.keyboard.press("Control+s")
+        deadline = time.time() + 30
+        while saved.stat().st_mtime == unsaved and time.time() < deadline:
+            page.wait_for_timeout(500)
+        assert saved.stat().st_mtime != unsaved, f"{name}: the notebook was not saved"
+        size = saved.stat().st_size / 1e6
+        _record("executed and saved in JupyterLab (MB)", {name: round(size, 2)})
+        assert size < 2, f"{name}: the executed notebook is {size:.1f} MB (a class hands in 30 of them)"
     finally:
         page.close()
 
 
-def _answer_and_reveal(page, scope, name: str) -> None:
+def _answer_and_reveal(page, scope, name: str, shots: str = "") -> None:
     """Every prediction of the page: no reveal shown before its button is pressed; pressed unanswered, it asks for
-    an answer; answered (the first choice, or 0.5), it sets the answer beside the run's."""
+    an answer; answered (the first choice, or 0.5), it sets the answer beside the run's. With `shots` (a file
+    name start), screenshots of the first reveal before and after its press."""
     text = scope.inner_text()
     assert "The run says" not in text and "You predicted" not in text, f"{name}: a reveal shows before its button"
     buttons = scope.locator("button", has_text="Reveal")
     count = buttons.count()
     assert count >= 1, f"{name}: no Reveal button"
+    box = buttons.first.locator("xpath=..")                  # the VBox of the button and its output
+    if shots:
+        box.scroll_into_view_if_needed()
+        box.screenshot(path=str(ARTIFACTS / f"{shots}_reveal_before.png"))
     buttons.first.scroll_into_view_if_needed()
     buttons.first.click()
     scope.get_by_text("Answer the question above first").first.wait_for(timeout=15_000)
@@ -271,6 +305,10 @@ def _answer_and_reveal(page, scope, name: str) -> None:
         buttons.nth(i).click()
     page.wait_for_function("(n) => (document.body.innerText.match(/The run says/g) || []).length >= n", arg=count,
                            timeout=30_000)
+    if shots:
+        box.scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+        box.screenshot(path=str(ARTIFACTS / f"{shots}_reveal_after.png"))
 
 
 # Voila used to drop figure updates: plotly's FigureWidget keeps its synced state at display time and sends every edit
@@ -395,7 +433,7 @@ def _voila_load(browser, port: int, name: str, load: int) -> None:
                 latencies.append(time.perf_counter() - pressed)
         _record("Voila: control latency, max over moves (s)", {f"{name} (load {load})": round(max(latencies), 3)})
         if load == 0:
-            _answer_and_reveal(page, page.locator("body"), name)
+            _answer_and_reveal(page, page.locator("body"), name, shots=f"voila_{stem}")
             page.screenshot(path=str(ARTIFACTS / f"voila_{stem}.png"), full_page=True)
     finally:
         page.close()
