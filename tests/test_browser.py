@@ -96,13 +96,9 @@ def _move_slider(page, scope, title_start: str) -> float:
         pressed = time.perf_counter()
         page.keyboard.press("ArrowRight")
         try:
-            page.wait_for_function("""([start, before]) => {
-                for (const el of document.querySelectorAll('.js-plotly-plot')) {
-                    const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
-                    if (typeof t === 'string' && t.startsWith(start))
-                        return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z])]) !== before;
-                }
-                return false; }""", arg=[title_start, before], timeout=15_000)
+            page.wait_for_function(f"([start, before]) => {{ const state = ({FIGURE_STATE_JS})(start); "
+                                   f"return state !== null && state !== before; }}", arg=[title_start, before],
+                                   timeout=15_000)
             break
         except PlaywrightTimeout:
             if attempt == 2:
@@ -180,16 +176,21 @@ def _scroll_through(page, panel) -> None:
     page.wait_for_timeout(1500)
 
 
+# the title, the traces' data and the shapes (a slider's marker line) of the first figure whose title starts with
+# `start`, as one string (null if none is drawn): what a control must change
+FIGURE_STATE_JS = """(start) => {
+    for (const el of document.querySelectorAll('.js-plotly-plot')) {
+        const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
+        if (typeof t === 'string' && t.startsWith(start))
+            return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z]),
+                                   (el.layout.shapes || []).map(sh => [sh.x0, sh.x1, sh.y0, sh.y1])]);
+    }
+    return null; }"""
+
+
 def _figure_state(page, title_start: str):
-    """The data of the first plotly figure whose title starts with `title_start` (None if not rendered)."""
-    return page.evaluate("""(start) => {
-        for (const el of document.querySelectorAll('.js-plotly-plot')) {
-            const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
-            if (typeof t === 'string' && t.startsWith(start))
-                return JSON.stringify([t, el.data.map(d => [d.x, d.y, d.z]),
-                                       (el.layout.shapes || []).map(sh => [sh.x0, sh.x1, sh.y0, sh.y1])]);
-        }
-        return null; }""", title_start)
+    """`FIGURE_STATE_JS` of the figure whose title starts with `title_start` (None if not rendered)."""
+    return page.evaluate(FIGURE_STATE_JS, title_start)
 
 
 def _shoot_figure(page, panel, title_start: str, path: Path) -> None:
