@@ -138,3 +138,21 @@ def test_every_registered_method_has_a_colour_of_its_own():
     assert model_colour("CE (last step)") == model_colour("ce") and model_colour("tip-adapter-f (last)") == colours[13]
     assert model_colour("car-ft-clipood") == model_colour("CAR-FT") and model_colour("no such model") == "#000000"
     assert model_colour("ogen-ft (teacher)") == model_colour("ogen-ft") != model_colour("ogen (teacher)")
+
+
+def test_a_curve_figure_keeps_its_lines_and_references_off_the_plot_edge_and_names_the_ends():
+    from clipood_kit.viz.figures import curve_figure
+    fig = curve_figure([0.0, 0.5, 1.0], {"WiSE-FT: unseen domains / new": [92.0, 93.0, 86.0]}, "t", "mix", "acc",
+                       references={"zero-shot": 95.0}, tick_names={0.0: "zero-shot", 1.0: "CE"})
+    low, high = fig.layout.yaxis.range
+    assert low < 86.0 and high > 95.0                        # the reference above every curve is inside too
+    assert list(fig.layout.xaxis.ticktext) == ["0<br>zero-shot", "0.5", "1<br>CE"]
+
+
+def test_the_fpr95_label_stays_inside_the_roc_plot():
+    import numpy as np
+    from clipood_kit.viz.figures import ood_figure
+    for fpr95, side in ((0.2, "right"), (0.986, "left")):
+        fig = ood_figure(np.ones(3), np.zeros(3), np.array([0, 1.0]), np.array([0, 1.0]), "t", fpr95=fpr95)
+        marker = [d for d in fig.data if d.name == "FPR95"][0]
+        assert marker.textposition == f"bottom {side}"

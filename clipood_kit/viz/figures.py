@@ -453,6 +453,11 @@ def curve_figure(x: Sequence[float], curves: Dict[str, Sequence[float]], title: 
                       annotation_text=f"{name} {value:.1f}", annotation_position="bottom right")
     if marker_x is not None:
         fig.add_vline(x=marker_x, line=dict(color="black", width=1))
+    if y_range is None:                # every curve and reference line inside the plot, none on its edge
+        values = [float(v) for y in curves.values() for v in y if v == v] + [float(v) for v in dict(references).values()]
+        if values:
+            pad = max(0.08 * (max(values) - min(values)), 0.5)
+            y_range = (min(values) - pad, max(values) + pad)
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=440,
                       legend=dict(orientation="h", y=-0.22), yaxis=dict(range=list(y_range) if y_range else None))
     return fig
