@@ -4,7 +4,8 @@ For each N, N kernels start together (the server's side of N browser tabs: the s
 each runs the app version of the lesson (`lessons.build.app_notebook`, default setting) with CLIPOOD_KIT_CACHE
 at the store and CLIPOOD_KIT_NO_TRAINING=1, then moves the lesson's slider MOVES times, all kernels together
 (the whole class moving the slider at once, the worst case). Reported per N: the time until every kernel has
-opened the lesson (median and max), each kernel's resident memory after it (median and max, MiB), and the
+opened the lesson (median and max), each kernel's own memory after it (USS: the pages no other process shares,
+median and max, MiB), the memory left available with every kernel open, and the
 slider callback latency in the kernel (median and max over every move of every kernel): the kernel's share of
 what a student waits for; the browser adds its redraw (README: 0.1 to 0.6 s).
 
@@ -77,7 +78,7 @@ def one_class(lesson: str, n: int, store: Path) -> dict:
             t = time.perf_counter()
             _run(kc, code, timeout=1800)
             opened[i] = time.perf_counter() - t
-            rss[i] = psutil.Process(km.provisioner.pid).memory_info().rss / 2 ** 20
+            rss[i] = psutil.Process(km.provisioner.pid).memory_full_info().uss / 2 ** 20
             if lesson in SLIDERS:
                 go.wait()
                 out = _run(kc, MOVE_CODE.format(name=SLIDERS[lesson], moves=MOVES), timeout=600)
@@ -90,6 +91,7 @@ def one_class(lesson: str, n: int, store: Path) -> dict:
         t.start()
     for t in threads:
         t.join()
+    available = psutil.virtual_memory().available / 2 ** 30       # every kernel still open
     for km, kc in kernels:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -97,8 +99,8 @@ def one_class(lesson: str, n: int, store: Path) -> dict:
         raise RuntimeError(f"{len(errors)} kernel(s) failed: {errors[0]}")
     row = {"benchmark": "classroom", "lesson": lesson, "kernels": n, "cpus": os.cpu_count(),
            "open_s_median": round(statistics.median(opened), 1), "open_s_max": round(max(opened), 1),
-           "rss_mib_median": round(statistics.median(rss)), "rss_mib_max": round(max(rss)),
-           "memory_available_gib": round(psutil.virtual_memory().available / 2 ** 30, 1)}
+           "uss_mib_median": round(statistics.median(rss)), "uss_mib_max": round(max(rss)),
+           "memory_available_gib": round(available, 1), "memory_total_gib": round(psutil.virtual_memory().total / 2 ** 30, 1)}
     if latencies:
         row.update(slider_s_median=round(statistics.median(latencies), 3), slider_s_max=round(max(latencies), 3))
     return row
