@@ -104,4 +104,8 @@ def test_the_prompt_learning_notebook_runs_on_vit_b32(real, tmp_path):
     assert not errors, errors
     text = " ".join("".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"]
                     if c["cell_type"] == "code" for o in c.get("outputs", []))
-    assert "The context started as" in text and "**coop** (1 shots)" in text
+    assert "The context started as" in text
+    # the three predictions and their Reveal buttons (the OOD reading is behind the last one) were displayed
+    views = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) >= 6, len(views)
