@@ -68,7 +68,7 @@ def one_class(lesson: str, n: int, store: Path) -> dict:
                MKL_NUM_THREADS="1")
     code = _cells(lesson)
     kernels = [start_new_kernel(kernel_name="python3", env=env) for _ in range(n)]
-    opened, latencies, rss, errors = [None] * n, [], [None] * n, []
+    opened, latencies, uss, errors = [None] * n, [], [None] * n, []
     go = threading.Barrier(n)
 
     def student(i):
@@ -78,7 +78,7 @@ def one_class(lesson: str, n: int, store: Path) -> dict:
             t = time.perf_counter()
             _run(kc, code, timeout=1800)
             opened[i] = time.perf_counter() - t
-            rss[i] = psutil.Process(km.provisioner.pid).memory_full_info().uss / 2 ** 20
+            uss[i] = psutil.Process(km.provisioner.pid).memory_full_info().uss / 2 ** 20
             if lesson in SLIDERS:
                 go.wait()
                 out = _run(kc, MOVE_CODE.format(name=SLIDERS[lesson], moves=MOVES), timeout=600)
@@ -99,7 +99,7 @@ def one_class(lesson: str, n: int, store: Path) -> dict:
         raise RuntimeError(f"{len(errors)} kernel(s) failed: {errors[0]}")
     row = {"benchmark": "classroom", "lesson": lesson, "kernels": n, "cpus": os.cpu_count(),
            "open_s_median": round(statistics.median(opened), 1), "open_s_max": round(max(opened), 1),
-           "uss_mib_median": round(statistics.median(rss)), "uss_mib_max": round(max(rss)),
+           "uss_mib_median": round(statistics.median(uss)), "uss_mib_max": round(max(uss)),
            "memory_available_gib": round(available, 1), "memory_total_gib": round(psutil.virtual_memory().total / 2 ** 30, 1)}
     if latencies:
         row.update(slider_s_median=round(statistics.median(latencies), 3), slider_s_max=round(max(latencies), 3))

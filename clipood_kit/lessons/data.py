@@ -27,9 +27,10 @@ def _cached(kind: str, exp: ExperimentConfig, params: dict, compute: Callable[[]
     return store.cached(f"lesson-{kind}", payload, compute)
 
 
-def cell_images(setup, labels: torch.Tensor, domains: torch.Tensor) -> dict:
+def cell_images(setup) -> dict:
     """How many evaluation images each cell (domain group x class group) is scored on: one image is 100 / n
     points of accuracy there."""
+    labels, domains = setup.dataset.labels[setup.eval_idx], setup.dataset.domain_ids[setup.eval_idx]
     source = torch.isin(domains, torch.tensor(setup.source_ids))
     base = torch.isin(labels, torch.tensor(setup.base_ids))
     return {group: {"base": int((inside & base).sum()), "new": int((inside & ~base).sum())}
@@ -39,8 +40,7 @@ def cell_images(setup, labels: torch.Tensor, domains: torch.Tensor) -> dict:
 def eval_cell_images(exp: ExperimentConfig) -> dict:
     """`cell_images` of the experiment's evaluation set (stored: reading it back builds nothing)."""
     def compute() -> dict:
-        setup = prepare(exp)
-        return cell_images(setup, setup.dataset.labels[setup.eval_idx], setup.dataset.domain_ids[setup.eval_idx])
+        return cell_images(prepare(exp))
     return _cached("cell-images", exp, {}, compute)
 
 
@@ -68,7 +68,7 @@ def bma_lesson(exp: ExperimentConfig, grid: Sequence[float], every: int, alpha: 
         return {"zero_shot": scorer(setup.zero_shot_state), "last": run["result"]["models"]["last"],
                 "grid": bma_grid(traj, scorer, grid, grid, progress=progress),
                 "over_training": bma_over_training(traj, scorer, alpha, beta, every=every),
-                "eval_images": len(scorer.labels), "cell_images": cell_images(setup, scorer.labels, scorer.domains),
+                "eval_images": len(scorer.labels), "cell_images": cell_images(setup),
                 "trajectory_mb": traj.nbytes / 1e6}
     return _cached("bma", exp, {"grid": list(grid), "every": every, "alpha": alpha, "beta": beta}, compute)
 
@@ -170,8 +170,7 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
                 if m == "coop" and k == max(shots):
                     learned = (setup, result["states"][result["primary"]])
         out = {"cells": cells, "shots": [int(k) for k in shots], "methods": list(methods),
-               "cell_images": cell_images(setup, setup.dataset.labels[setup.eval_idx],
-                                          setup.dataset.domain_ids[setup.eval_idx])}
+               "cell_images": cell_images(setup)}
         if learned is not None:
             setup, state = learned
             method = Method(compose("coop"))

@@ -25,11 +25,11 @@ class Prediction:
     """One prediction question: a choice among `options`, or a number in [low, high] (`number=(low, high)`)."""
 
     def __init__(self, question: str, options: Sequence[str] | None = None, number: tuple | None = None,
-                 name: str = "prediction", unit: str = ""):
+                 unit: str = ""):
         import ipywidgets as widgets
         if (options is None) == (number is None):
             raise ValueError("a prediction is either a choice (options=[...]) or a number (number=(low, high))")
-        self.options, self.number, self.name, self.unit = (list(options) if options else None), number, name, unit
+        self.options, self.number, self.unit = (list(options) if options else None), number, unit
         if self.options:
             self.input = widgets.RadioButtons(options=self.options, value=None, layout=widgets.Layout(width="auto"))
         else:
