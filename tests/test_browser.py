@@ -393,11 +393,40 @@ def _wait_changed(page, titles, before: dict, seconds: float = 15):
         return [t for t in titles if _figure_state(page, t) in (None, before[t])]
 
 
+def _trace_kernel_socket(ws, log: list) -> None:
+    """Append one line per kernel message on `ws` (Jupyter's v1 websocket protocol: offsets, then channel, header,
+    parent header, metadata, content) to `log`: time, direction, channel, type, and the widget message's method."""
+    def record(direction, payload):
+        if isinstance(payload, str):
+            log.append(f"{time.perf_counter():.2f} {direction} text {payload[:200]}")
+            return
+        count = int.from_bytes(payload[:8], "little")
+        offsets = [int.from_bytes(payload[8 * (i + 1):8 * (i + 2)], "little") for i in range(count)]
+        parts = [payload[offsets[i]:offsets[i + 1]] for i in range(min(count - 1, 5))]
+        header, content = json.loads(parts[1] or b"{}"), json.loads(parts[4] or b"{}")
+        data = content.get("data", {}) if isinstance(content, dict) else {}
+        what = [header.get("msg_type"), content.get("comm_id", "")[:8], content.get("target_name", ""),
+                str(data.get("method", "")), ",".join(k[:8] for k in data.get("states", {})) if "states" in data else "",
+                ",".join(k[:8] for k in content.get("comms", {})) if "comms" in content else ""]
+        log.append(f"{time.perf_counter():.2f} {direction} {parts[0].decode()} " + " ".join(w for w in what if w))
+    ws.on("framesent", lambda p: record("->", p))
+    ws.on("framereceived", lambda p: record("<-", p))
+
+
 def _voila_load(browser, port: int, name: str, load: int) -> None:
     """One page load of a lesson app: no code, no traceback, no reveal before its button, the figures drawn, and
     every control moved MOVES times with every figure it drives checked after each move."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     stem = Path(name).stem
+    console = []      # the page's warnings and errors, written beside the screenshots when a load fails
+    page.on("console", lambda m: console.append(f"{time.perf_counter():.2f} {m.type}: {m.text}")
+            if m.type in ("error", "warning") else None)
+    if os.environ.get("CLIPOOD_KIT_VOILA_TRACE"):     # the kernel messages too (diagnosing a failed load)
+        page.on("websocket", lambda ws: _trace_kernel_socket(ws, console))
+        page.add_init_script("""document.addEventListener('DOMContentLoaded', () => { window.__shown = [...document
+            .querySelectorAll('script[type="application/vnd.voila.cell-output+json"]')].map(s => JSON.parse(s.innerHTML))
+            .map(o => o.data && o.data['application/vnd.jupyter.widget-view+json'])
+            .filter(Boolean).map(w => w.model_id.slice(0, 8)); });""")
     try:
         started = time.perf_counter()
         page.goto(f"http://127.0.0.1:{port}/", timeout=180_000)
@@ -434,5 +463,14 @@ def _voila_load(browser, port: int, name: str, load: int) -> None:
         if load == 0:
             _answer_and_reveal(page, page.locator("body"), name, shots=f"voila_{stem}")
             page.screenshot(path=str(ARTIFACTS / f"voila_{stem}.png"), full_page=True)
+    except BaseException:
+        ARTIFACTS.mkdir(exist_ok=True)
+        try:
+            console.append("manager: " + json.dumps(page.evaluate("""() => { const m = window.jupyterapp.widgetManager;
+                return {restored: m.restoredStatus, shown: window.__shown, models: Object.keys(m._models).map(k => k.slice(0, 8)).sort()}; }""")))
+        except Exception as error:       # the page may be gone
+            console.append(f"manager: unreadable ({error})")
+        (ARTIFACTS / f"voila_{stem}_load{load}_console.txt").write_text("\n".join(console))
+        raise
     finally:
         page.close()
