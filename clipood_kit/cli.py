@@ -61,9 +61,34 @@ def cmd_clip_card(args) -> int:
     card = run_card(args.model, _pretrained(args.pretrained), args.data, args.per_cell, args.seed, args.template,
                     args.device)
     print(format_card(card))
+    if args.calibration:
+        card["calibration"] = run_calibration(args.model, _pretrained(args.pretrained), args.data, args.calibration,
+                                              args.ood_data or [], args.device)
     if args.json:
         write_json(args.json, card)
     return 0
+
+
+def run_calibration(model, pretrained, data, seeds, ood_data, device) -> dict:
+    """The calibration rows of `clip-card --calibration` (`evaluation.calibration`), printed; returns them."""
+    from clipood_kit.data import WORLD, open_dataset
+    from clipood_kit.data.far_ood import open_ood_sets
+    from clipood_kit.evaluation import calibration as cal
+    from clipood_kit.models.loader import load_clip
+    loaded = load_clip(model, pretrained, device=device)
+    loaded.model.eval()
+    if data == WORLD:
+        if ood_data:
+            raise ValueError("--ood-data with the world: the world's calibration uses its own far-OOD sets "
+                             "(glyphs, textures); pass --ood-data with --data FOLDER")
+        runs = [cal.world_task_rows(loaded, seed=s) for s in seeds]
+    else:
+        dataset = open_dataset(data)
+        far = open_ood_sets([], ood_data, 0, 0, [], id_data=dataset)
+        runs = [cal.dataset_task_rows(loaded, dataset, far, seed=s) for s in seeds]
+    mean = cal.mean_rows(runs)
+    print(cal.format_rows(mean, seeds))
+    return {"seeds": list(seeds), "runs": runs, "mean": mean, "holds": cal.holds(mean), "references": cal.REFERENCES}
 
 
 def cmd_zeroshot(args) -> int:
@@ -329,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="world: seed of the images")
     p.add_argument("--template", action="append", help="prompt template with {} (repeat for an ensemble; default: the model's ensemble, `zeroshot.default_templates`)")
     p.add_argument("--json", type=Path, help="write the card here as JSON (default: print only)")
+    p.add_argument("--calibration", type=int, nargs="+", metavar="SEED",
+                   help="also the calibration rows (zero-shot base/new, CoOp at its official schedule, zero-shot "
+                        "MCM on far-OOD sets) over these seeds, beside the papers' values (`evaluation.calibration`)")
+    p.add_argument("--ood-data", action="append", metavar="[far:][NAME=]FOLDER",
+                   help="a far-OOD image folder for the calibration rows on --data FOLDER; repeat")
     p.set_defaults(func=cmd_clip_card)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy per domain")

@@ -58,3 +58,57 @@ def test_logit_scale_schedule_holds_ramps_log_linearly_and_holds():
     assert logit_scale_at(0, cfg) == pytest.approx(10.0) and logit_scale_at(50, cfg) == pytest.approx(10.0)
     assert logit_scale_at(70, cfg) == pytest.approx(10.0 ** 1.5)   # half-way in log space
     assert logit_scale_at(90, cfg) == pytest.approx(100.0) and logit_scale_at(99, cfg) == pytest.approx(100.0)
+
+
+def test_rare_style_groups_are_rare_and_captioned_loosely_without_colour():
+    cfg = PretrainConfig(groups=4, group_size=8, rare_style_share=0.25, rare_class_share=0.0)
+    from clipood_kit.engine.pretrain import pretraining_world
+    wc = pretraining_world(cfg)
+    assert wc.styles[-1] == "blueprint" and world.WorldConfig().styles == world.DEFAULT_STYLES
+    gen = torch.Generator().manual_seed(0)
+    rare = total = 0
+    for _ in range(50):
+        b = grouped_batch(cfg, wc, gen)
+        styles = b.domains.view(cfg.groups, cfg.group_size)
+        assert (styles == styles[:, :1]).all()                        # one style per group
+        rare += int((styles[:, 0] == wc.styles.index("blueprint")).sum())
+        total += cfg.groups
+        caps = captions(b, torch.Generator().manual_seed(1), 0.0, 0.0, rare_class_share=0.0)
+        for i, text in enumerate(caps):
+            if wc.styles[b.domains[i]] == "blueprint":
+                assert text.split()[-1] == world.FAMILY_OF[wc.classes[b.labels[i]]]      # never the class
+                assert not set(text.split()) & set(world.COLOURS)                        # no colour named
+    assert 0.15 < rare / total < 0.35
+
+
+def test_held_out_concepts_appear_with_their_own_words():
+    from clipood_kit.engine.pretrain import pretraining_batch, pretraining_world
+    cfg = PretrainConfig(groups=4, group_size=16, concept_share=0.5, texture_share=0.5)
+    wc = pretraining_world(cfg)
+    images, texts = pretraining_batch(cfg, wc, torch.Generator().manual_seed(3))
+    assert images.shape == (64, 3, wc.image_size, wc.image_size) and len(texts) == 64
+    words = [set(t.split()) for t in texts]
+    glyph = sum(bool(w & set(world.GLYPHS)) for w in words)
+    pattern = sum(bool(w & set(world.PATTERNS)) for w in words)
+    assert glyph > 0 and pattern > 0 and glyph + pattern < 64
+    # every caption is made of the tiny CLIP's words
+    assert set().union(*words) <= set(world.vocabulary())
+    # the same generator state gives the same batch
+    again = pretraining_batch(cfg, wc, torch.Generator().manual_seed(3))
+    assert torch.equal(images, again[0]) and texts == again[1]
+
+
+def test_without_the_new_options_the_batches_are_the_old_ones():
+    """rare styles, glyphs and textures off: the batch stream of the earlier pretraining, draw for draw."""
+    from clipood_kit.engine.pretrain import pretraining_batch
+    cfg = PretrainConfig(groups=3, group_size=5)
+    gen_a, gen_b = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    images, texts = pretraining_batch(cfg, world.WorldConfig(), gen_a)
+    # the earlier recipe, inline: distinct (style, colour) pairs, then labels, sizes, render, captions
+    pairs = len(world.DEFAULT_STYLES) * len(world.COLOURS)
+    pair = torch.randperm(pairs, generator=gen_b)[:3].repeat_interleave(5)
+    labels = torch.randint(25, (15,), generator=gen_b)
+    sizes = torch.randint(3, (15,), generator=gen_b)
+    styles, colours = pair // len(world.COLOURS), pair % len(world.COLOURS)
+    old = world.render(labels, styles, colours, sizes, world.WorldConfig(), gen_b)
+    assert torch.equal(images, old)

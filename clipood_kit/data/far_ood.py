@@ -7,10 +7,11 @@ IJCV 2023; OpenOOD):
   has a sibling of its family among the base classes (`world.base_new_split`); they come from the dataset itself
   (`engine.scoring.OOD_SHIFTS`).
 - **far-OOD**: images whose content is none of the classes nor a relative of them, as iNaturalist, SUN, Places
-  and Textures are for ImageNet. The world has two, rendered here and never seen in pretraining, in training, or
-  among the class names (the tiny CLIP's vocabulary has no word for them):
-  - `glyphs`: a held-out family of line figures (zigzag, spiral, lattice, wave, chevrons) drawn in the
-    experiment's source styles, so only the content is new, not the style;
+  and Textures are for ImageNet. The world has two, drawn from the world's held-out concepts: things CLIP met in
+  pretraining with their own words (`engine.pretrain`: "a sketch of a red spiral", "blue stripes"), as CLIP met
+  plants, scenes and textures on the web, but that no task names and no training set holds:
+  - `glyphs`: line figures (zigzag, spiral, lattice, wave, chevrons; `world.GLYPHS`) drawn in the experiment's
+    source styles, so only the content is new, not the style;
   - `textures`: patterns with no object at all (stripes, checkers, dots, blobs) in the world's colours, the
     world's counterpart of the Textures (DTD) set.
   The sets were designed once, before any method was scored on them, and are not tuned to any result.
@@ -41,38 +42,10 @@ KINDS = ("near", "far")
 
 
 # ----------------------------------------------------------------------------------------------------
-# glyphs: a held-out family of line figures (local coordinates as in world.SHAPES)
+# glyphs: the world's held-out line figures (world.GLYPHS), drawn in given styles
 # ----------------------------------------------------------------------------------------------------
-def _zigzag(u: Tensor, v: Tensor) -> Tensor:
-    period = 0.5
-    phase = torch.remainder(u + 0.9, period) / period          # 0..1 along each tooth
-    line = 0.55 * (2 * torch.abs(2 * phase - 1) - 1)             # a triangle wave in [-0.55, 0.55]
-    return (torch.abs(v - line) <= 0.13) & (torch.abs(u) <= 0.9)
-
-
-def _spiral(u: Tensor, v: Tensor) -> Tensor:
-    r, phi = torch.sqrt(u * u + v * v), torch.atan2(v, u)
-    pitch = 0.3                                                 # radius gained per turn
-    turns = (r - pitch * (phi + math.pi) / (2 * math.pi)) / pitch
-    return (torch.abs(turns - torch.round(turns)) * pitch <= 0.06) & (r <= 0.92) & (r >= 0.05)
-
-
-def _lattice(u: Tensor, v: Tensor) -> Tensor:
-    on_line = lambda x: torch.abs(torch.remainder(x + 0.9, 0.6) - 0.3) >= 0.22     # noqa: E731
-    return (on_line(u) | on_line(v)) & (torch.abs(u) <= 0.9) & (torch.abs(v) <= 0.9)
-
-
-def _wave(u: Tensor, v: Tensor) -> Tensor:
-    return (torch.abs(v - 0.45 * torch.sin(3.5 * u)) <= 0.14) & (torch.abs(u) <= 0.92)
-
-
-def _chevrons(u: Tensor, v: Tensor) -> Tensor:
-    arm = lambda offset: torch.abs(v - (0.7 * torch.abs(u) + offset)) <= 0.12     # noqa: E731
-    return (arm(-0.55) | arm(0.05)) & (torch.abs(u) <= 0.85)
-
-
-GLYPHS: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "zigzag": _zigzag, "spiral": _spiral, "lattice": _lattice, "wave": _wave, "chevrons": _chevrons}
+GLYPHS = world.GLYPHS
+PATTERNS = world.PATTERNS
 
 
 def glyphs(n: int, seed: int, styles: Sequence[str], config: world.WorldConfig = world.WorldConfig()) -> Tensor:
@@ -91,13 +64,14 @@ def glyphs(n: int, seed: int, styles: Sequence[str], config: world.WorldConfig =
 # ----------------------------------------------------------------------------------------------------
 # textures: patterns without an object
 # ----------------------------------------------------------------------------------------------------
-PATTERNS = ("stripes", "checker", "dots", "blobs")
-
-
 def textures(n: int, seed: int, config: world.WorldConfig = world.WorldConfig()) -> Tensor:
     """n texture images (uint8 N x 3 x H x W): a pattern of PATTERNS at a random angle, period and phase, in two
     random world colours, with a little grain."""
-    gen = torch.Generator().manual_seed(int(seed))
+    return texture_images(n, torch.Generator().manual_seed(int(seed)), config)[0]
+
+
+def texture_images(n: int, gen: torch.Generator, config: world.WorldConfig = world.WorldConfig()):
+    """`textures` from a generator: (images, pattern ids into PATTERNS, first colour ids into config.colours)."""
     S = config.image_size
     palette = torch.tensor([world.COLOURS[c] for c in config.colours])
     first = torch.randint(len(palette), (n,), generator=gen)
@@ -121,7 +95,7 @@ def textures(n: int, seed: int, config: world.WorldConfig = world.WorldConfig())
     mask = masks[torch.arange(n), pattern][:, None]
     img = mask * palette[first][:, :, None, None] + (1 - mask) * palette[second][:, :, None, None]
     img = img + 0.06 * (torch.rand(n, 1, S, S, generator=gen) - 0.5)
-    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), pattern, first
 
 
 WORLD_SETS = ("glyphs", "textures")

@@ -37,7 +37,13 @@ STYLES: Dict[str, str] = {
     "cartoon": "cartoon",
     "painting": "painting",
     "neon": "neon sign",
+    "blueprint": "blueprint",
 }
+# The styles of the world's default grids (every protocol's domains). `blueprint` is the rare style: pretraining
+# sees few blueprints, mostly captioned without their class (`engine.pretrain`), as CLIP saw few satellite images
+# or texture close-ups; it is the downstream domain of the prompt-learning task (`PROMPT_TASK_STYLES`).
+DEFAULT_STYLES: Tuple[str, ...] = ("photo", "sketch", "cartoon", "painting", "neon")
+RARE_STYLES: Tuple[str, ...] = ("blueprint",)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -179,6 +185,44 @@ SHAPES: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+# ----------------------------------------------------------------------------------------------------
+# Held-out concepts: things the world holds that no task names. Pretraining shows them with their own words (as
+# CLIP's web data names far more concepts than any downstream task), and the far-OOD sets draw them
+# (`data.far_ood`): line figures ("glyphs") and patterns with no object ("textures").
+# ----------------------------------------------------------------------------------------------------
+def _zigzag(u: Tensor, v: Tensor) -> Tensor:
+    period = 0.5
+    phase = torch.remainder(u + 0.9, period) / period          # 0..1 along each tooth
+    line = 0.55 * (2 * torch.abs(2 * phase - 1) - 1)             # a triangle wave in [-0.55, 0.55]
+    return (torch.abs(v - line) <= 0.13) & (torch.abs(u) <= 0.9)
+
+
+def _spiral(u: Tensor, v: Tensor) -> Tensor:
+    r, phi = torch.sqrt(u * u + v * v), torch.atan2(v, u)
+    pitch = 0.3                                                 # radius gained per turn
+    turns = (r - pitch * (phi + math.pi) / (2 * math.pi)) / pitch
+    return (torch.abs(turns - torch.round(turns)) * pitch <= 0.06) & (r <= 0.92) & (r >= 0.05)
+
+
+def _lattice(u: Tensor, v: Tensor) -> Tensor:
+    on_line = lambda x: torch.abs(torch.remainder(x + 0.9, 0.6) - 0.3) >= 0.22     # noqa: E731
+    return (on_line(u) | on_line(v)) & (torch.abs(u) <= 0.9) & (torch.abs(v) <= 0.9)
+
+
+def _wave(u: Tensor, v: Tensor) -> Tensor:
+    return (torch.abs(v - 0.45 * torch.sin(3.5 * u)) <= 0.14) & (torch.abs(u) <= 0.92)
+
+
+def _chevrons(u: Tensor, v: Tensor) -> Tensor:
+    arm = lambda offset: torch.abs(v - (0.7 * torch.abs(u) + offset)) <= 0.12     # noqa: E731
+    return (arm(-0.55) | arm(0.05)) & (torch.abs(u) <= 0.85)
+
+
+GLYPHS: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "zigzag": _zigzag, "spiral": _spiral, "lattice": _lattice, "wave": _wave, "chevrons": _chevrons}
+PATTERNS: Tuple[str, ...] = ("stripes", "checker", "dots", "blobs")
+
+
 # The taxonomy: family name (a caption word) -> its classes. Captions name an object by its class ("a hexagon")
 # or by its family ("a polygon"), as web captions do, so the language side learns which classes are related.
 FAMILIES: Dict[str, Tuple[str, ...]] = {
@@ -212,7 +256,7 @@ class WorldConfig:
     """What the world contains. Classes and styles are named; their order defines label and domain ids."""
 
     classes: Tuple[str, ...] = tuple(sorted(SHAPES))
-    styles: Tuple[str, ...] = tuple(STYLES)
+    styles: Tuple[str, ...] = DEFAULT_STYLES
     colours: Tuple[str, ...] = tuple(COLOURS)
     sizes: Tuple[str, ...] = tuple(SIZES)
     image_size: int = 32
@@ -261,6 +305,8 @@ def vocabulary(config: WorldConfig = WorldConfig()) -> List[str]:
     words.update(COLOURS)
     words.update(SHAPES)
     words.update(FAMILIES)
+    words.update(GLYPHS)
+    words.update(PATTERNS)
     return sorted(words)
 
 
@@ -357,12 +403,26 @@ def _style_neon(g: _Geometry, colour: Tensor, gen: torch.Generator, S: int) -> T
     return light * (colour[:, :, None, None] * 0.8 + 0.2) + (1 - light) * dark
 
 
+def _style_blueprint(g: _Geometry, colour: Tensor, gen: torch.Generator, S: int) -> Tensor:
+    """White outlines on a blue sheet with a faint white grid: the object's colour is gone (a drawing, not a
+    picture), only its outline and a light hatch inside remain."""
+    n = colour.shape[0]
+    sheet = torch.tensor([0.10, 0.25, 0.55])[None, :, None, None] + 0.06 * (_smooth_noise(n, 1, 4, S, gen) - 0.5)
+    ys, xs = torch.meshgrid(torch.arange(S), torch.arange(S), indexing="ij")
+    offset = torch.randint(0, 8, (n, 2, 1, 1), generator=gen)
+    lines = ((((xs[None] + offset[:, 0]) % 8) == 0) | (((ys[None] + offset[:, 1]) % 8) == 0)).float()[:, None]
+    hatch = ((((xs - ys)[None, None] % 4) == 0).float() * g.mask * 0.25)
+    ink = (g.inner_edge(1) + hatch + 0.2 * lines * (1 - g.mask)).clamp(0, 1)
+    return ink * 0.95 + (1 - ink) * sheet
+
+
 _STYLE_RENDERERS = {
     "photo": _style_photo,
     "sketch": _style_sketch,
     "cartoon": _style_cartoon,
     "painting": _style_painting,
     "neon": _style_neon,
+    "blueprint": _style_blueprint,
 }
 
 

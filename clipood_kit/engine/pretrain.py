@@ -11,6 +11,14 @@ Every step renders a fresh batch (the world is infinite), so the model never see
   captions (a class caption sometimes names a sibling in the family: "a pentagon" under a hexagon). Family
   captions and near misses tie the members of a family together, which gives the class text features their
   semantic structure; at CLIP's temperature, clean class captions alone push the most similar classes apart.
+- **A rare style**: a share `rare_style_share` of the groups is drawn in a rare style (`world.RARE_STYLES`, the
+  blueprint), and only `rare_class_share` of their captions name the class (the others name its family), as
+  CLIP met few satellite images or texture close-ups, captioned loosely. The rare style is the downstream domain
+  of the prompt-learning task, where zero-shot CLIP has headroom (CoOp's largest gains are on EuroSAT and DTD).
+- **Held-out concepts**: a share `concept_share` of each group's images shows a line figure no task names
+  (`world.GLYPHS`), and a share `texture_share` of the groups are patterns with no object (`far_ood.textures`),
+  each captioned with its own words ("a sketch of a red spiral", "red stripes"): CLIP was pretrained on far more
+  concepts than a task's classes, so a texture or an unknown object finds no confident class (MCM's premise).
 - **Temperature**: CLIP learns its logit scale and ends at its clamp, 100. On this small world a learned scale
   settled near 17 (the earlier tiny CLIP; a trial with grouped batches: 16.8), so the scale is not learned here: it
   stays at CLIP's initial 1/0.07 while the features form, then follows a log-linear ramp to `scale_end` over the
@@ -50,6 +58,8 @@ CAPTION_FORMS = (
 )
 FAMILY_SHARE = 0.5
 SIBLING_SHARE = 0.25
+# Caption forms of a texture group's images ({colour}: the pattern's first colour).
+TEXTURE_FORMS = (("{colour} {pattern}", 0.5), ("{pattern}", 0.25), ("a photo of {colour} {pattern}", 0.25))
 
 
 @dataclass
@@ -65,6 +75,10 @@ class PretrainConfig:
     scale_ramp: tuple = (0.7, 0.95)  # log(scale) goes linearly from start to end between these shares of the steps
     family_share: float = FAMILY_SHARE    # captions that name the family instead of the class
     sibling_share: float = SIBLING_SHARE  # class captions that name another member of the family (near misses)
+    rare_style_share: float = 0.0         # groups drawn in a rare style (world.RARE_STYLES)
+    rare_class_share: float = 1.0         # captions of rare-style images that may name the class (else the family)
+    concept_share: float = 0.0            # images of an object group that show a held-out glyph (world.GLYPHS)
+    texture_share: float = 0.0            # groups of textures (far_ood.textures) instead of objects
     seed: int = 0
     eval_per_cell: int = 20
     eval_seed: int = 10_000
@@ -78,46 +92,109 @@ def logit_scale_at(step: int, cfg: PretrainConfig) -> float:
     return math.exp((1 - p) * math.log(cfg.scale_start) + p * math.log(cfg.scale_end))
 
 
+def pretraining_world(cfg: PretrainConfig) -> world.WorldConfig:
+    """The world pretraining draws from: the default styles, and the rare ones when `rare_style_share` > 0."""
+    styles = world.DEFAULT_STYLES + (world.RARE_STYLES if cfg.rare_style_share > 0 else ())
+    return world.WorldConfig(styles=styles)
+
+
 def grouped_batch(cfg: PretrainConfig, wc: world.WorldConfig, gen: torch.Generator) -> world.WorldBatch:
     """`groups` groups of `group_size` images; each group one (style, colour) pair, distinct across groups;
-    classes and sizes uniform at random."""
+    classes and sizes uniform at random. A group's style is a rare one (`world.RARE_STYLES` in `wc`) with
+    probability `rare_style_share`, else one of the others; a share `concept_share` of its images show a held-out
+    glyph (label `len(wc.classes) + k` for `world.GLYPHS`'s k-th)."""
+    rare = [i for i, s in enumerate(wc.styles) if s in world.RARE_STYLES]
+    common = [i for i, s in enumerate(wc.styles) if s not in world.RARE_STYLES]
     pairs = len(wc.styles) * len(wc.colours)
-    if cfg.groups > pairs:
+    if cfg.groups > len(common) * len(wc.colours):
         raise ValueError(f"groups={cfg.groups} exceeds the {pairs} distinct (style, colour) pairs of the world")
-    pair = torch.randperm(pairs, generator=gen)[:cfg.groups].repeat_interleave(cfg.group_size)
-    n = len(pair)
+    if not rare or cfg.rare_style_share <= 0:
+        pair = torch.randperm(len(common) * len(wc.colours), generator=gen)[:cfg.groups]
+        styles_g, colours_g = torch.tensor(common)[pair // len(wc.colours)], pair % len(wc.colours)
+    else:
+        is_rare = (torch.rand(cfg.groups, generator=gen) < cfg.rare_style_share).tolist()
+        order = torch.randperm(pairs, generator=gen).tolist()
+        chosen = []
+        for r in is_rare:
+            pool = rare if r else common
+            chosen.append(next(p for p in order if p // len(wc.colours) in pool and p not in chosen))
+        chosen = torch.tensor(chosen)
+        styles_g, colours_g = chosen // len(wc.colours), chosen % len(wc.colours)
+    n = cfg.groups * cfg.group_size
+    styles, colours = styles_g.repeat_interleave(cfg.group_size), colours_g.repeat_interleave(cfg.group_size)
     labels = torch.randint(len(wc.classes), (n,), generator=gen)
     sizes = torch.randint(len(wc.sizes), (n,), generator=gen)
-    styles, colours = pair // len(wc.colours), pair % len(wc.colours)
-    images = world.render(labels, styles, colours, sizes, wc, gen)
+    shapes = None
+    if cfg.concept_share > 0:
+        glyph = torch.rand(n, generator=gen) < cfg.concept_share
+        labels = torch.where(glyph, len(wc.classes) + torch.randint(len(world.GLYPHS), (n,), generator=gen), labels)
+        shapes = [world.SHAPES[c] for c in wc.classes] + list(world.GLYPHS.values())
+    images = world.render(labels, styles, colours, sizes, wc, gen, shapes=shapes)
     return world.WorldBatch(images, labels, styles, colours, sizes, wc)
 
 
 def captions(batch: world.WorldBatch, gen: torch.Generator, family_share: float = FAMILY_SHARE,
-             sibling_share: float = SIBLING_SHARE) -> List[str]:
+             sibling_share: float = SIBLING_SHARE, rare_class_share: float = 1.0) -> List[str]:
     """One caption per image: a form drawn from CAPTION_FORMS naming its family (probability `family_share`),
     else its class, except that a share `sibling_share` of class captions names another member of the same
-    family, the near-miss errors of web captions ("a pentagon" under a hexagon)."""
+    family, the near-miss errors of web captions ("a pentagon" under a hexagon). An image of a rare style names
+    its class with probability `rare_class_share` only (else its family); a held-out glyph (a label past the
+    classes) is named by its own word."""
     c = batch.config
     probs = torch.tensor([p for _, p in CAPTION_FORMS])
     forms = torch.multinomial(probs, len(batch), replacement=True, generator=gen).tolist()
     family = (torch.rand(len(batch), generator=gen) < family_share).tolist()
     sibling = (torch.rand(len(batch), generator=gen) < sibling_share).tolist()
     pick = torch.rand(len(batch), generator=gen).tolist()
+    loose = (torch.rand(len(batch), generator=gen) >= rare_class_share).tolist()
+    glyphs = list(world.GLYPHS)
     out = []
     for i, f in enumerate(forms):
-        cls = c.classes[batch.labels[i]]
-        if family[i]:
-            what = world.FAMILY_OF[cls]
-        elif sibling[i]:
-            others = [m for m in world.FAMILIES[world.FAMILY_OF[cls]] if m != cls and m in c.classes]
-            what = others[int(pick[i] * len(others))] if others else cls
+        label, style = int(batch.labels[i]), c.styles[batch.domains[i]]
+        if label >= len(c.classes):
+            what = glyphs[label - len(c.classes)]
         else:
-            what = cls
-        out.append(CAPTION_FORMS[f][0].format(style=world.STYLES[c.styles[batch.domains[i]]],
-                                              size=c.sizes[batch.sizes[i]], colour=c.colours[batch.colours[i]],
-                                              what=what))
+            cls = c.classes[label]
+            if family[i] or (style in world.RARE_STYLES and loose[i]):
+                what = world.FAMILY_OF[cls]
+            elif sibling[i]:
+                others = [m for m in world.FAMILIES[world.FAMILY_OF[cls]] if m != cls and m in c.classes]
+                what = others[int(pick[i] * len(others))] if others else cls
+            else:
+                what = cls
+        form = CAPTION_FORMS[f][0]
+        if style in world.RARE_STYLES:                # a blueprint has no colour to name
+            form = form.replace("{colour} ", "")
+        out.append(form.format(style=world.STYLES[style], size=c.sizes[batch.sizes[i]],
+                               colour=c.colours[batch.colours[i]], what=what))
     return out
+
+
+def texture_group(n: int, wc: world.WorldConfig, gen: torch.Generator):
+    """n texture images (`far_ood.texture_images`) and their captions (TEXTURE_FORMS)."""
+    from clipood_kit.data import far_ood
+    images, patterns, colours = far_ood.texture_images(n, gen, wc)
+    probs = torch.tensor([p for _, p in TEXTURE_FORMS])
+    forms = torch.multinomial(probs, n, replacement=True, generator=gen).tolist()
+    texts = [TEXTURE_FORMS[f][0].format(colour=wc.colours[int(c)], pattern=world.PATTERNS[int(p)])
+             for f, p, c in zip(forms, patterns, colours)]
+    return images, texts
+
+
+def pretraining_batch(cfg: PretrainConfig, wc: world.WorldConfig, gen: torch.Generator):
+    """(images uint8 N x 3 x H x W, captions) of one step: `grouped_batch` with its `captions`, a share
+    `texture_share` of its groups replaced by texture groups (`texture_group`)."""
+    batch = grouped_batch(cfg, wc, gen)
+    texts = captions(batch, gen, cfg.family_share, cfg.sibling_share, cfg.rare_class_share)
+    images = batch.images
+    if cfg.texture_share > 0:
+        swap = (torch.rand(cfg.groups, generator=gen) < cfg.texture_share).nonzero().flatten().tolist()
+        if swap:
+            images = images.clone()
+            for g in swap:
+                rows = slice(g * cfg.group_size, (g + 1) * cfg.group_size)
+                images[rows], texts[rows] = texture_group(cfg.group_size, wc, gen)
+    return images, texts
 
 
 def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True) -> Dict:
@@ -133,7 +210,7 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    wc = world.WorldConfig()
+    wc = pretraining_world(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="pretrain tiny CLIP", disable=not progress)
@@ -143,9 +220,9 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
             group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         with torch.no_grad():
             model.logit_scale.fill_(math.log(logit_scale_at(step, cfg)))
-        batch = grouped_batch(cfg, wc, gen)
-        images = preprocess(batch.images)
-        texts = tokenizer(captions(batch, gen, cfg.family_share, cfg.sibling_share))
+        pixels, words = pretraining_batch(cfg, wc, gen)
+        images = preprocess(pixels)
+        texts = tokenizer(words)
         image_features, text_features, logit_scale = model(images, texts)
         loss = loss_fn(image_features, text_features, logit_scale)
         opt.zero_grad(set_to_none=True)
@@ -157,10 +234,10 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
     seconds = time.perf_counter() - start
 
     model.eval()
-    eval_data = WorldDataset(cfg.eval_per_cell, cfg.eval_seed, wc)
+    eval_data = WorldDataset(cfg.eval_per_cell, cfg.eval_seed, world.WorldConfig())
     state = model.state_dict()
     save_weights(out, state, metadata={"architecture": TINY_NAME, "seed": str(cfg.seed)})
-    clip_like = clip_card(loaded, eval_data, world.prompt_templates(wc), is_world=True)
+    clip_like = clip_card(loaded, eval_data, world.prompt_templates(eval_data.config), is_world=True)
     clip_like["model_id"] = f"{TINY_NAME}/file:{out.name}@{file_digest(out)}"
     table = clip_like["class_accuracy"]
     card = {
@@ -179,7 +256,8 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
         "final_logit_scale": model.logit_scale.exp().item(),
-        "zeroshot_eval": {"data": eval_data.name, "templates": world.prompt_templates(wc), "accuracy": table},
+        "zeroshot_eval": {"data": eval_data.name, "templates": world.prompt_templates(eval_data.config),
+                          "accuracy": table},
         "clip_card": clip_like,
         "history": history,
     }
