@@ -144,6 +144,17 @@ def calibration_rows(loaded, class_names: Sequence[str], base: Sequence[int], ne
     base_text = classifier(base)
     id_scores = mcm(test_f[id_keep] @ base_text.T)
     far = {name: 100.0 * auroc(id_scores, mcm(f @ base_text.T)) for name, f in far_ood.items()}
+
+    def profile(f):
+        """What MCM reads of the cosines to the ID classes: its mean top-1 and the top-1 minus the mean."""
+        c = f @ base_text.T
+        return {"top1": c.max(1).values.mean().item(), "spread": (c.max(1).values - c.mean(1)).mean().item()}
+
+    # diagnostics beside the row: max-cosine (max-logit) AUROC, and the cosine profiles MCM's softmax sees
+    id_max = (test_f[id_keep] @ base_text.T).max(1).values
+    diagnostics = {"max_cosine_auroc": {n: 100.0 * auroc(id_max, (f @ base_text.T).max(1).values)
+                                        for n, f in far_ood.items()},
+                   "profile": {"ID": profile(test_f[id_keep]), **{n: profile(f) for n, f in far_ood.items()}}}
     return {
         "template": template,
         "zero_shot": zero,
@@ -151,6 +162,7 @@ def calibration_rows(loaded, class_names: Sequence[str], base: Sequence[int], ne
                  "loss_first_last_epoch": [coop["losses"][0], coop["losses"][-1]]},
         "coop_change": {k: learned[k] - zero[k] for k in ("base", "new")},
         "mcm_far": far,
+        "mcm_diagnostics": diagnostics,
     }
 
 
