@@ -301,6 +301,9 @@ def _answer_and_reveal(page, scope, name: str, shots: str = "") -> None:
 # their edited figures as `viz.widgets.LiveFigure` (an Output widget whose state is the whole figure). Each app is
 # loaded VOILA_LOADS times here (CLIPOOD_KIT_VOILA_LOADS=20 is the soak the closing notes report).
 VOILA_LOADS = int(os.environ.get("CLIPOOD_KIT_VOILA_LOADS", "2"))
+# Extra options for the served apps (a soak can try e.g. --progressive_rendering=True: it cured lesson 03's "model not
+# found" race, jupyter-widgets/ipywidgets#4026, but in that mode 02's first figure never drew)
+VOILA_OPTIONS = os.environ.get("CLIPOOD_KIT_VOILA_OPTIONS", "").split()
 VOILA_FINAL_TITLES = {"04_fine_tuning.ipynb": "Training loss (CE and MMS"}   # set after display: must reach the page
 # every control of each app: (its description, the title starts of the figures it drives)
 APP_CONTROLS = {
@@ -333,7 +336,7 @@ def test_lesson_as_a_voila_app(lab, classroom, apps, name):
     browser = lab[0]
     port = _free_port()
     command = [sys.executable, "-m", "voila", name, f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1",
-               "--theme=light"]
+               "--theme=light", *VOILA_OPTIONS]
     with _serving(command, apps, _serving_env(apps, classroom), apps / f"voila-{name}.log",
                   f"http://127.0.0.1:{port}/"):
         for load in range(VOILA_LOADS):

@@ -94,6 +94,8 @@ CASES = {
     "target-every-domain": (["finetune"] + [a for d in ("photo", "sketch", "cartoon", "painting", "neon")
                                             for a in ("--target", d)], "no source domain to train on"),
     "source-unknown": (["finetune", "--source", "clay"], "source domain\\(s\\) \\['clay'\\] not in the dataset"),
+    "source-with-base-to-new": (["finetune", "--protocol", "base-to-new", "--source", "painting"],
+                                "base-to-new trains on every domain.*would be ignored: leave --source and --target out"),
     "ogen-without-new-classes": (["finetune", "--method", "ogen", "--protocol", "domain-shift"],
                                  "ogen needs held-out class names"),
     "data-missing": (["finetune", "--data", "/no/such/folder"], "dataset folder /no/such/folder does not exist"),

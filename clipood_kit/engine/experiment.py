@@ -269,6 +269,10 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     if unknown:
         raise ValueError(f"source domain(s) {unknown} not in the dataset; its domains are {names}")
     if cfg.protocol == "base-to-new":
+        if cfg.source_domains is not None and sorted(cfg.source_domains) != sorted(names):
+            raise ValueError(f"--protocol base-to-new trains on every domain of the dataset ({names}), so a source "
+                             f"list {list(cfg.source_domains)} would be ignored: leave --source and --target out, or use "
+                             f"--protocol open-world to train on some domains and test the others")
         sources = list(names)
     if not sources:
         hint = (" (a folder with one domain trains under --protocol base-to-new: base classes train, new classes "
