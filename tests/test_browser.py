@@ -350,7 +350,7 @@ def _control(page, description: str):
     return page.locator(".widget-slider, .widget-dropdown", has=label).first
 
 
-def _move(page, control) -> None:
+def _move(page, control) -> float:
     """One step of a control: a slider's handle one position (right, or left at its end), a dropdown's next
     option (wrapping). Returns the time of the key press or the selection (`time.perf_counter`)."""
     select = control.locator("select")
