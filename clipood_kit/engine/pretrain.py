@@ -107,7 +107,8 @@ def grouped_batch(cfg: PretrainConfig, wc: world.WorldConfig, gen: torch.Generat
     common = [i for i, s in enumerate(wc.styles) if s not in world.RARE_STYLES]
     pairs = len(wc.styles) * len(wc.colours)
     if cfg.groups > len(common) * len(wc.colours):
-        raise ValueError(f"groups={cfg.groups} exceeds the {pairs} distinct (style, colour) pairs of the world")
+        raise ValueError(f"groups={cfg.groups} exceeds the {len(common) * len(wc.colours)} distinct (style, colour) "
+                         f"pairs of the world's common styles")
     if not rare or cfg.rare_style_share <= 0:
         pair = torch.randperm(len(common) * len(wc.colours), generator=gen)[:cfg.groups]
         styles_g, colours_g = torch.tensor(common)[pair // len(wc.colours)], pair % len(wc.colours)
@@ -117,7 +118,11 @@ def grouped_batch(cfg: PretrainConfig, wc: world.WorldConfig, gen: torch.Generat
         chosen = []
         for r in is_rare:
             pool = rare if r else common
-            chosen.append(next(p for p in order if p // len(wc.colours) in pool and p not in chosen))
+            pick = next((p for p in order if p // len(wc.colours) in pool and p not in chosen), None)
+            if pick is None:
+                raise ValueError(f"{sum(is_rare)} rare-style groups need distinct (style, colour) pairs, and the "
+                                 f"rare styles have {len(rare) * len(wc.colours)}: lower groups or rare_style_share")
+            chosen.append(pick)
         chosen = torch.tensor(chosen)
         styles_g, colours_g = chosen // len(wc.colours), chosen % len(wc.colours)
     n = cfg.groups * cfg.group_size

@@ -180,7 +180,7 @@ def holds(rows: Dict) -> Dict[str, bool]:
 def mean_rows(runs: List[Dict]) -> Dict:
     """The mean of `calibration_rows` over seeds (numbers only)."""
     def mean(path):
-        values = [r for r in runs]
+        values = runs
         for key in path:
             values = [v[key] for v in values]
         return sum(values) / len(values)
@@ -189,6 +189,16 @@ def mean_rows(runs: List[Dict]) -> Dict:
         "coop_change": {k: mean(("coop_change", k)) for k in ("base", "new")},
         "mcm_far": {n: mean(("mcm_far", n)) for n in runs[0]["mcm_far"]},
     }
+
+
+def encode_unit(loaded, dataset, indices, batch_size: int = 256):
+    """(unit image features, labels) of `dataset[indices]` through the model's evaluation transform
+    (`evaluation.features.encode_images`)."""
+    from clipood_kit.data import TransformedSubset
+    from clipood_kit.evaluation import features as evaluation
+    out = evaluation.encode_images(loaded.model.visual, TransformedSubset(dataset, list(indices), loaded.preprocess),
+                                   batch_size)
+    return F.normalize(out["features"].float(), dim=-1), out["labels"]
 
 
 # the embedded world's prompt-learning task: the rare style (a downstream domain pretraining saw little of)
@@ -202,26 +212,19 @@ def world_task_rows(loaded, seed: int = 0, styles: Sequence[str] = WORLD_TASK_ST
     """`calibration_rows` on the world's prompt-learning task: `shots` images per class drawn in `styles` (seed
     1000 + seed), `test_per_class` test images (seed 2000 + seed), the world's far-OOD sets in the same styles
     (seeds 3000 + seed and 4000 + seed), the style's own template ("a blueprint of a {}.")."""
-    from clipood_kit.data import far_ood, world
+    from clipood_kit.data import WorldDataset, world
+    from clipood_kit.data.far_ood import RenderedSet
     wc = world.WorldConfig(styles=world.DEFAULT_STYLES + tuple(s for s in styles if s not in world.DEFAULT_STYLES))
     chosen = torch.tensor([wc.styles.index(s) for s in styles])
-    model, preprocess = loaded.model, loaded.preprocess
-    device = next(model.parameters()).device
-
-    @torch.no_grad()
-    def encode(images):
-        out = [model.encode_image(preprocess(images[i:i + 512]).to(device)).float().cpu()
-               for i in range(0, len(images), 512)]
-        return F.normalize(torch.cat(out), dim=-1)
 
     def grid(per_cell, grid_seed):
-        batch = world.grid(per_cell, grid_seed, wc)
-        keep = torch.isin(batch.domains, chosen)
-        return encode(batch.images[keep]), batch.labels[keep]
+        data = WorldDataset(per_cell, grid_seed, wc)
+        return encode_unit(loaded, data, torch.isin(data.domain_ids, chosen).nonzero().flatten().tolist())
 
     base, new = world.base_new_split(wc.classes)
-    far = {"glyphs": encode(far_ood.glyphs(far_per_set, 3000 + seed, list(styles), wc)),
-           "textures": encode(far_ood.textures(far_per_set, 4000 + seed, wc))}
+    far = {name: encode_unit(loaded, data, range(len(data)))[0]
+           for name, data in (("glyphs", RenderedSet("glyphs", far_per_set, 3000 + seed, list(styles), wc)),
+                              ("textures", RenderedSet("textures", far_per_set, 4000 + seed, list(styles), wc)))}
     template = f"a {world.STYLES[styles[0]]} of a {{}}."
     return calibration_rows(loaded, list(wc.classes), base, new, template, grid(shots, 1000 + seed),
                             grid(test_per_class, 2000 + seed), far, schedule=schedule, seed=seed)
@@ -233,8 +236,6 @@ def dataset_task_rows(loaded, dataset, far_sets: Dict[str, object], template: st
     """`calibration_rows` on an image-folder dataset (every domain): base and new are the halves of the sorted
     classes (Dassl's `subsample_classes`: the first ceil(C/2) are base), `shots` images per class drawn with
     `seed` train CoOp, the rest are the test images; `far_sets`: name -> an OOD set (`data.far_ood`)."""
-    from clipood_kit.data import TransformedSubset
-    from clipood_kit.evaluation import features as evaluation
     classes = list(dataset.classes)
     if len(classes) < 2:
         raise ValueError(f"calibration needs at least 2 classes to split into base and new, got {classes}")
@@ -253,14 +254,10 @@ def dataset_task_rows(loaded, dataset, far_sets: Dict[str, object], template: st
         train += members[torch.randperm(len(members), generator=gen)[:shots]].tolist()
     test = sorted(set(range(len(dataset))) - set(train))
 
-    def encode(data, indices):
-        out = evaluation.encode_images(loaded.model.visual, TransformedSubset(data, indices, loaded.preprocess),
-                                       batch_size)
-        return F.normalize(out["features"].float(), dim=-1), out["labels"]
-
-    far = {name: encode(s, range(len(s)))[0] for name, s in far_sets.items()}
-    return calibration_rows(loaded, classes, base, new, template, encode(dataset, sorted(train)),
-                            encode(dataset, test), far, schedule=schedule, seed=seed)
+    far = {name: encode_unit(loaded, s, range(len(s)), batch_size)[0] for name, s in far_sets.items()}
+    shots_f = encode_unit(loaded, dataset, sorted(train), batch_size)
+    return calibration_rows(loaded, classes, base, new, template, shots_f, encode_unit(loaded, dataset, test, batch_size),
+                            far, schedule=schedule, seed=seed)
 
 
 def format_rows(rows: Dict, seeds: Sequence[int]) -> str:
