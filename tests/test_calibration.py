@@ -23,20 +23,6 @@ def test_split_accuracy_counts_each_split_among_its_own_classes():
     assert cal.split_accuracy(features, labels, classifier, ids) == pytest.approx(100 * right / total)
 
 
-def test_the_schedule_is_dassls_warm_up_epoch_then_cosine():
-    s = cal.CoOpSchedule(epochs=5, lr=0.01, warmup_lr=1e-5)
-    lrs = [cal.epoch_lr(e, s) for e in range(5)]
-    assert lrs[0] == 1e-5 and lrs[1] == pytest.approx(0.01)
-    # torch's CosineAnnealingLR(T_max=5) stepped once per epoch after the warm-up epoch, as Dassl steps it
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 5.0)
-    for e in range(1, 5):
-        assert lrs[e] == pytest.approx(sched.get_last_lr()[0])
-        opt.step()
-        sched.step()
-    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))
-
-
 def test_holds_checks_every_goal_and_fails_each_one():
     rows = {"zero_shot": {"base": 70.0, "new": 75.0}, "coop_change": {"base": 8.0, "new": -5.0},
             "mcm_far": {"glyphs": 90.0, "textures": 86.0}}

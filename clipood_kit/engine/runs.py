@@ -22,6 +22,7 @@ import torch
 
 from clipood_kit.data import TransformedSubset
 from clipood_kit.engine.experiment import ExperimentConfig, Setup, prepare
+from clipood_kit.engine.optim import dassl_steps_per_epoch
 from clipood_kit.core.io import check_writable_folder, save_weights, write_json
 from clipood_kit.methods import Method
 from clipood_kit.models.loader import TRAINED_STATE_FORMAT, weights_digest
@@ -96,9 +97,12 @@ def check_methods(setup: Setup, methods) -> None:
 
 
 def effective_train(train: TrainConfig, setup: Setup) -> TrainConfig:
-    """The training config as it runs: `batch_per_domain` x the source domains becomes the global batch."""
+    """The training config as it runs: `batch_per_domain` x the source domains becomes the global batch, and a
+    budget in `epochs` becomes epochs x `dassl_steps_per_epoch`(training images, batch) steps."""
     if train.batch_per_domain is not None:
-        return replace(train, batch_size=train.batch_per_domain * len(setup.domain_pools))
+        train = replace(train, batch_size=train.batch_per_domain * len(setup.domain_pools))
+    if train.epochs is not None:
+        train = replace(train, steps=train.epochs * dassl_steps_per_epoch(len(setup.train_idx), train.batch_size))
     return train
 
 

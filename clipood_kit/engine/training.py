@@ -4,7 +4,8 @@
   the text tower, their own modules: heads, prompt context, adapters). With a frozen text side, the class text
   features are computed once (CLIPood's classifier). The model and every part's own training module go through
   `accelerator.prepare`, so under k processes DDP averages every gradient.
-- AdamW (weight decay 0.1), cosine learning rate per step without warm-up (the official code's schedule).
+- AdamW (weight decay 0.1), cosine learning rate per step without warm-up (the official code's schedule); or, for
+  the CoOp family, Dassl's SGD and per-epoch schedule with a budget in epochs (`TrainConfig.epochs`).
 - Batches are balanced over the source domains: every step draws batch_size / n_domains images from each
   domain with replacement (DomainBed's sampler). The global batch of step t is a function of (seed, t) alone,
   and each image's augmentation has its own seed, so a resumed run and a run on k processes see exactly the
@@ -34,9 +35,11 @@ from tqdm.auto import tqdm
 
 from clipood_kit.core.io import load_weights, save_weights, write_json
 from clipood_kit.methods import Batch, Method, RunContext
-from clipood_kit.engine.optim import cosine_lr
+from clipood_kit.engine.optim import cosine_lr, dassl_epoch_lr
 
 CHECKPOINTS = "checkpoints"
+SCHEDULES = ("cosine", "dassl")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,6 +57,16 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0          # steps between checkpoints; 0: only when stopped early
     num_workers: Optional[int] = None   # loader worker processes; None: min(8, cores) on CUDA, 0 on a CPU (loader_options)
+    # The CoOp family's official trainer (Dassl) counts its budget in epochs, steps its lr once per epoch and uses
+    # SGD: `epochs` set makes the run epochs x dassl_steps_per_epoch(training images, batch_size) steps (replacing
+    # `steps`, by `runs.effective_train`); schedule "dassl" is `optim.dassl_epoch_lr` (needs `epochs`), "cosine"
+    # CLIPood's per-step cosine; optimizer "sgd" is SGD with `momentum` (Dassl's OPTIM defaults), "adamw" AdamW.
+    epochs: Optional[int] = None
+    schedule: str = "cosine"
+    warmup_epochs: int = 1             # schedule "dassl": epochs at the constant warmup_lr first
+    warmup_lr: float = 1e-5
+    optimizer: str = "adamw"
+    momentum: float = 0.9              # optimizer "sgd"
 
     def validate(self, num_processes: int = 1) -> None:
         if self.batch_per_domain is not None and self.batch_per_domain < 1:
@@ -67,6 +80,27 @@ class TrainConfig:
             raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {self.precision!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be finite and > 0, got {self.lr}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1 or None (a budget in steps), got {self.epochs}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule == "dassl" and self.epochs is None:
+            raise ValueError("schedule 'dassl' steps its lr once per epoch: set epochs (the budget) too")
+        if self.warmup_epochs < 0 or (self.epochs is not None and self.warmup_epochs >= self.epochs):
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """The lr of step `step` (from 0): CLIPood's per-step cosine, or Dassl's per-epoch schedule (epoch = step //
+    (steps / epochs))."""
+    if cfg.schedule == "dassl":
+        if cfg.steps % cfg.epochs:
+            raise ValueError(f"steps ({cfg.steps}) must be epochs ({cfg.epochs}) x the steps of an epoch: a budget in "
+                             f"epochs is turned into steps by runs.effective_train")
+        return dassl_epoch_lr(step // (cfg.steps // cfg.epochs), cfg.epochs, cfg.lr, cfg.warmup_lr, cfg.warmup_epochs)
+    return cosine_lr(step, cfg.steps, cfg.lr)
 
 
 class AugmentedView(Dataset):
@@ -317,7 +351,11 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
     if not any(g["params"] for g in groups):
         raise ValueError(f"method {method.name!r} trains nothing: none of its parts declares a tower it trains "
                          f"(PartConfig.trains, e.g. ('image',)) or a module of its own")
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     freeze_batchnorm(model)
     wrapped, *prepared, optimizer = accelerator.prepare(model, *[m for _, _, m in own], optimizer)
@@ -342,7 +380,7 @@ def fine_tune(task: TrainTask, run_dir: Optional[Path] = None, resume: bool = Fa
                disable=not (progress and accelerator.is_local_main_process))
     step = start
     for images, labels, _ in loader:
-        lr = cosine_lr(step, cfg.steps, cfg.lr)
+        lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         images, labels = images.to(device, dtype=dtype), label_map[labels.to(device)]

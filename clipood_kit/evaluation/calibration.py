@@ -29,6 +29,7 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
+from clipood_kit.engine.optim import dassl_epoch_lr, dassl_steps_per_epoch
 from clipood_kit.evaluation.ood import auroc, mcm
 
 REFERENCES = {
@@ -53,15 +54,6 @@ class CoOpSchedule:
     weight_decay: float = 5e-4
     warmup_lr: float = 1e-5          # the first epoch, constant
     ctx_init: str = "a photo of a"
-
-
-def epoch_lr(epoch: int, s: CoOpSchedule) -> float:
-    """Dassl's per-epoch schedule (`dassl/optim/lr_scheduler.py` `build_lr_scheduler`: `CosineAnnealingLR` with
-    T_max = MAX_EPOCH inside a `ConstantWarmupScheduler` of one epoch): epoch 0 at the constant warm-up lr, then
-    epoch e >= 1 at `lr * (1 + cos(pi * (e - 1) / epochs)) / 2`."""
-    if epoch == 0:
-        return s.warmup_lr
-    return 0.5 * s.lr * (1 + math.cos(math.pi * (epoch - 1) / s.epochs))
 
 
 def split_accuracy(features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor,
@@ -97,12 +89,12 @@ def train_coop(loaded, class_names: Sequence[str], base: Sequence[int], features
     keep = torch.isin(labels, torch.as_tensor(list(base)))
     x, y = features[keep], position[labels[keep]]
     scale = model.logit_scale.exp().item()
-    per_epoch = max(1, len(x) // schedule.batch_size)          # Dassl drops the last incomplete batch
+    per_epoch = dassl_steps_per_epoch(len(x), schedule.batch_size)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for epoch in range(schedule.epochs):
         for group in optimizer.param_groups:
-            group["lr"] = epoch_lr(epoch, schedule)
+            group["lr"] = dassl_epoch_lr(epoch, schedule.epochs, schedule.lr, schedule.warmup_lr)
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         for k in range(per_epoch):
