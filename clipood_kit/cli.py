@@ -322,7 +322,8 @@ def cmd_study(args) -> int:
     from clipood_kit.engine.builder import apply_overrides
     from clipood_kit.studies.ood_study import STUDY_METHODS, StudyConfig, run_study, study_experiment, text_table
     exp = apply_overrides(study_experiment(fast=args.fast), args.set or [], **_overrides(args))
-    cfg = StudyConfig(experiment=exp, methods=args.methods or STUDY_METHODS, shots=args.shot_counts, seeds=args.seeds)
+    cfg = StudyConfig(experiment=exp, methods=args.methods or STUDY_METHODS, shots=args.shot_counts, seeds=args.seeds,
+                      official_budgets=not args.fast)
     results = run_study(cfg, args.out, _runner(args), overwrite=args.overwrite)
     for kind in ("far", "near"):
         print(text_table(results, kind))
@@ -425,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", dest="shot_counts", type=int, nargs="+", default=[1, 2, 4, 8, 16],
                    help="the shot counts: images per class and source domain")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (mean and std over them)")
-    p.add_argument("--fast", action="store_true", help="tiny data and 4 steps per run (tests)")
+    p.add_argument("--fast", action="store_true", help="tiny data and 4 steps per run, official budgets off (tests)")
     _add_bench_args(p)
     _add_fanout_args(p)
     p.set_defaults(func=cmd_study)

@@ -60,7 +60,7 @@ def test_the_study_on_two_workers_equals_the_serial_study(tmp_path):
     from clipood_kit.studies.ood_study import StudyConfig, run_study, study_experiment
     from dataclasses import replace
     exp = replace(study_experiment(fast=True), cache_dir="off")
-    cfg = StudyConfig(experiment=exp, methods=("zero-shot", "coop", "ce"), shots=(1, 2), seeds=(0, 1))
+    cfg = StudyConfig(experiment=exp, methods=("zero-shot", "coop", "ce"), shots=(1, 2), seeds=(0, 1), official_budgets=False)
     serial = run_study(cfg, tmp_path / "serial", Runner(threads=1), progress=False)
     local = run_study(cfg, tmp_path / "local", Runner("local", workers=2, threads=1), progress=False)
     untimed = lambda runs: [{k: v for k, v in r.items() if k != "train_seconds"} for r in runs]    # noqa: E731

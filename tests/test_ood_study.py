@@ -44,7 +44,7 @@ def test_ogen_s_new_class_claim_is_paired_by_seed():
 
 def test_a_folder_study_without_far_sets_reports_its_near_findings(world_tree, tmp_path):
     exp = replace(study_experiment(fast=True), data=str(world_tree), per_cell=None, cache_dir="off")
-    cfg = StudyConfig(experiment=exp, methods=("zero-shot", "coop"), shots=(1, 2), seeds=(0,))
+    cfg = StudyConfig(experiment=exp, methods=("zero-shot", "coop"), shots=(1, 2), seeds=(0,), official_budgets=False)
     results = run_study(cfg, tmp_path, progress=False)
     assert set(results["shift_kinds"].values()) <= {"near", "covariate"}
     assert results["findings"] and all("far-OOD" not in f["claim"] for f in results["findings"])
@@ -52,3 +52,23 @@ def test_a_folder_study_without_far_sets_reports_its_near_findings(world_tree, t
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["table"]["coop"]["2"]["ood"]["near"]["MCM"]["AUROC"]["values"]
     assert (tmp_path / "report.html").read_text().count("plotly-graph-div") >= 2
+
+
+def test_each_method_trains_with_its_official_budget_and_full_fine_tuning_with_the_experiments():
+    from clipood_kit.studies.ood_study import BUDGETS, budgets_used
+    cfg = StudyConfig(shots=(1, 2, 4, 8, 16))
+    base = cfg.experiment.train
+    coop = [cfg.spec("coop", k, 0).train for k in (1, 2, 4, 8, 16)]
+    assert [t.epochs for t in coop] == [50, 100, 100, 200, 200]          # CoOp's COOP.md, per shot count
+    assert all(t.optimizer == "sgd" and t.schedule == "dassl" and t.lr == 2e-3 and t.batch_size == 32 for t in coop)
+    cocoop = cfg.spec("cocoop", 16, 0).train
+    assert (cocoop.epochs, cocoop.batch_size) == (10, 1)
+    tip = cfg.spec("tip-adapter-f", 4, 0).train
+    assert (tip.epochs, tip.batch_size, tip.optimizer, tip.schedule) == (20, 256, "adamw", "cosine")
+    assert cfg.spec("ce", 16, 0).train == base                              # no official few-shot schedule
+    used = budgets_used(cfg)
+    assert used["coop"]["epochs"] == {"1": 50, "2": 100, "4": 100, "8": 200, "16": 200}
+    assert "COOP.md" in used["coop"]["source"] and "no official" in used["ce"]["source"]
+    assert set(BUDGETS) <= set(cfg.methods)
+    off = StudyConfig(official_budgets=False)
+    assert off.spec("coop", 16, 0).train == base

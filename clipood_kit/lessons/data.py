@@ -148,13 +148,13 @@ def _prompt_cells(scores: dict) -> dict:
 def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence[str] = ("coop", "cocoop"),
                   nearest: int = 3) -> dict:
     """Notebook 7: CoOp and CoCoOp trained on `shots` images per base class and training style (each at its
-    official learning rate, `studies.ood_study.METHOD_LR`), scored (`cells`: {method: {shots: `_prompt_cells`}},
+    official learning rate, `studies.ood_study.BUDGETS`, for the notebook's steps), scored (`cells`: {method: {shots: `_prompt_cells`}},
     zero-shot under 'zero-shot'); and, for CoOp at the largest shot count, what it learned: the nearest words
     to each context vector before and after training, how far each context vector moved (1 - cos), and how far
     each class's text feature moved from CLIP's 'a photo of a CLASS.' (1 - cos), base and new classes apart."""
     from clipood_kit.methods import Method
     from clipood_kit.methods.coop import nearest_words, vocabulary_of
-    from clipood_kit.studies.ood_study import METHOD_LR
+    from clipood_kit.studies.ood_study import BUDGETS
 
     def compute() -> dict:
         cells: dict = {m: {} for m in ("zero-shot", *methods)}
@@ -164,7 +164,7 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
             check_methods(setup, [compose(m) for m in methods])
             cells["zero-shot"][str(k)] = _prompt_cells(zero_shot_scores(setup))
             for m in methods:
-                train = replace(setup.cfg.train, lr=METHOD_LR.get(m, setup.cfg.train.lr))
+                train = replace(setup.cfg.train, lr=BUDGETS[m].lr if m in BUDGETS else setup.cfg.train.lr)
                 result = run_method(setup.for_method(compose(m), train), progress=False)
                 cells[m][str(k)] = _prompt_cells(result["models"][result["primary"]])
                 if m == "coop" and k == max(shots):

@@ -10,9 +10,9 @@ The paper adapts CLIP few-shot (1 to 16 images per class) with prompt learning (
 
 The ID images are held-out images of the base classes in the training styles; near-OOD are the new classes
 there (`semantic`), far-OOD the world's `glyphs` and `textures` (`data.far_ood`) and any `--ood-data` folder.
-Each method trains at the learning rate of its family (`METHOD_LR`), fixed before the study was run and the
-same for every shot count; every run has the same number of steps. Zero-shot trains nothing and is scored once
-per seed (its numbers do not depend on the shots).
+Each method trains with the budget of its official schedule (`BUDGETS`: epochs per shot count, batch, optimiser, lr
+and schedule; full fine-tuning keeps the experiment's steps, batch and lr). Zero-shot trains nothing and is scored
+once per seed (its numbers do not depend on the shots).
 
 `findings` turns the table into the paper's claims, each marked as holding or not on this bench.
 """
@@ -41,12 +41,51 @@ STUDY_METHODS = (ZERO_SHOT, "coop", "cocoop", "ogen", "clip-adapter", "tip-adapt
 PAPER_METHODS_MISSING = ()           # the paper's methods the bench lacks (named in the results, never faked)
 STUDY_SHOTS = (1, 2, 4, 8, 16)
 STUDY_SEEDS = (0, 1, 2)
-# learning rate per method family: full fine-tuning at the bench's 1e-4; the prompt context and the adapters, whose
-# few parameters start at a good point, at their official rates: CoOp and CoCoOp 0.002 (configs/trainers/CoOp,
-# CoCoOp *.yaml, OPTIM.LR), CLIP-Adapter CoOp's 0.002 (it trains in CoOp's Dassl frame), Tip-Adapter-F 0.001
-# (Tip-Adapter configs/*.yaml lr), OGEN 0.002 (apple/ml-ogen configs/trainers/OGEN/vit_b16_ep10_ctxv1.yaml line 17)
-METHOD_LR = {"coop": 2e-3, "cocoop": 2e-3, "ogen": 2e-3, "clip-adapter": 2e-3, "tip-adapter-f": 1e-3}
+# Each method's training budget and optimiser, from its official schedule (`Budget`). Full fine-tuning (CE, CLIPood,
+# OGEN-FT, FLYP) has no official few-shot schedule: it keeps the study experiment's steps, batch and AdamW at 1e-4.
 DEFAULT_LR = 1e-4
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A method's official few-shot schedule: epochs per shot count (the largest listed count <= the shots), batch,
+    optimiser and lr schedule (`TrainConfig`'s fields; an epoch is `dassl_steps_per_epoch` steps)."""
+
+    epochs: Dict[int, int]
+    batch_size: int
+    lr: float
+    optimizer: str = "sgd"
+    schedule: str = "dassl"
+    weight_decay: float = 5e-4          # Dassl's OPTIM.WEIGHT_DECAY (`dassl/config/defaults.py`)
+    source: str = ""
+
+    def epochs_for(self, shots: int) -> int:
+        return self.epochs[max([k for k in self.epochs if k <= shots] or [min(self.epochs)])]
+
+    def train(self, base: TrainConfig, shots: int) -> TrainConfig:
+        return replace(base, epochs=self.epochs_for(shots), batch_size=self.batch_size, lr=self.lr,
+                       optimizer=self.optimizer, schedule=self.schedule, weight_decay=self.weight_decay)
+
+
+# CoOp's few-shot runs (KaiyangZhou/CoOp COOP.md lines 15-19: rn50_ep50 for 1 shot, rn50_ep100 for 2 and 4,
+# rn50 for 8 and 16; configs/trainers/CoOp/rn50.yaml: batch 32 line 3, SGD line 16, lr 0.002 line 17, 200 epochs
+# line 18, one constant warm-up epoch at 1e-5 lines 20-22)
+COOP_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
+BUDGETS = {
+    "coop": Budget(COOP_EPOCHS, 32, 2e-3, source="KaiyangZhou/CoOp COOP.md lines 15-19, configs/trainers/CoOp/rn50*.yaml"),
+    # CLIP-Adapter trains in CoOp's Dassl frame: optimiser and schedule from cfg.OPTIM (gaopengcuhk/CLIP-Adapter
+    # clip_adapter.py, build_optimizer / build_lr_scheduler), so CoOp's configs
+    "clip-adapter": Budget(COOP_EPOCHS, 32, 2e-3, source="CLIP-Adapter clip_adapter.py: Dassl with CoOp's configs"),
+    # configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml: batch 1 (line 3), SGD (15), lr 0.002 (16), 10 epochs (17)
+    "cocoop": Budget({1: 10}, 1, 2e-3, source="KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"),
+    # apple/ml-ogen configs/trainers/OGEN/vit_b16_ep200_ctxv1.yaml (scripts/ogen/base2new_train_ep200.sh): batch 32
+    # (line 3), SGD (15), lr 0.002 (16), 200 epochs (17), the CoOp warm-up (18-21)
+    "ogen": Budget({1: 200}, 32, 2e-3, source="apple/ml-ogen configs/trainers/OGEN/vit_b16_ep200_ctxv1.yaml"),
+    # gaopengcuhk/Tip-Adapter configs/imagenet.yaml: lr 0.001 (line 29), 20 epochs (line 31); main_imagenet.py: batch
+    # 256, AdamW (eps 1e-4, torch's weight decay 0.01), CosineAnnealingLR over every step of the 20 epochs
+    "tip-adapter-f": Budget({1: 20}, 256, 1e-3, optimizer="adamw", schedule="cosine", weight_decay=0.01,
+                            source="gaopengcuhk/Tip-Adapter configs/imagenet.yaml, main_imagenet.py"),
+}
 PROMPT_METHODS = ("coop", "cocoop")
 ADAPTER_METHODS = ("clip-adapter", "tip-adapter", "tip-adapter-f")
 
@@ -67,6 +106,7 @@ class StudyConfig:
     methods: Sequence[str] = STUDY_METHODS
     shots: Sequence[int] = STUDY_SHOTS
     seeds: Sequence[int] = STUDY_SEEDS
+    official_budgets: bool = True        # False: every method at the experiment's steps, batch and lr (fast tests)
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m != ZERO_SHOT and m not in METHODS]
@@ -87,8 +127,28 @@ class StudyConfig:
         exp = with_seed(self.experiment, seed)
         if method == ZERO_SHOT:
             return exp
-        lr = METHOD_LR.get(method, self.experiment.train.lr)
-        return replace(exp, shots=shots, method=compose(method), train=replace(exp.train, lr=lr))
+        budget = BUDGETS.get(method) if self.official_budgets else None
+        train = budget.train(exp.train, shots) if budget else exp.train
+        return replace(exp, shots=shots, method=compose(method), train=train)
+
+
+def budgets_used(cfg: StudyConfig) -> Dict[str, dict]:
+    """What each trained method of the study ran with: its official budget and source, or the experiment's steps."""
+    out = {}
+    for m in cfg.methods:
+        if m == ZERO_SHOT:
+            continue
+        budget = BUDGETS.get(m) if cfg.official_budgets else None
+        if budget is None:
+            t = cfg.experiment.train
+            out[m] = {"steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "optimizer": t.optimizer,
+                      "schedule": t.schedule, "source": "the study experiment's budget (no official few-shot schedule)"
+                      if cfg.official_budgets else "the study experiment's budget (official budgets off)"}
+        else:
+            out[m] = {"epochs": {str(k): budget.epochs_for(k) for k in cfg.shots}, "batch_size": budget.batch_size,
+                      "lr": budget.lr, "optimizer": budget.optimizer, "schedule": budget.schedule,
+                      "weight_decay": budget.weight_decay, "source": budget.source}
+    return out
 
 
 def study_job(cfg: StudyConfig, method: str, seed: int) -> List[dict]:
@@ -103,8 +163,9 @@ def study_job(cfg: StudyConfig, method: str, seed: int) -> List[dict]:
             check_methods(setup, [setup.cfg.method])
             result = run_method(setup, progress=False)
             scores, primary, seconds = result["models"][result["primary"]], result["primary"], result["seconds"]
+        steps = (result.get("train_config") or {}).get("steps", 0) if method != ZERO_SHOT else 0
         out.append({"method": method, "shots": shots, "seed": seed, "model": primary, "scores": scores,
-                    "train_images": len(setup.train_idx), "train_seconds": seconds})
+                    "train_images": len(setup.train_idx), "train_steps": steps, "train_seconds": seconds})
     return out
 
 
@@ -230,8 +291,7 @@ def run_study(cfg: StudyConfig, out: Path, runner: Optional[Runner] = None, prog
     table = tabulate(runs, cfg.shots)
     results = {"study": STUDY, "config": {"methods": list(cfg.methods), "shots": list(cfg.shots),
                                           "seeds": list(cfg.seeds), "experiment": cfg.experiment.to_dict(),
-                                          "method_lr": {m: METHOD_LR.get(m, cfg.experiment.train.lr)
-                                                        for m in cfg.methods if m != ZERO_SHOT},
+                                          "budgets": budgets_used(cfg),
                                           "not_built": list(PAPER_METHODS_MISSING)},
                "setup": setup.describe(), "shift_kinds": shift_kinds(setup), "table": table,
                "findings": findings(table, cfg.shots), "runs": runs,
