@@ -62,3 +62,22 @@ def test_unknown_overrides_and_bad_settings_are_named():
     with pytest.raises(ValueError, match="no part 'bma'"):
         apply_overrides(get_preset("tiny-world"), ["bma.alpha=0.2"], method="ce")
     assert set(OVERRIDES) >= {"model", "pretrained", "data", "method", "seed", "templates", "steps"}
+
+
+def test_world_styles_choose_the_grid_and_the_far_sets_style_and_bad_ones_are_named(world_tree):
+    from clipood_kit.engine.experiment import ExperimentConfig, prepare
+    from clipood_kit.data import world
+    setup = prepare(build_experiment(per_cell=2, cache_dir="off", source=["blueprint"],
+                                     settings=["world_styles=photo,blueprint"]))
+    assert setup.dataset.domains == ["photo", "blueprint"] and setup.describe()["target_domains"] == ["photo"]
+    glyphs = setup.ood_sets["glyphs"]
+    assert glyphs.identity["styles"] == ["blueprint"]
+    # the rendered glyphs are the blueprint renderer's: equal to far_ood.glyphs in that style of that world
+    from clipood_kit.data.far_ood import glyphs as render_glyphs
+    wc = world.WorldConfig(styles=("photo", "blueprint"))
+    assert (glyphs.load(0) == render_glyphs(glyphs.identity["n"], glyphs.identity["seed"], ["blueprint"], wc)[0]).all()
+    for bad in (["photo", "photo"], ["oil"], []):
+        with pytest.raises(ValueError, match="world_styles must be distinct styles"):
+            ExperimentConfig(world_styles=bad)
+    with pytest.raises(ValueError, match="a folder dataset's domains are its folders"):
+        ExperimentConfig(data=str(world_tree), world_styles=["photo"])

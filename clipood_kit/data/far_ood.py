@@ -195,13 +195,14 @@ def parse_ood_data(spec: str) -> Tuple[str, str, str]:
 
 
 def open_ood_sets(world_sets: Sequence[str], folders: Sequence[str], n: int, seed: int,
-                  styles: Sequence[str], id_data: DomainDataset | None = None) -> Dict[str, OODSet]:
-    """The experiment's OOD sets by name: the world's rendered ones (n images each, seeded) and the folders
-    (`parse_ood_data` specs). Names must be unique and must not be a near shift of the dataset; a folder that
-    shares images with the ID dataset `id_data` is refused (`check_disjoint`)."""
+                  styles: Sequence[str], id_data: DomainDataset | None = None,
+                  world_config: world.WorldConfig | None = None) -> Dict[str, OODSet]:
+    """The experiment's OOD sets by name: the world's rendered ones (n images each, seeded, in `styles` of
+    `world_config`) and the folders (`parse_ood_data` specs). Names must be unique and must not be a near shift of
+    the dataset; a folder that shares images with the ID dataset `id_data` is refused (`check_disjoint`)."""
     sets: Dict[str, OODSet] = {}
     for i, name in enumerate(world_sets):
-        sets[name] = RenderedSet(name, n, seed * 1000 + 17 + i, styles)
+        sets[name] = RenderedSet(name, n, seed * 1000 + 17 + i, styles, world_config or world.WorldConfig())
     for spec in folders:
         kind, name, folder = parse_ood_data(spec)
         if name in sets:

@@ -21,7 +21,7 @@ import torch
 
 from clipood_kit.evaluation import features as evaluation, ood
 from clipood_kit.core.cache import FeatureCache
-from clipood_kit.data import WORLD, TransformedSubset, far_ood, open_dataset, splits
+from clipood_kit.data import WORLD, TransformedSubset, far_ood, open_dataset, splits, world
 from clipood_kit.methods import Method, MethodConfig, PartInputs, compose, method_from_dict
 from clipood_kit.models.adapted import AdaptedCLIP, PartModule, part_states, tokenize_prompts
 from clipood_kit.models.loader import TINY_NAME, load_clip
@@ -43,6 +43,8 @@ class ExperimentConfig:
     pretrained: Optional[str] = "default"
     data: str = WORLD
     per_cell: int = 40                       # world only
+    world_styles: Optional[List[str]] = None  # world only: the grid's styles (None: world.DEFAULT_STYLES); the
+                                             # prompt-learning task adds "blueprint", the style pretraining saw rarely
     data_seed: int = 0                       # world only: seed of the images
     protocol: str = "open-world"
     source_domains: Optional[List[str]] = None   # default: world photo+sketch; folders: all but the last
@@ -78,6 +80,14 @@ class ExperimentConfig:
                              f"{self.eval_precision!r}")
         self.ood_params = dict(self.ood_params)
         ood.score_params(self.ood_params)
+        if self.world_styles is not None:
+            self.world_styles = list(self.world_styles)
+            if self.data != WORLD:
+                raise ValueError("world_styles are the embedded world's; a folder dataset's domains are its folders")
+            unknown = [s for s in self.world_styles if s not in world.STYLES]
+            if unknown or not self.world_styles or len(set(self.world_styles)) < len(self.world_styles):
+                raise ValueError(f"world_styles must be distinct styles of the world ({list(world.STYLES)}), got "
+                                 f"{self.world_styles}")
         if self.far_ood_sets is not None:
             self.far_ood_sets = list(self.far_ood_sets)
             unknown = [s for s in self.far_ood_sets if s not in far_ood.WORLD_SETS]
@@ -259,7 +269,7 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     """The data, splits and the zero-shot model of a spec. Everything about the data is checked first (domains,
     splits, every image the run will read, decoded), then the weights are loaded, so a bad input stops the run
     before any slow work."""
-    dataset = open_dataset(cfg.data, cfg.per_cell, cfg.data_seed)
+    dataset = open_dataset(cfg.data, cfg.per_cell, cfg.data_seed, cfg.world_styles)
     names = dataset.domains
     if cfg.source_domains is None:
         sources = list(WORLD_SOURCES) if cfg.data == WORLD else names[:-1]
@@ -302,7 +312,8 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     in_dist = (torch.isin(dataset.domain_ids[eval_idx], torch.tensor(source_ids))
                & torch.isin(dataset.labels[eval_idx], torch.tensor(base_ids)))
     ood_sets = far_ood.open_ood_sets(cfg.world_ood_sets, cfg.ood_data, n=max(1, int(in_dist.sum())),
-                                     seed=cfg.data_seed, styles=sources, id_data=dataset)
+                                     seed=cfg.data_seed, styles=sources, id_data=dataset,
+                                     world_config=getattr(dataset, "config", None))
     for s in ood_sets.values():
         s.verify()
     loaded = load_clip(cfg.model, cfg.pretrained, device=cfg.device)
