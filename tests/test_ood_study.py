@@ -3,6 +3,7 @@ folder dataset without far-OOD sets (its near-OOD findings only, no crash after 
 import json
 from dataclasses import replace
 
+from clipood_kit.engine.builder import apply_overrides
 from clipood_kit.studies.ood_study import StudyConfig, findings, markdown_tables, run_study, study_experiment
 
 
@@ -43,7 +44,7 @@ def test_ogen_s_new_class_claim_is_paired_by_seed():
 
 
 def test_a_folder_study_without_far_sets_reports_its_near_findings(world_tree, tmp_path):
-    exp = replace(study_experiment(fast=True), data=str(world_tree), per_cell=None, cache_dir="off")
+    exp = apply_overrides(study_experiment(fast=True), data=str(world_tree), cache_dir="off")
     cfg = StudyConfig(experiment=exp, methods=("zero-shot", "coop"), shots=(1, 2), seeds=(0,), official_budgets=False)
     results = run_study(cfg, tmp_path, progress=False)
     assert set(results["shift_kinds"].values()) <= {"near", "covariate"}

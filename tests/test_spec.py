@@ -81,3 +81,15 @@ def test_world_styles_choose_the_grid_and_the_far_sets_style_and_bad_ones_are_na
             ExperimentConfig(world_styles=bad)
     with pytest.raises(ValueError, match="a folder dataset's domains are its folders"):
         ExperimentConfig(data=str(world_tree), world_styles=["photo"])
+
+
+def test_a_folder_in_place_of_the_world_drops_the_specs_world_only_choices_unless_given(world_tree):
+    from clipood_kit.studies.ood_study import study_experiment
+    task = study_experiment(fast=True)
+    assert task.world_styles and task.source_domains == ["blueprint"] and task.templates == ["a blueprint of a {}."]
+    folder = apply_overrides(task, data=str(world_tree))
+    assert (folder.world_styles, folder.source_domains, folder.templates) == (None, None, None)
+    kept = apply_overrides(task, data=str(world_tree), templates=["a sketch of a {}."], source=["photo"])
+    assert kept.templates == ["a sketch of a {}."] and kept.source_domains == ["photo"]
+    # --target on the world counts the spec's own styles
+    assert apply_overrides(task, target=["photo"]).source_domains == ["blueprint"]

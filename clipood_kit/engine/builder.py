@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
-from clipood_kit.data import open_dataset
+from clipood_kit.data import WORLD, open_dataset
 from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.engine.presets import get_preset
 from clipood_kit.engine.settings import apply_settings
@@ -50,10 +50,17 @@ def apply_overrides(exp: ExperimentConfig, settings: Iterable[str] = (), **overr
         top["templates"] = list(top["templates"]) or None
     if "ood_data" in top:
         top["ood_data"] = list(top["ood_data"])
+    if top.get("data", WORLD) != WORLD and exp.data == WORLD:
+        # a folder replaces the world: the spec's world-only choices (its styles, its source styles, the style's
+        # templates) would not fit it, so they go unless given again
+        top.update(world_styles=None, source_domains=None)
+        top.setdefault("templates", None)
     if given.get("source"):
         top["source_domains"] = list(given["source"])
     if given.get("target"):
-        domains = open_dataset(top.get("data", exp.data), top.get("per_cell", exp.per_cell)).domains
+        data = top.get("data", exp.data)
+        styles = top.get("world_styles", exp.world_styles) if data == WORLD else None
+        domains = open_dataset(data, top.get("per_cell", exp.per_cell), styles=styles).domains
         missing = [t for t in given["target"] if t not in domains]
         if missing:
             raise ValueError(f"target domain(s) {missing} not in the dataset; its domains are {domains}")
