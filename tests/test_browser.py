@@ -438,6 +438,8 @@ def _voila_load(browser, port: int, name: str, load: int) -> None:
             const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
             return typeof t === 'string' && t.startsWith(start); })""", arg=first, timeout=180_000)
         _record("Voila: first figure (s)", {f"{name} (load {load})": round(time.perf_counter() - started, 1)})
+        assert page.evaluate("() => window.jupyterapp.widgetManager.__clipoodWaitsForModels === true"), (
+            "Voila did not serve the app with clipood-kit's template (its views wait for their model)")
         page.wait_for_timeout(2000)
         text = page.locator("body").inner_text()
         assert "Traceback" not in text and "Error" not in text, text[-2000:]
