@@ -453,7 +453,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from clipood_kit.lessons.build import LessonFailed
     from clipood_kit.studies.fanout import JobFailed
     # user errors get one line; anything else (a bug, torch's own RuntimeErrors) keeps its traceback
-    user_errors = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FileExistsError,
+    user_errors = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError,
                    PretrainedUnavailableError, NonFiniteLossError, LessonFailed, JobFailed)
     try:
         return args.func(args)
