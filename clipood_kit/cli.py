@@ -453,8 +453,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from clipood_kit.lessons.build import LessonFailed
     from clipood_kit.studies.fanout import JobFailed
     # user errors get one line; anything else (a bug, torch's own RuntimeErrors) keeps its traceback
-    user_errors = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError,
-                   PretrainedUnavailableError, NonFiniteLossError, LessonFailed, JobFailed)
+    user_errors = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                   FileExistsError, PretrainedUnavailableError, NonFiniteLossError, LessonFailed, JobFailed)
     try:
         return args.func(args)
     except user_errors as e:
