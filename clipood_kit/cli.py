@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["prepare", "student", "app"],
                    help="prepare: run every lesson once in its default setting into --cache; student: write the "
                         "student notebooks (otter-grader) into --out; app: write the app versions (exercises "
-                        "removed) of the lessons served with Voila into --out")
+                        "removed) of the lessons served with Voila into --out, and install their Voila template")
     p.add_argument("--cache", default="runs/lessons-cache", help="prepare: the result store to fill")
     p.add_argument("--out", default=None, help="student: where the student notebooks go (default runs/student); "
                                                 "app: where the app notebooks go (default runs/apps)")
