@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["prepare", "student", "app"],
                    help="prepare: run every lesson once in its default setting into --cache; student: write the "
                         "student notebooks (otter-grader) into --out; app: write the app versions (exercises "
-                        "removed) of the lessons served with Voila into --out")
+                        "removed) of the lessons served with Voila into --out, and install their Voila template")
     p.add_argument("--cache", default="runs/lessons-cache", help="prepare: the result store to fill")
     p.add_argument("--out", default=None, help="student: where the student notebooks go (default runs/student); "
                                                 "app: where the app notebooks go (default runs/apps)")
@@ -484,8 +484,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from clipood_kit.lessons.build import LessonFailed
     from clipood_kit.studies.fanout import JobFailed
     # user errors get one line; anything else (a bug, torch's own RuntimeErrors) keeps its traceback
-    user_errors = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FileExistsError,
-                   PretrainedUnavailableError, NonFiniteLossError, LessonFailed, JobFailed)
+    user_errors = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                   FileExistsError, PretrainedUnavailableError, NonFiniteLossError, LessonFailed, JobFailed)
     try:
         return args.func(args)
     except user_errors as e:

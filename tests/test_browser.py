@@ -301,8 +301,8 @@ def _answer_and_reveal(page, scope, name: str, shots: str = "") -> None:
 # their edited figures as `viz.widgets.LiveFigure` (an Output widget whose state is the whole figure). Each app is
 # loaded VOILA_LOADS times here (CLIPOOD_KIT_VOILA_LOADS=20 is the soak the closing notes report).
 VOILA_LOADS = int(os.environ.get("CLIPOOD_KIT_VOILA_LOADS", "2"))
-# Extra options for the served apps (a soak can try e.g. --progressive_rendering=True: it cured lesson 03's "model not
-# found" race, jupyter-widgets/ipywidgets#4026, but in that mode 02's first figure never drew)
+# Extra options for the served apps (a soak can try other serving modes). The "model not found" race of busy cores
+# (jupyter-widgets/ipywidgets#4026) is cured by the apps' own template (lessons/voila_template), which each load checks.
 VOILA_OPTIONS = os.environ.get("CLIPOOD_KIT_VOILA_OPTIONS", "").split()
 VOILA_FINAL_TITLES = {"04_fine_tuning.ipynb": "Training loss (CE and MMS"}   # set after display: must reach the page
 # every control of each app: (its description, the title starts of the figures it drives)
@@ -438,6 +438,8 @@ def _voila_load(browser, port: int, name: str, load: int) -> None:
             const t = el.layout && el.layout.title && (el.layout.title.text || el.layout.title);
             return typeof t === 'string' && t.startsWith(start); })""", arg=first, timeout=180_000)
         _record("Voila: first figure (s)", {f"{name} (load {load})": round(time.perf_counter() - started, 1)})
+        assert page.evaluate("() => window.jupyterapp.widgetManager.__clipoodWaitsForModels === true"), (
+            "Voila did not serve the app with clipood-kit's template (its views wait for their model)")
         page.wait_for_timeout(2000)
         text = page.locator("body").inner_text()
         assert "Traceback" not in text and "Error" not in text, text[-2000:]

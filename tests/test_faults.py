@@ -44,8 +44,9 @@ def make_tree(root: Path, layout: dict) -> Path:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny):
     base = tmp_path_factory.mktemp("faults")
-    f = {"plain_file": base / "plain.txt"}
+    f = {"plain_file": base / "plain.txt", "a_folder": base / "a-folder"}
     f["plain_file"].write_text("not a folder")
+    f["a_folder"].mkdir()
     f["random_bytes"] = base / "random.safetensors"
     f["random_bytes"].write_bytes(os.urandom(4096))
     f["truncated"] = base / "truncated.safetensors"
@@ -121,6 +122,11 @@ CASES = {
     "zeroshot-data-missing": (["zeroshot", "--data", "/no/such/folder"], "does not exist"),
     "card-random-weights": (["clip-card", "--per-cell", "1", "--pretrained", "{random_bytes}"], "cannot load"),
     "export-onto-a-file": (["export-world", "{plain_file}", "--per-cell", "1"], "exists and is not empty|is a file"),
+    # refused before training (it used to train for the whole run, then fail to move the weights onto the folder)
+    "pretrain-out-is-a-folder": (["pretrain", "--steps", "2", "--out", "{a_folder}"],
+                                 "is a folder; give the weights file to write"),
+    "pretrain-out-under-a-file": (["pretrain", "--steps", "2", "--out", "{plain_file}/w.safetensors"],
+                                  "plain.txt is a file; give a folder for the weights"),
 }
 if not torch.cuda.is_available():       # where a GPU is present, --device cuda is a valid choice
     CASES["device-cuda-without-gpu"] = (["finetune", "--device", "cuda"], "no CUDA device is available")

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from clipood_kit.lessons import prose
-from clipood_kit.lessons.build import APP_LESSONS, app_notebook, app_versions
+from clipood_kit.lessons.build import APP_LESSONS, VOILA_TEMPLATE, app_notebook, app_versions, install_voila_template
 from clipood_kit.lessons.predict import NOT_ANSWERED, Prediction
 from test_notebooks import NOTEBOOKS
 
@@ -136,3 +136,27 @@ def test_app_versions_are_written_for_the_control_lessons_and_keep_edits_unless_
     assert not list((tmp_path / "apps").glob(".*"))         # no staging file left
     with pytest.raises(FileNotFoundError, match="no lesson"):
         app_versions(tmp_path / "other", names=["99_none.ipynb"])
+
+
+def test_apps_name_the_template_whose_views_wait_and_voila_finds_it_where_it_is_installed(tmp_path, monkeypatch):
+    nb = json.loads(sorted(NOTEBOOKS.glob("*.ipynb"))[0].read_text())
+    assert app_notebook(nb)["metadata"]["voila"] == {"template": VOILA_TEMPLATE}
+    folder = install_voila_template([tmp_path / "data"])
+    assert folder == tmp_path / "data" / "voila" / "templates" / VOILA_TEMPLATE
+    assert json.loads((folder / "conf.json").read_text()) == {"base_template": "lab"}
+    page = (folder / "index.html.j2").read_text()
+    assert "extends 'lab/index.html.j2'" in page and "__clipoodWaitsForModels" in page
+    assert not list(folder.glob(".*"))                       # no staging file left
+    from voila.paths import collect_template_paths
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "data"))
+    found = collect_template_paths(["voila", "nbconvert"], VOILA_TEMPLATE)
+    assert str(folder) in found and any(p.endswith("voila/templates/lab") for p in found)   # and its base
+
+
+def test_the_template_goes_to_the_next_data_folder_when_one_is_not_writable_and_says_the_fix_when_none_is(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    assert install_voila_template([blocked / "data", tmp_path / "user"]) == (
+        tmp_path / "user" / "voila" / "templates" / VOILA_TEMPLATE)
+    with pytest.raises(PermissionError, match="JUPYTER_DATA_DIR"):
+        install_voila_template([blocked / "data"])

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from clipood_kit.evaluation.card import clip_card, format_card
 from clipood_kit.data import world
 from clipood_kit.data.datasets import WorldDataset
-from clipood_kit.core.io import save_weights, write_json, write_text
+from clipood_kit.core.io import check_writable_folder, save_weights, write_json, write_text
 from clipood_kit.models.loader import CONFIG_DIR, TINY_NAME, file_digest, load_clip, tiny_weights_path
 from clipood_kit.engine.optim import cosine_lr
 
@@ -205,6 +205,10 @@ def pretraining_batch(cfg: PretrainConfig, wc: world.WorldConfig, gen: torch.Gen
 def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True) -> Dict:
     """Train the tiny CLIP from scratch; write weights (safetensors) and a model card; return the card."""
     out = Path(out) if out is not None else tiny_weights_path()
+    if out.is_dir():       # refused before an hour of training, not when the weights are written
+        raise IsADirectoryError(f"--out {out} is a folder; give the weights file to write, e.g. "
+                                f"{out / 'tiny-clip-world.safetensors'} (its model card goes beside it)")
+    check_writable_folder(out.parent, "--out", "the weights and the model card")
     torch.manual_seed(cfg.seed)
     loaded = load_clip(TINY_NAME, pretrained=None)
     model, tokenizer, preprocess = loaded

@@ -6,7 +6,8 @@
   the student's own notebook, and keeps hidden tests for the autograder version only.
 - **Apps** (`app_versions`): what Voila serves in a lecture: the implement-and-check exercises (each otter
   `# BEGIN QUESTION` ... `# END QUESTION` block) and the raw cells removed; prose, predictions (widgets whose
-  reveal waits for its button, `lessons.predict`), sliders and figures kept.
+  reveal waits for its button, `lessons.predict`), sliders and figures kept. Their metadata names the Voila
+  template `clipood` (`install_voila_template` puts it where Voila looks), whose widget views wait for their model.
 - **The class-room store** (`prepare_store`): every notebook run once in its default setting (papermill) with
   `CLIPOOD_KIT_CACHE` pointing at the store, so everything the lessons train is computed once; students whose
   `CLIPOOD_KIT_CACHE` points there (read-only is enough) open every notebook without training.
@@ -88,9 +89,38 @@ APP_LESSONS = ("02_margins.ipynb", "03_beta_moving_average.ipynb", "04_fine_tuni
 """The lessons built around a control (a slider or a dropdown) that a lecturer serves as apps."""
 
 
+VOILA_TEMPLATE = "clipood"   # clipood_kit/lessons/voila_template, installed by install_voila_template
+
+
+def install_voila_template(data_dirs: Optional[List[Path]] = None) -> Path:
+    """Copy the template `VOILA_TEMPLATE` (this package's `lessons/voila_template`) to
+    `DATA/voila/templates/clipood` for the first writable DATA of `data_dirs` (default: the environment's
+    `sys.prefix/share/jupyter`, then the user's Jupyter data folder; Voila searches both), file by file and
+    atomically, and return the folder. The app notebooks name this template; Voila fails on an unknown one."""
+    if data_dirs is None:
+        from jupyter_core.paths import ENV_JUPYTER_PATH, jupyter_data_dir
+        data_dirs = [Path(ENV_JUPYTER_PATH[0]), Path(jupyter_data_dir())]
+    source = Path(__file__).parent / "voila_template"
+    problems = []
+    for data in data_dirs:
+        target = Path(data) / "voila" / "templates" / VOILA_TEMPLATE
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for item in sorted(source.iterdir()):
+                tmp = target / f".{item.name}.incoming"
+                shutil.copyfile(item, tmp)
+                os.replace(tmp, target / item.name)
+            return target
+        except OSError as error:
+            problems.append(f"{target}: {error}")
+    raise PermissionError("cannot install the Voila template of the apps: " + "; ".join(problems)
+                          + ". Make one of these folders writable, or set JUPYTER_DATA_DIR to a writable folder")
+
+
 def app_notebook(nb: dict) -> dict:
     """A lesson as an app: every cell of an otter question block (the implement-and-check exercises: their task,
-    solution and tests) and every raw cell removed."""
+    solution and tests) and every raw cell removed; its metadata names the Voila template `VOILA_TEMPLATE`, whose
+    widget views wait for their model (Voila's own fail on busy cores with "model not found")."""
     cells, inside = [], False
     for cell in nb["cells"]:
         text = "".join(cell.get("source", ""))
@@ -104,12 +134,12 @@ def app_notebook(nb: dict) -> dict:
             cells.append(cell)
     if inside:
         raise ValueError("a '# BEGIN QUESTION' raw cell has no '# END QUESTION' after it: close the question")
-    return {**nb, "cells": cells}
+    return {**nb, "cells": cells, "metadata": {**nb.get("metadata", {}), "voila": {"template": VOILA_TEMPLATE}}}
 
 
 def app_versions(out: Path, notebooks: Optional[Path] = None, names=APP_LESSONS, overwrite: bool = False) -> List[Path]:
-    """`out/NAME.ipynb` (`app_notebook`) for each lesson of `names`, written atomically; serve one with
-    `voila out/NAME.ipynb`. A file in `out` that differs from the new one is replaced only with `overwrite`."""
+    """`out/NAME.ipynb` (`app_notebook`) for each lesson of `names`, written atomically, and the Voila template they
+    name (`install_voila_template`); serve one with `voila out/NAME.ipynb`. A file in `out` that differs from the new one is replaced only with `overwrite`."""
     import json
     out = check_writable_folder(out, "--out", "the app notebooks")
     folder = Path(notebooks) if notebooks is not None else default_notebooks()
@@ -122,6 +152,7 @@ def app_versions(out: Path, notebooks: Optional[Path] = None, names=APP_LESSONS,
     if changed and not overwrite:
         raise FileExistsError(f"{out} already holds app notebook(s) that differ from the new ones "
                               f"({', '.join(t.name for t in changed)}): pass --overwrite or choose another --out")
+    install_voila_template()
     out.mkdir(parents=True, exist_ok=True)
     for target, text in made.items():
         tmp = target.parent / f".{target.name}.incoming"
