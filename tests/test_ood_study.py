@@ -1,7 +1,6 @@
 """The study's findings rule (a comparison holds when it holds in every seed) on hand-made tables, and a study on a
 folder dataset without far-OOD sets (its near-OOD findings only, no crash after the runs)."""
 import json
-from dataclasses import replace
 
 from clipood_kit.engine.builder import apply_overrides
 from clipood_kit.studies.ood_study import StudyConfig, findings, markdown_tables, run_study, study_experiment
