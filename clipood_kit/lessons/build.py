@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 
 from tqdm.auto import tqdm
 
-from clipood_kit.core.io import check_writable_folder
+from clipood_kit.core.io import check_writable_folder, write_text
 
 
 class LessonFailed(RuntimeError):
@@ -95,8 +95,8 @@ VOILA_TEMPLATE = "clipood"   # clipood_kit/lessons/voila_template, installed by 
 def install_voila_template(data_dirs: Optional[List[Path]] = None) -> Path:
     """Copy the template `VOILA_TEMPLATE` (this package's `lessons/voila_template`) to
     `DATA/voila/templates/clipood` for the first writable DATA of `data_dirs` (default: the environment's
-    `sys.prefix/share/jupyter`, then the user's Jupyter data folder; Voila searches both), file by file and
-    atomically, and return the folder. The app notebooks name this template; Voila fails on an unknown one."""
+    `sys.prefix/share/jupyter`, then the user's Jupyter data folder; Voila searches both), each file atomically
+    (`core.io.write_text`), and return the folder. The app notebooks name this template; Voila fails on an unknown one."""
     if data_dirs is None:
         from jupyter_core.paths import ENV_JUPYTER_PATH, jupyter_data_dir
         data_dirs = [Path(ENV_JUPYTER_PATH[0]), Path(jupyter_data_dir())]
@@ -105,11 +105,8 @@ def install_voila_template(data_dirs: Optional[List[Path]] = None) -> Path:
     for data in data_dirs:
         target = Path(data) / "voila" / "templates" / VOILA_TEMPLATE
         try:
-            target.mkdir(parents=True, exist_ok=True)
             for item in sorted(source.iterdir()):
-                tmp = target / f".{item.name}.incoming"
-                shutil.copyfile(item, tmp)
-                os.replace(tmp, target / item.name)
+                write_text(target / item.name, item.read_text())
             return target
         except OSError as error:
             problems.append(f"{target}: {error}")
@@ -139,7 +136,8 @@ def app_notebook(nb: dict) -> dict:
 
 def app_versions(out: Path, notebooks: Optional[Path] = None, names=APP_LESSONS, overwrite: bool = False) -> List[Path]:
     """`out/NAME.ipynb` (`app_notebook`) for each lesson of `names`, written atomically, and the Voila template they
-    name (`install_voila_template`); serve one with `voila out/NAME.ipynb`. A file in `out` that differs from the new one is replaced only with `overwrite`."""
+    name (`install_voila_template`); serve one with `voila out/NAME.ipynb`. A file in `out` that differs from the
+    new one is replaced only with `overwrite`."""
     import json
     out = check_writable_folder(out, "--out", "the app notebooks")
     folder = Path(notebooks) if notebooks is not None else default_notebooks()
