@@ -61,7 +61,7 @@ def test_logit_scale_schedule_holds_ramps_log_linearly_and_holds():
 
 
 def test_rare_style_groups_are_rare_and_captioned_loosely_without_colour():
-    cfg = PretrainConfig(groups=4, group_size=8, rare_style_share=0.25, rare_class_share=0.0)
+    cfg = PretrainConfig(groups=4, group_size=8, rare_style_share=0.25, rare_class_share=0.0, concept_share=0.0)
     from clipood_kit.engine.pretrain import pretraining_world
     wc = pretraining_world(cfg)
     assert wc.styles[-1] == "blueprint" and world.WorldConfig().styles == world.DEFAULT_STYLES
@@ -101,7 +101,7 @@ def test_held_out_concepts_appear_with_their_own_words():
 def test_without_the_new_options_the_batches_are_the_old_ones():
     """rare styles, glyphs and textures off: the batch stream of the earlier pretraining, draw for draw."""
     from clipood_kit.engine.pretrain import pretraining_batch
-    cfg = PretrainConfig(groups=3, group_size=5)
+    cfg = PretrainConfig(groups=3, group_size=5, rare_style_share=0.0, concept_share=0.0, texture_share=0.0)
     gen_a, gen_b = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
     images, texts = pretraining_batch(cfg, world.WorldConfig(), gen_a)
     # the earlier recipe, inline: distinct (style, colour) pairs, then labels, sizes, render, captions
@@ -112,3 +112,12 @@ def test_without_the_new_options_the_batches_are_the_old_ones():
     styles, colours = pair // len(world.COLOURS), pair % len(world.COLOURS)
     old = world.render(labels, styles, colours, sizes, world.WorldConfig(), gen_b)
     assert torch.equal(images, old)
+
+
+def test_the_shipped_weights_came_from_the_default_recipe():
+    """`clipood-kit pretrain` with no options retrains the shipped model: the card's recipe is the defaults'."""
+    from dataclasses import asdict
+    from clipood_kit.engine.pretrain import tiny_weights_path
+    card = json.loads(tiny_weights_path().with_suffix(".card.json").read_text())
+    defaults = json.loads(json.dumps(asdict(PretrainConfig())))      # tuples as JSON lists, as in the card
+    assert card["config"] == defaults
