@@ -8,8 +8,8 @@ The paper adapts CLIP few-shot (1 to 16 images per class) with prompt learning (
     methods x shots x seeds   training runs (each an independent job, fanned out by `studies.fanout`)
     x scores x shifts         scored per run: every OOD score on every near and far shift, and ID accuracy
 
-The task is the world's prompt-learning task (`STUDY_STYLES`: blueprint, the style pretraining saw rarely, with its
-own template). The ID images are held-out images of the base classes in the training style; near-OOD are the new
+The task is the world's prompt-learning task (preset `tiny-world-prompt`: blueprint, the style pretraining saw
+rarely, with its own template). The ID images are held-out images of the base classes in the training style; near-OOD are the new
 classes there (`semantic`), far-OOD the world's `glyphs` and `textures` in that style (`data.far_ood`) and any
 `--ood-data` folder.
 Each method trains with the budget of its official schedule (`BUDGETS`: epochs per shot count, batch, optimiser, lr
@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 from clipood_kit.core.io import check_results_dir, check_unique, write_results
 from clipood_kit.engine.builder import with_seed
 from clipood_kit.engine.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.presets import get_preset
 from clipood_kit.engine.runs import check_methods, run_method
 from clipood_kit.engine.scoring import shift_kinds, zero_shot_scores
 from clipood_kit.engine.training import TrainConfig
@@ -92,23 +93,15 @@ PROMPT_METHODS = ("coop", "cocoop")
 ADAPTER_METHODS = ("clip-adapter", "tip-adapter", "tip-adapter-f")
 
 
-# The world's prompt-learning task (evaluation.calibration.world_task_rows): the blueprint style, which pretraining
-# saw in 2 % of its groups, trained on its base classes with its own template; photo is the unseen target domain
-STUDY_STYLES = ("photo", "blueprint")
-STUDY_SOURCE = ["blueprint"]
-STUDY_TEMPLATES = ["a blueprint of a {}."]
-
-
 def study_experiment(fast: bool = False) -> ExperimentConfig:
-    """The study's experiment: the world's prompt-learning task under the open-world protocol (blueprint trains on
-    the base classes; new classes are near-OOD, photo the unseen domain), the shots set per run; full fine-tuning
-    takes 80 steps of batch 32 (the prompt methods and adapters take their official budgets, `BUDGETS`). `fast`: a
-    tiny version for tests."""
-    task = dict(protocol="open-world", world_styles=list(STUDY_STYLES), source_domains=list(STUDY_SOURCE),
-                templates=list(STUDY_TEMPLATES), method=compose("ce"))
+    """The study's experiment: the world's prompt-learning task (preset `tiny-world-prompt`, `engine.presets`:
+    blueprint trains on the base classes; new classes are near-OOD, photo the unseen domain), the shots set per run;
+    full fine-tuning takes 80 steps of batch 32 (the prompt methods and adapters take their official budgets,
+    `BUDGETS`). `fast`: a tiny version for tests."""
+    exp = get_preset("tiny-world-prompt")
     if fast:
-        return ExperimentConfig(per_cell=6, train=TrainConfig(steps=4, batch_size=8, lr=DEFAULT_LR), **task)
-    return ExperimentConfig(per_cell=30, train=TrainConfig(steps=80, batch_size=32, lr=DEFAULT_LR), **task)
+        return replace(exp, per_cell=6, train=TrainConfig(steps=4, batch_size=8, lr=DEFAULT_LR))
+    return exp
 
 
 @dataclass
