@@ -48,7 +48,7 @@ def cmd_pretrain(args) -> int:
     overrides = {k: v for k, v in (("steps", args.steps), ("groups", args.groups), ("group_size", args.group_size),
                                          ("seed", args.seed)) if v is not None}
     cfg = PretrainConfig(**overrides)
-    card = pretrain(cfg, out=args.out)
+    card = pretrain(cfg, out=args.out, calibration_seeds=args.calibration)
     from clipood_kit.evaluation.zeroshot import format_table
     print(format_table(card["zeroshot_eval"]["accuracy"], "zero-shot accuracy (%)"))
     print(f"trained in {card['train_seconds']:.0f} s; weights: {card['weights_file']} ({card['file_bytes'] / 1e6:.2f} MB)")
@@ -81,14 +81,13 @@ def run_calibration(model, pretrained, data, seeds, ood_data, device) -> dict:
         if ood_data:
             raise ValueError("--ood-data with the world: the world's calibration uses its own far-OOD sets "
                              "(glyphs, textures); pass --ood-data with --data FOLDER")
-        runs = [cal.world_task_rows(loaded, seed=s) for s in seeds]
+        rows = cal.world_calibration(loaded, seeds)
     else:
         dataset = open_dataset(data)
         far = open_ood_sets([], ood_data, 0, 0, [], id_data=dataset)
-        runs = [cal.dataset_task_rows(loaded, dataset, far, seed=s) for s in seeds]
-    mean = cal.mean_rows(runs)
-    print(cal.format_rows(mean, seeds))
-    return {"seeds": list(seeds), "runs": runs, "mean": mean, "holds": cal.holds(mean), "references": cal.REFERENCES}
+        rows = cal.summary([cal.dataset_task_rows(loaded, dataset, far, seed=s) for s in seeds], seeds)
+    print(cal.format_rows(rows["mean"], seeds))
+    return rows
 
 
 def cmd_zeroshot(args) -> int:
@@ -345,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=None, help="images per group (default: the shipped recipe's)")
     p.add_argument("--seed", type=int, default=None, help="pretraining seed (default: the shipped recipe's)")
     p.add_argument("--out", type=Path, default=None, help="weights file (default: data/tiny-clip-world.safetensors)")
+    p.add_argument("--calibration", type=int, nargs="*", default=[0, 1, 2], metavar="SEED",
+                   help="seeds of the calibration rows the model card records (`evaluation.calibration`, about "
+                        "20 s a seed); none to skip")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("clip-card", help="the CLIP-likeness card of a model on a dataset (context awareness, "

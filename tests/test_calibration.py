@@ -98,3 +98,28 @@ def test_folder_rows_split_sorted_classes_in_halves_and_keep_the_shots_out_of_th
         cal.dataset_task_rows(loaded, dataset, {"ood": ImageFolderSet(far, "far", "ood")}, shots=6)
     with pytest.raises(ValueError, match="--ood-data"):
         cal.dataset_task_rows(loaded, dataset, {}, shots=2)
+
+
+def test_the_shipped_model_card_records_the_calibration_its_weights_give():
+    """The card's calibration rows are those of the shipped weights (a stale card beside new weights fails): seed 0
+    recomputed; the mean, the verdicts and the card's markdown agree with the per-seed rows."""
+    import json
+    from clipood_kit.engine.pretrain import model_card_markdown, tiny_weights_path
+    from clipood_kit.models.loader import load_clip
+    card = json.loads(tiny_weights_path().with_suffix(".card.json").read_text())
+    recorded = card["calibration"]
+    assert recorded["seeds"][0] == 0 and len(recorded["runs"]) == len(recorded["seeds"]) == 3
+    loaded = load_clip()
+    loaded.model.eval()
+    again = cal.world_task_rows(loaded, seed=0)
+    for row in ("zero_shot", "coop_change", "mcm_far"):
+        for key, value in recorded["runs"][0][row].items():
+            assert again[row][key] == pytest.approx(value, abs=0.5), (row, key)
+    for row in ("zero_shot", "coop_change", "mcm_far"):
+        for key in recorded["mean"][row]:
+            mean = sum(r[row][key] for r in recorded["runs"]) / 3
+            assert recorded["mean"][row][key] == pytest.approx(mean)
+    assert recorded["holds"] == cal.holds(recorded["mean"])
+    markdown = model_card_markdown(card)
+    assert cal.format_rows(recorded["mean"], recorded["seeds"]) in markdown
+    assert (tiny_weights_path().with_suffix(".md")).read_text() == markdown

@@ -32,7 +32,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import open_clip
 import torch
@@ -214,8 +214,10 @@ def recipe_text(cfg: PretrainConfig, wc: world.WorldConfig) -> str:
             f"{list(world.PATTERNS)}, each named by its own word")
 
 
-def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True) -> Dict:
-    """Train the tiny CLIP from scratch; write weights (safetensors) and a model card; return the card."""
+def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True,
+             calibration_seeds: Sequence[int] = ()) -> Dict:
+    """Train the tiny CLIP from scratch; write weights (safetensors) and a model card; return the card. The card
+    records the calibration rows over `calibration_seeds` (`evaluation.calibration.world_calibration`) if any."""
     out = Path(out) if out is not None else tiny_weights_path()
     if out.is_dir():       # refused before an hour of training, not when the weights are written
         raise IsADirectoryError(f"--out {out} is a folder; give the weights file to write, e.g. "
@@ -280,6 +282,9 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, progress: bool = True
         "clip_card": clip_like,
         "history": history,
     }
+    if calibration_seeds:
+        from clipood_kit.evaluation.calibration import world_calibration
+        card["calibration"] = world_calibration(loaded, list(calibration_seeds))
     write_json(out.with_suffix(".card.json"), card)
     write_text(out.with_suffix(".md"), model_card_markdown(card))
     return card
@@ -313,4 +318,30 @@ Evaluated on {card['zeroshot_eval']['data']} with the template ensemble {card['z
 ```
 {format_card(card['clip_card'])}
 ```
+""" + calibration_markdown(card.get("calibration"))
+
+
+def calibration_markdown(calibration: Dict | None) -> str:
+    """The card's section on the calibration rows (`evaluation.calibration`), or nothing when not measured."""
+    if not calibration:
+        return ""
+    from clipood_kit.evaluation.calibration import format_rows
+    seeds = calibration["seeds"]
+    per_seed = "\n".join(
+        f"| {s} | {r['zero_shot']['base']:.1f} / {r['zero_shot']['new']:.1f} | {r['coop_change']['base']:+.1f} / "
+        f"{r['coop_change']['new']:+.1f} | " + " / ".join(f"{v:.1f}" for v in r["mcm_far"].values()) + " |"
+        for s, r in zip(seeds, calibration["runs"]))
+    far = " / ".join(calibration["runs"][0]["mcm_far"])
+    return f"""
+## Calibration rows (`clipood-kit clip-card --calibration {' '.join(map(str, seeds))}`)
+What CLIP itself does on a downstream task, measured on the world's prompt-learning task (the blueprint style;
+docs/world-attempts.md lists every attempt and its rows):
+
+```
+{format_rows(calibration['mean'], seeds)}
+```
+
+| seed | zero-shot base / new | CoOp change base / new | zero-shot MCM AUROC {far} |
+|---|---|---|---|
+{per_seed}
 """

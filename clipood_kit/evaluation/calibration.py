@@ -252,6 +252,18 @@ def dataset_task_rows(loaded, dataset, far_sets: Dict[str, object], template: st
                             far, schedule=schedule, seed=seed)
 
 
+def world_calibration(loaded, seeds: Sequence[int]) -> Dict:
+    """The calibration rows of the world's prompt-learning task over `seeds` (`world_task_rows`): every seed's rows,
+    their mean, which goals the mean meets, and the references."""
+    return summary([world_task_rows(loaded, seed=s) for s in seeds], seeds)
+
+
+def summary(runs: List[Dict], seeds: Sequence[int]) -> Dict:
+    """{seeds, runs, mean, holds, references} of per-seed `calibration_rows`."""
+    mean = mean_rows(runs)
+    return {"seeds": list(seeds), "runs": runs, "mean": mean, "holds": holds(mean), "references": REFERENCES}
+
+
 def format_rows(rows: Dict, seeds: Sequence[int]) -> str:
     """The rows (a `mean_rows` over `seeds`) beside their references and goals, as a printed table."""
     ref = REFERENCES
