@@ -146,9 +146,10 @@ def _prompt_cells(scores: dict) -> dict:
 
 
 def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence[str] = ("coop", "cocoop"),
-                  nearest: int = 3) -> dict:
-    """Notebook 7: CoOp and CoCoOp trained on `shots` images per base class and training style (each at its
-    official learning rate, `studies.ood_study.BUDGETS`, for the notebook's steps), scored (`cells`: {method: {shots: `_prompt_cells`}},
+                  nearest: int = 3, steps: Optional[int] = None) -> dict:
+    """Notebook 7: CoOp and CoCoOp trained on `shots` images per base class and training style, each with its
+    official budget (`studies.ood_study.BUDGETS`: epochs by shots, batch, optimiser, lr, schedule; `steps`: that
+    many steps of the experiment's batch at the official lr instead, for fast runs), scored (`cells`: {method: {shots: `_prompt_cells`}},
     zero-shot under 'zero-shot'); and, for CoOp at the largest shot count, what it learned: the nearest words
     to each context vector before and after training, how far each context vector moved (1 - cos), and how far
     each class's text feature moved from CLIP's 'a photo of a CLASS.' (1 - cos), base and new classes apart."""
@@ -164,7 +165,8 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
             check_methods(setup, [compose(m) for m in methods])
             cells["zero-shot"][str(k)] = _prompt_cells(zero_shot_scores(setup))
             for m in methods:
-                train = replace(setup.cfg.train, lr=BUDGETS[m].lr if m in BUDGETS else setup.cfg.train.lr)
+                train = (BUDGETS[m].train(setup.cfg.train, int(k)) if steps is None
+                         else replace(setup.cfg.train, steps=int(steps), lr=BUDGETS[m].lr))
                 result = run_method(setup.for_method(compose(m), train), progress=False)
                 cells[m][str(k)] = _prompt_cells(result["models"][result["primary"]])
                 if m == "coop" and k == max(shots):
@@ -201,4 +203,4 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
                 "ctx": end.tolist(), "ctx_init": start.tolist()}
         return out
     return _cached("prompt", exp, {"shots": [int(k) for k in shots], "methods": list(methods),
-                                   "nearest": nearest, "version": 2}, compute)
+                                   "nearest": nearest, "steps": steps, "version": 3}, compute)
