@@ -72,3 +72,29 @@ def test_each_method_trains_with_its_official_budget_and_full_fine_tuning_with_t
     assert set(BUDGETS) <= set(cfg.methods)
     off = StudyConfig(official_budgets=False)
     assert off.spec("coop", 16, 0).train == base
+
+
+def test_the_report_shows_the_steps_each_method_ran_per_shot_count():
+    """budget_rows reads the steps from the runs (two seeds that differ show both), the epochs from the budget."""
+    from clipood_kit.studies.ood_study import budget_rows, budgets_used
+    cfg = StudyConfig(methods=("zero-shot", "coop", "ce"), shots=(1, 16), seeds=(0, 1))
+    runs = [{"method": "coop", "shots": 1, "seed": s, "train_steps": 50} for s in (0, 1)]
+    runs += [{"method": "coop", "shots": 16, "seed": 0, "train_steps": 1200},
+             {"method": "coop", "shots": 16, "seed": 1, "train_steps": 1000}]
+    runs += [{"method": "ce", "shots": k, "seed": s, "train_steps": 80} for k in (1, 16) for s in (0, 1)]
+    results = {"config": {"shots": [1, 16], "budgets": budgets_used(cfg)}, "runs": runs}
+    rows = budget_rows(results)
+    assert rows["coop"]["1 shots"] == "50 (50 ep)" and rows["coop"]["16 shots"] == "1000/1200 (200 ep)"
+    assert rows["coop"]["batch"] == "32" and "COOP.md" in rows["coop"]["source"]
+    assert rows["ce"]["16 shots"] == "80" and rows["ce"]["lr"] == "0.0001"
+    from clipood_kit.viz.figures import table_html
+    assert table_html(rows, list(rows["coop"])) in _report_of(results)
+
+
+def _report_of(results):
+    """study_report's page for a results dict that holds only the budgets and the runs (no scores)."""
+    from clipood_kit.viz.report import study_report
+    page = study_report(dict(results, study="s", table={}, findings=[], shift_kinds={}, seconds=1.0,
+                             runner={"executor": "serial", "workers": 1},
+                             config=dict(results["config"], methods=["coop", "ce"], seeds=[0, 1], not_built=[])))
+    return page

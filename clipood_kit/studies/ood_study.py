@@ -305,6 +305,22 @@ def run_study(cfg: StudyConfig, out: Path, runner: Optional[Runner] = None, prog
     return results
 
 
+def budget_rows(results: dict) -> Dict[str, Dict[str, str]]:
+    """What each trained method ran with: the steps it took at each shot count (from the runs; one value when every
+    seed took the same), batch, optimiser, lr, schedule and the source of its budget (`budgets_used`)."""
+    rows = {}
+    for m, b in results["config"]["budgets"].items():
+        row = {}
+        for k in results["config"]["shots"]:
+            steps = sorted({r["train_steps"] for r in results["runs"] if r["method"] == m and r["shots"] == k})
+            epochs = f" ({b['epochs'][str(k)]} ep)" if "epochs" in b else ""
+            row[f"{k} shots"] = "/".join(map(str, steps)) + epochs
+        row.update({"batch": str(b["batch_size"]), "optimiser": b["optimizer"], "lr": f"{b['lr']:g}",
+                    "schedule": b["schedule"], "source": b["source"]})
+        rows[m] = row
+    return rows
+
+
 def text_table(results: dict, kind: str = "far", score: str = "MCM") -> str:
     """Methods x shots: ID accuracy and the score's AUROC on `kind` OOD, mean ± std over seeds (the CLI's output)."""
     shots = results["config"]["shots"]
@@ -328,7 +344,7 @@ def text_table(results: dict, kind: str = "far", score: str = "MCM") -> str:
 
 def markdown_tables(results: dict) -> str:
     """The README's tables: (1) methods x shots of ID accuracy and MCM's AUROC on far-OOD, mean ± std over seeds;
-    (2) at the largest shot count, base- and new-class accuracy and every score's AUROC on near- and far-OOD
+    (2) each method's training steps per shot count (`budget_rows`); (3) at the largest shot count, base- and new-class accuracy and every score's AUROC on near- and far-OOD
     (means)."""
     shots, table = results["config"]["shots"], results["table"]
     ms = lambda c: f"{c['mean']:.1f} ± {c['std']:.1f}"      # noqa: E731
@@ -338,6 +354,10 @@ def markdown_tables(results: dict) -> str:
         lines.append(f"| {m} | " + " | ".join(
             f"{ms(row[str(k)]['id_accuracy'])} / "
             + (ms(row[str(k)]['ood']['far']['MCM']['AUROC']) if "far" in row[str(k)]["ood"] else "-") for k in shots) + " |")
+    budgets = budget_rows(results)
+    columns = list(next(iter(budgets.values()))) if budgets else []
+    lines += ["", "| method (training steps) | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {m} | " + " | ".join(row[c] for c in columns) + " |" for m, row in budgets.items()]
     k = str(max(shots))
     scores = [s for s in next(iter(table.values()))[k]["ood"]["near"] if s != "shifts"]
     lines += ["", f"| method ({k} shots) | base / new acc | " + " | ".join(f"{s} near / far" for s in scores) + " |",

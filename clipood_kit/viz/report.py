@@ -139,6 +139,13 @@ def study_report(results: dict) -> str:
     findings = "".join(f"<li><b>{'holds' if f['holds'] else ('not tested' if f['holds'] is None else 'does not hold')}"
                        f"</b>: {f['claim']}. {f['evidence']}.</li>" for f in results["findings"])
     sections = [("The paper's findings on this bench", intro + f"<ul>{findings}</ul>", None)]
+    from clipood_kit.studies.ood_study import budget_rows
+    budgets = budget_rows(results)
+    if budgets:
+        sections.append(("Training budgets: steps per shot count (all seeds)", "<p>The few-shot methods train "
+                         "with their official schedules (epochs by shot count); full fine-tuning takes the study "
+                         "experiment's steps.</p>" + figures.table_html(budgets, list(next(iter(budgets.values())))),
+                         None))
 
     def curves(get) -> Dict[str, list]:
         return {m: [get(row[str(s)]) for s in shots] for m, row in table.items()}
