@@ -53,6 +53,12 @@ class DomainDataset(Dataset):
         """(base class ids, new class ids). Folders: the sorted halves (`splits.base_new_classes`)."""
         return splits.base_new_classes(len(self.classes))
 
+    def official_split(self, source_ids: Sequence[int], target_ids: Sequence[int], protocol: str,
+                       shots: Optional[int], seed: int) -> Optional[tuple]:
+        """(training pool, evaluation indices, shots already drawn) by the dataset's official rule (CoOp's lists,
+        DomainBed's hold-out), or None: the kit's own hold-out (`splits.holdout_split`) then applies."""
+        return None
+
     def describe(self) -> dict:
         """JSON-ready identity of the dataset (for results and cache keys)."""
         return {"name": self.name, "classes": list(self.classes), "domains": list(self.domains), "size": len(self)}

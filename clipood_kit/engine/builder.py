@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Iterable
 
 from clipood_kit.data import WORLD, open_dataset
+from clipood_kit.data.layouts import parse_data
 from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.engine.presets import get_preset
 from clipood_kit.engine.settings import apply_settings
@@ -50,6 +51,11 @@ def apply_overrides(exp: ExperimentConfig, settings: Iterable[str] = (), **overr
         top["templates"] = list(top["templates"]) or None
     if "ood_data" in top:
         top["ood_data"] = list(top["ood_data"])
+    if top.get("data", WORLD) != WORLD and exp.data != WORLD:
+        # a preset that names its dataset ('oxfordpets:') reads it from the folder given: 'oxfordpets:ROOT'
+        preset_kind, _ = parse_data(exp.data)
+        if preset_kind and parse_data(top["data"])[0] is None:
+            top["data"] = f"{preset_kind}:{top['data']}"
     if top.get("data", WORLD) != WORLD and exp.data == WORLD:
         # a folder replaces the world: the spec's world-only choices (its styles, its source styles, the style's
         # templates) would not fit it, so they go unless given again

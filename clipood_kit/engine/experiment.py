@@ -302,12 +302,16 @@ def prepare(cfg: ExperimentConfig) -> Setup:
         in_source, targets = splits.domain_split(dataset.domain_ids, target_ids)
     else:
         in_source, targets = torch.arange(len(dataset)), torch.empty(0, dtype=torch.long)
-    kept, held = splits.holdout_split(dataset.domain_ids, cfg.holdout_fraction, cfg.split_seed, indices=in_source)
+    official = dataset.official_split(source_ids, target_ids, cfg.protocol, cfg.shots, cfg.split_seed)
+    if official is None:                # the kit's hold-out of every source domain
+        kept, held = splits.holdout_split(dataset.domain_ids, cfg.holdout_fraction, cfg.split_seed, indices=in_source)
+        eval_idx, drawn = torch.cat([held, targets]).sort().values, False
+    else:                               # the dataset's own lists (CoOp's, DomainBed's): data/*_layout.py
+        kept, eval_idx, drawn = official
     train_idx = splits.select_classes(dataset.labels, base_ids, kept)
-    if cfg.shots is not None:
+    if cfg.shots is not None and not drawn:
         train_idx = torch.cat([splits.k_shot(dataset.labels, cfg.shots, cfg.split_seed,
                                              train_idx[dataset.domain_ids[train_idx] == d]) for d in source_ids]).sort().values
-    eval_idx = torch.cat([held, targets]).sort().values
     dataset.verify(torch.cat([train_idx, eval_idx]).tolist())    # every image the run will read, before any work
     in_dist = (torch.isin(dataset.domain_ids[eval_idx], torch.tensor(source_ids))
                & torch.isin(dataset.labels[eval_idx], torch.tensor(base_ids)))
@@ -319,7 +323,9 @@ def prepare(cfg: ExperimentConfig) -> Setup:
     loaded = load_clip(cfg.model, cfg.pretrained, device=cfg.device)
     train_domains = dataset.domain_ids[train_idx]
     pools = [(train_domains == d).nonzero().squeeze(1) for d in source_ids]
-    templates = cfg.templates or default_templates(cfg.model, cfg.data)
+    # the dataset's own template travels with it (CoOp's CUSTOM_TEMPLATES, CLIPood's DomainBed prompt)
+    templates = cfg.templates or ([dataset.template] if getattr(dataset, "template", None)
+                                  else default_templates(cfg.model, cfg.data))
     cache = FeatureCache(cfg.cache_dir)
     inputs = inputs_identity(cfg, loaded, dataset)
     text = cache.get("text", {"model": inputs["model"], "classes": dataset.classes, "templates": templates},

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Dict, Optional
 
+from clipood_kit.data.coop_layout import LAYOUTS
 from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.methods import MethodConfig, compose
 from clipood_kit.engine.settings import set_method_fields
@@ -31,12 +32,17 @@ def _clipood(margin_lambda: float, b: float) -> MethodConfig:
     return set_method_fields(compose("clipood"), {"mms.margin_lambda": margin_lambda, "bma.alpha": b, "bma.beta": b})
 
 
-def _official(protocol: str, lr: float, epochs: int, margin_lambda: float, b: float, batch_per_domain: int = 0,
-              batch: int = 36, shots: Optional[int] = None) -> ExperimentConfig:
+def _official(kind: str, protocol: str, lr: float, epochs: int, margin_lambda: float, b: float,
+              batch_per_domain: int = 0, batch: int = 36, shots: Optional[int] = None) -> ExperimentConfig:
+    """An official CLIPood run: its dataset named (`--data ROOT` supplies the folder: 'KIND:ROOT'), its template
+    (CoOp's per-dataset template for base-to-new, converter_dassl.py CUSTOM_TEMPLATES; "a photo of a {}." for
+    DomainBed), steps, batch, lr, lambda and Beta."""
     train = TrainConfig(steps=epochs * ITERS_PER_EPOCH, batch_size=batch, batch_per_domain=batch_per_domain or None,
                         lr=lr, weight_decay=0.1, precision="bf16", checkpoint_every=500)
-    return ExperimentConfig(model="ViT-B-16", pretrained="openai", device="auto", protocol=protocol, shots=shots,
-                            holdout_fraction=0.2, templates=list(PHOTO), method=_clipood(margin_lambda, b), train=train)
+    template = [LAYOUTS[kind].template] if kind in LAYOUTS else list(PHOTO)
+    return ExperimentConfig(model="ViT-B-16", pretrained="openai", device="auto", data=f"{kind}:", protocol=protocol,
+                            shots=shots, holdout_fraction=0.2, templates=template, method=_clipood(margin_lambda, b),
+                            train=train)
 
 
 # scripts.sh lines 2-27: domain shift, -b 12 (per source domain), lam 0.3, beta 0.5
@@ -50,11 +56,11 @@ _IN_THE_WILD = {"officehome": (3e-6, 10, 0.1), "domainnet": (5e-6, 20, 0.5)}
 
 PRESETS: Dict[str, ExperimentConfig] = {}
 for _name, (_lr, _epochs) in _DOMAIN_SHIFT.items():
-    PRESETS[f"clipood-domain-shift-{_name}"] = _official("domain-shift", _lr, _epochs, 0.3, 0.5, batch_per_domain=12)
+    PRESETS[f"clipood-domain-shift-{_name}"] = _official(_name, "domain-shift", _lr, _epochs, 0.3, 0.5, batch_per_domain=12)
 for _name, _epochs in _BASE_TO_NEW_EPOCHS.items():
-    PRESETS[f"clipood-base-to-new-{_name}"] = _official("base-to-new", 5e-6, _epochs, 0.3, 0.1, batch=36, shots=16)
+    PRESETS[f"clipood-base-to-new-{_name}"] = _official(_name, "base-to-new", 5e-6, _epochs, 0.3, 0.1, batch=36, shots=16)
 for _name, (_lr, _epochs, _b) in _IN_THE_WILD.items():
-    PRESETS[f"clipood-in-the-wild-{_name}"] = _official("in-the-wild", _lr, _epochs, 0.1, _b, batch_per_domain=12)
+    PRESETS[f"clipood-in-the-wild-{_name}"] = _official(_name, "in-the-wild", _lr, _epochs, 0.1, _b, batch_per_domain=12)
 
 
 def demo_experiment() -> ExperimentConfig:
