@@ -106,6 +106,16 @@ def cmd_zeroshot(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    from clipood_kit.core.io import write_json
+    from clipood_kit.data.layouts import check, format_check
+    report = check(args.root, verify=not args.no_verify)
+    print(format_check(report))
+    if args.json:
+        write_json(args.json, report)
+    return 1 if report["problems"] else 0
+
+
 def cmd_export_world(args) -> int:
     from clipood_kit.data import export_world
     root = export_world(args.root, per_cell=args.per_cell, seed=args.seed, overwrite=args.overwrite)
@@ -226,8 +236,9 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-cell", type=int, default=None, help=f"world: images per (style, class) {_preset_note('per_cell')}")
     p.add_argument("--ood-data", action="append", metavar="[near:|far:][NAME=]FOLDER",
                    help="an OOD set to score: a folder of images (any depth), as the MCM code reads iNaturalist, SUN, "
-                        "Places or Textures; far-OOD unless 'near:'; repeat (default: none; the world adds its own "
-                        "far-OOD sets, glyphs and textures)")
+                        "Places or Textures; far-OOD unless 'near:'; 'mcm:ROOT' adds MCM's four far-OOD sets, "
+                        "'imagenet10:ROOT' / 'imagenet20:ROOT' MCM's near-OOD sets; repeat (default: none; the world "
+                        "adds its own far-OOD sets, glyphs and textures)")
     p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None,
                    help=f"what is trained and tested {_preset_note('protocol')}")
     p.add_argument("--source", action="append", help="source (training) domain; repeat (default: the world's photo "
@@ -269,8 +280,9 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-cell", type=int, default=None, help="world: images per (style, class) (default: the bench's, 30)")
     p.add_argument("--ood-data", action="append", metavar="[near:|far:][NAME=]FOLDER",
                    help="an OOD set to score: a folder of images (any depth), as the MCM code reads iNaturalist, SUN, "
-                        "Places or Textures; far-OOD unless 'near:'; repeat (default: none; the world adds its own "
-                        "far-OOD sets, glyphs and textures)")
+                        "Places or Textures; far-OOD unless 'near:'; 'mcm:ROOT' adds MCM's four far-OOD sets, "
+                        "'imagenet10:ROOT' / 'imagenet20:ROOT' MCM's near-OOD sets; repeat (default: none; the world "
+                        "adds its own far-OOD sets, glyphs and textures)")
     p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None,
                    help="what is trained and tested (default: the bench's, open-world)")
     p.add_argument("--source", action="append", help="source (training) domain; repeat (default: the world's photo "
@@ -449,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="student, app: replace notebooks in --out that differ "
                                                             "from the new ones (a lecturer's edits)")
     p.set_defaults(func=cmd_lessons)
+
+    p = sub.add_parser("data", help="check a dataset folder: its layout, classes, splits, images and problems")
+    p.add_argument("action", choices=["check"], help="the action")
+    p.add_argument("root", help="KIND:ROOT (e.g. oxfordpets:/data, pacs:/data) or a folder (its layout detected)")
+    p.add_argument("--no-verify", action="store_true", help="do not decode every image (faster on large sets)")
+    p.add_argument("--json", default=None, help="write the report here as JSON")
+    p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("export-world", help="write the world as a DomainBed-style image folder")
     p.add_argument("root", type=Path, help="the folder to write (root/DOMAIN/CLASS/*.png)")

@@ -258,3 +258,20 @@ def test_data_check_names_every_problem_at_once(tmp_path):
     report = check(f"eurosat:{tmp_path}")
     assert any("split_zhou_EuroSAT.json" in p and "DATASETS.md" in p for p in report["problems"])
     json.dumps(report)                                                  # a JSON-ready report
+
+
+def test_data_check_command_and_the_mcm_ood_preset(tmp_path, capsys):
+    from clipood_kit.cli import main
+    from clipood_kit.data.far_ood import expand_ood_data
+    trees.split_tree(tmp_path, "oxfordpets")
+    assert main(["data", "check", str(tmp_path), "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "layout    oxfordpets (found" in out and "a photo of a {}, a type of pet." in out
+    assert json.loads((tmp_path / "r.json").read_text())["classes"] == 5
+    assert main(["data", "check", f"pacs:{tmp_path}"]) == 1                         # no PACS/ there: a problem
+    assert "no folder" in capsys.readouterr().out
+    for sub in ("iNaturalist", "SUN", "Places", "dtd/images"):
+        trees.jpeg(tmp_path / "ood" / sub / "x" / "a.jpg", 7)
+    sets = expand_ood_data([f"mcm:{tmp_path / 'ood'}", f"near:mine={tmp_path / 'ood' / 'SUN'}"])
+    assert [(k, n) for k, n, _ in sets] == [("far", "iNaturalist"), ("far", "SUN"), ("far", "Places"),
+                                            ("far", "Textures"), ("near", "mine")]

@@ -194,6 +194,20 @@ def parse_ood_data(spec: str) -> Tuple[str, str, str]:
     return kind, name or Path(folder).resolve().name, folder
 
 
+def expand_ood_data(specs: Sequence[str]) -> List[Tuple[str, str, str]]:
+    """(kind, name, folder) of every `--ood-data` value: the MCM presets (`mcm:ROOT`, the four far-OOD sets;
+    `imagenet10:ROOT`, `imagenet20:ROOT`, near-OOD; `data.mcm_layout`) expanded, the rest `parse_ood_data`."""
+    from clipood_kit.data.mcm_layout import MCM_NEAR, ood_folders
+    out = []
+    for spec in specs:
+        preset, sep, root = spec.partition(":")
+        if sep and root and (preset == "mcm" or preset in MCM_NEAR):
+            out += [(kind, name, str(folder)) for kind, name, folder in ood_folders(preset, root)]
+        else:
+            out.append(parse_ood_data(spec))
+    return out
+
+
 def open_ood_sets(world_sets: Sequence[str], folders: Sequence[str], n: int, seed: int,
                   styles: Sequence[str], id_data: DomainDataset | None = None,
                   world_config: world.WorldConfig | None = None) -> Dict[str, OODSet]:
@@ -203,8 +217,7 @@ def open_ood_sets(world_sets: Sequence[str], folders: Sequence[str], n: int, see
     sets: Dict[str, OODSet] = {}
     for i, name in enumerate(world_sets):
         sets[name] = RenderedSet(name, n, seed * 1000 + 17 + i, styles, world_config or world.WorldConfig())
-    for spec in folders:
-        kind, name, folder = parse_ood_data(spec)
+    for kind, name, folder in expand_ood_data(folders):
         if name in sets:
             raise ValueError(f"two OOD sets are named {name!r}; name them apart with --ood-data NAME=FOLDER")
         sets[name] = ImageFolderSet(folder, kind, name)
