@@ -239,6 +239,10 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
                         "Places or Textures; far-OOD unless 'near:'; 'mcm:ROOT' adds MCM's four far-OOD sets, "
                         "'imagenet10:ROOT' / 'imagenet20:ROOT' MCM's near-OOD sets; repeat (default: none; the world "
                         "adds its own far-OOD sets, glyphs and textures)")
+    p.add_argument("--eval-data", action="append", metavar="KIND:ROOT",
+                   help="an ImageNet variant scored as an unseen domain with ImageNet's classifier (imagenetv2, "
+                        "imagenet-sketch, imagenet-a, imagenet-r; -A and -R among their 200 classes), for --data "
+                        "imagenet:ROOT; repeat (default: none)")
     p.add_argument("--protocol", choices=["domain-shift", "base-to-new", "in-the-wild", "open-world"], default=None,
                    help=f"what is trained and tested {_preset_note('protocol')}")
     p.add_argument("--source", action="append", help="source (training) domain; repeat (default: the world's photo "

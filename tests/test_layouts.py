@@ -275,3 +275,52 @@ def test_data_check_command_and_the_mcm_ood_preset(tmp_path, capsys):
     sets = expand_ood_data([f"mcm:{tmp_path / 'ood'}", f"near:mine={tmp_path / 'ood' / 'SUN'}"])
     assert [(k, n) for k, n, _ in sets] == [("far", "iNaturalist"), ("far", "SUN"), ("far", "Places"),
                                             ("far", "Textures"), ("near", "mine")]
+
+
+def test_imagenet_variants_are_scored_with_imagenets_classifier_among_their_classes(tmp_path):
+    """--eval-data: ImageNet-V2 and -R join an ImageNet run as unseen domains, labels mapped by WordNet id (V2 by
+    ImageNet's label numbers); -R's images are classified among its own classes only."""
+    from clipood_kit.engine.experiment import ExperimentConfig, prepare
+    from clipood_kit.engine.scoring import score
+    trees.imagenet_tree(tmp_path)
+    trees.imagenetv2_tree(tmp_path, labels=(0, 3))
+    trees.variant_tree(tmp_path, "imagenet-r", wnids=trees.WNIDS[2:5])
+    (tmp_path / "imagenetv2" / "classnames.txt").write_text("")          # not ImageNet's 1,000: refused
+    cfg = dict(data=f"imagenet:{tmp_path}", protocol="domain-shift", **REAL)
+    with pytest.raises(DatasetError, match="not ImageNet's 1,000"):
+        prepare(ExperimentConfig(eval_data=[f"imagenetv2:{tmp_path}"], **cfg))
+    (tmp_path / "imagenetv2" / "classnames.txt").unlink()              # V2 takes open_clip's names then
+    names = (tmp_path / "imagenet" / "classnames.txt").read_text()
+    (tmp_path / "imagenet" / "classnames.txt").write_text(names.replace("tiger shark", "tiger"))
+    with pytest.raises(DatasetError, match="do not name ImageNet's classes"):
+        prepare(ExperimentConfig(eval_data=[f"imagenetv2:{tmp_path}"], **cfg))
+    (tmp_path / "imagenet" / "classnames.txt").write_text(names)
+    with pytest.raises(ValueError, match="pass --data imagenet:ROOT"):
+        prepare(ExperimentConfig(eval_data=[f"imagenet-r:{tmp_path}"], **dict(cfg, data=f"imagenet-r:{tmp_path}")))
+    setup = prepare(ExperimentConfig(eval_data=[f"imagenet-r:{tmp_path}"], **cfg))
+    data = setup.dataset
+    assert data.domains == ["imagenet", "imagenet-r"] and setup.source_ids == [0] and setup.target_ids == [1]
+    r = (data.domain_ids == 1).nonzero().flatten()
+    assert [trees.WNIDS[y] for y in data.labels[r].tolist()] == [Path(data.paths[i]).parent.name for i in r.tolist()]
+    assert data.domain_classes == {1: [2, 3, 4]} and set(r.tolist()) <= set(setup.eval_idx.tolist())
+    # cosines whose best class over all six is outside -R's three, and whose best among -R's is the label
+    idx = setup.eval_idx
+    labels, domains = data.labels[idx], data.domain_ids[idx]
+    cosines = torch.zeros(len(idx), 6)
+    cosines[torch.arange(len(idx)), labels] = 0.5
+    cosines[domains == 1, 0] = 0.9                                         # tench: not an ImageNet-R class here
+    scores = score(setup, cosines, labels, domains)
+    assert scores["by_domain"]["imagenet-r"]["all"] == 100.0 and scores["by_domain"]["imagenet"]["all"] == 100.0
+
+
+def test_imagenet_v2_joins_with_imagenets_label_numbers(tmp_path, monkeypatch):
+    from clipood_kit.data.coop_layout import CoOpDataset, WithVariants
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    trees.imagenet_tree(tmp_path)
+    (tmp_path / "imagenet" / "classnames.txt").write_text(
+        "".join(f"{w} {n}\n" for w, n in zip(trees.WNIDS, IMAGENET_CLASSNAMES)))
+    trees.imagenetv2_tree(tmp_path, labels=(0, 3))
+    both = WithVariants(CoOpDataset(tmp_path, "imagenet"), [CoOpDataset(tmp_path, "imagenetv2")])
+    v2 = (both.domain_ids == 1).nonzero().flatten()
+    assert both.labels[v2].tolist() == [0, 0, 3, 3] and both.domain_classes == {1: list(range(6))}
+    assert both.official_split([0], [1], "domain-shift", None, 0)[1].tolist()[-4:] == v2.tolist()

@@ -219,7 +219,7 @@ def read_imagenet(folder: Path, layout: Layout) -> Dict[str, List[Item]]:
         parts[part] = [Item(f"{sub}/{w}/{f}", y, names[w]) for y, w in enumerate(wnids)
                        for f in listdir_nohidden(base / w)]
     return {"train": parts["train"], "val": parts["test"], "test": parts["test"],
-            "names": [names[w] for w in wnids]}
+            "names": [names[w] for w in wnids], "wnids": wnids}
 
 
 def read_imagenetv2(folder: Path, layout: Layout) -> Dict[str, List[Item]]:
@@ -248,7 +248,7 @@ def read_imagenet_folders(folder: Path, layout: Layout) -> Dict[str, List[Item]]
     wnids = [f for f in listdir_nohidden(base, sort=True) if f not in layout.ignored and (base / f).is_dir()]
     names = imagenet_names(folder, wnids, layout)
     items = [Item(f"{w}/{f}", y, names[w]) for y, w in enumerate(wnids) for f in listdir_nohidden(base / w)]
-    return {"train": [], "val": [], "test": items, "names": [names[w] for w in wnids]}
+    return {"train": [], "val": [], "test": items, "names": [names[w] for w in wnids], "wnids": wnids}
 
 
 def read_lists(folder: Path, layout: Layout) -> Dict[str, list]:
@@ -350,6 +350,7 @@ class CoOpDataset(DomainDataset):
             raise DatasetError(f"{kind}: the lists use labels 0..{count - 1} but name {len(self.raw_classes)} "
                                f"classes; the split file is damaged ({COOP_DOC})")
         self.classes = [c.replace("_", " ") for c in self.raw_classes]
+        self.wnids = lists.get("wnids")          # WordNet ids by label (ImageNet and its folder variants)
         self.domains = [kind]
         self.labels = torch.tensor([item.label for item in items], dtype=torch.long)
         self.domain_ids = torch.zeros(len(items), dtype=torch.long)
@@ -414,5 +415,67 @@ class CoOpDataset(DomainDataset):
         return read_image(self.paths[index])
 
 
-__all__ = ["BASE_TO_NEW", "COOP_DOC", "CoOpDataset", "IMAGENET_VARIANTS", "Item", "LAYOUTS", "Layout",
+class WithVariants(DomainDataset):
+    """ImageNet and its variants in one dataset, for evaluating an ImageNet run on ImageNet-V2, -Sketch, -A and -R
+    with ImageNet's classifier (as WiSE-FT, FLYP and CLIPood's robustness tables do): every variant is an extra,
+    evaluation-only domain, its labels mapped to ImageNet's (by WordNet id; ImageNet-V2's folders are ImageNet's
+    label numbers). `domain_classes`: the classes a variant holds, the only ones its images are classified among
+    (ImageNet-A and -R: their 200, as CoOp's readers label them, `imagenet_a.py` / `imagenet_r.py` lines 32-46)."""
+
+    def __init__(self, main: "CoOpDataset", variants: Sequence["CoOpDataset"]):
+        if main.layout.kind != "imagenet":
+            raise DatasetError(f"--eval-data adds ImageNet's variants to an ImageNet run; the data is "
+                               f"{main.layout.kind}: pass --data imagenet:ROOT")
+        self.main, self.variants = main, list(variants)
+        self.classes, self.raw_classes, self.template = main.classes, main.raw_classes, main.template
+        self.root, self.folder, self.name = main.root, main.folder, main.name
+        self.domains = list(main.domains)
+        paths, labels, domains = list(main.paths), [main.labels], [main.domain_ids]
+        self.domain_classes: Dict[int, List[int]] = {}
+        by_wnid = {w: i for i, w in enumerate(main.wnids or [])}
+        for v in self.variants:
+            if not v.layout.test_only:
+                raise DatasetError(f"--eval-data {v.layout.kind}: only ImageNet's variants are evaluation sets "
+                                   f"({', '.join(IMAGENET_VARIANTS)})")
+            if v.layout.kind in self.domains:
+                raise DatasetError(f"--eval-data names {v.layout.kind} twice")
+            if v.wnids is not None:
+                missing = [w for w in v.wnids if w not in by_wnid]
+                if missing:
+                    raise DatasetError(f"{v.layout.kind}: class folder(s) {missing[:3]} are not ImageNet classes")
+                mapping = torch.tensor([by_wnid[w] for w in v.wnids])
+            else:                               # ImageNet-V2: label numbers are ImageNet's
+                held = sorted(set(v.labels.tolist()))
+                if held and held[-1] >= len(main.classes) or any(v.classes[y] != main.classes[y] for y in held):
+                    raise DatasetError(f"{v.layout.kind}: its label folders do not name ImageNet's classes in "
+                                       f"ImageNet's order (classnames.txt)")
+                mapping = torch.arange(len(v.classes))
+            d = len(self.domains)
+            self.domains.append(v.layout.kind)
+            self.domain_classes[d] = sorted(set(mapping.tolist()) & set(range(len(main.classes))))
+            paths += v.paths
+            labels.append(mapping[v.labels])
+            domains.append(torch.full((len(v),), d, dtype=torch.long))
+        self.eval_only = list(range(len(main.domains), len(self.domains)))
+        self.paths = paths
+        self.labels = torch.cat(labels)
+        self.domain_ids = torch.cat(domains)
+
+    def base_new_split(self):
+        return self.main.base_new_split()
+
+    def official_split(self, source_ids, target_ids, protocol, shots, seed):
+        """ImageNet's lists; every variant image is evaluated."""
+        train, evaluation, drawn = self.main.official_split(source_ids, target_ids, protocol, shots, seed)
+        variants = (self.domain_ids >= len(self.main.domains)).nonzero().flatten()
+        return train, torch.cat([evaluation, variants]).sort().values, drawn
+
+    def verify(self, indices: Sequence[int]) -> None:
+        verify_images(self.paths, self.folder, indices)
+
+    def load(self, index: int) -> torch.Tensor:
+        return read_image(self.paths[index])
+
+
+__all__ = ["BASE_TO_NEW", "WithVariants", "COOP_DOC", "CoOpDataset", "IMAGENET_VARIANTS", "Item", "LAYOUTS", "Layout",
            "generate_fewshot", "lab2cname", "read_lists", "subsample_halves"]

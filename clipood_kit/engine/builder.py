@@ -26,7 +26,7 @@ from clipood_kit.engine.settings import apply_settings
 from clipood_kit.methods import compose
 
 TOP = ("model", "pretrained", "device", "data", "per_cell", "data_seed", "protocol", "shots", "templates",
-       "cache_dir", "eval_batch_size", "ood_data")
+       "cache_dir", "eval_batch_size", "ood_data", "eval_data")
 TRAIN = ("steps", "lr", "batch_size", "precision", "checkpoint_every", "num_workers")
 OTHER = ("source", "target", "method", "seed")
 OVERRIDES = TOP + TRAIN + OTHER
@@ -49,8 +49,9 @@ def apply_overrides(exp: ExperimentConfig, settings: Iterable[str] = (), **overr
         top["pretrained"] = None
     if "templates" in top:
         top["templates"] = list(top["templates"]) or None
-    if "ood_data" in top:
-        top["ood_data"] = list(top["ood_data"])
+    for key in ("ood_data", "eval_data"):
+        if key in top:
+            top[key] = list(top[key])
     if top.get("data", WORLD) != WORLD and exp.data != WORLD:
         # a preset that names its dataset ('oxfordpets:') reads it from the folder given: 'oxfordpets:ROOT'
         preset_kind, _ = parse_data(exp.data)

@@ -13,6 +13,7 @@ all | H). The protocol picks the training classes and the headline:
 """
 from __future__ import annotations
 
+import os
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -21,7 +22,7 @@ import torch
 
 from clipood_kit.evaluation import features as evaluation, ood
 from clipood_kit.core.cache import FeatureCache
-from clipood_kit.data import WORLD, TransformedSubset, far_ood, open_dataset, splits, world
+from clipood_kit.data import WORLD, DomainDataset, TransformedSubset, far_ood, open_dataset, splits, world
 from clipood_kit.methods import Method, MethodConfig, PartInputs, compose, method_from_dict
 from clipood_kit.models.adapted import AdaptedCLIP, PartModule, part_states, tokenize_prompts
 from clipood_kit.models.loader import TINY_NAME, load_clip
@@ -64,6 +65,7 @@ class ExperimentConfig:
     far_ood_sets: Optional[List[str]] = None     # world only: its rendered far-OOD sets (`far_ood.WORLD_SETS`);
                                              # None: all of them, []: none
     ood_data: List[str] = field(default_factory=list)   # OOD image folders, '[near:|far:][NAME=]FOLDER' (--ood-data)
+    eval_data: List[str] = field(default_factory=list)  # ImageNet variants scored as unseen domains (--eval-data)
 
     def __post_init__(self):
         if isinstance(self.method, str):
@@ -97,6 +99,7 @@ class ExperimentConfig:
                 raise ValueError("far_ood_sets are the embedded world's; a folder dataset scores its OOD sets from "
                                  "--ood-data FOLDER")
         self.ood_data = list(self.ood_data)
+        self.eval_data = list(self.eval_data)
         for spec in self.ood_data:
             far_ood.parse_ood_data(spec)
 
@@ -131,11 +134,11 @@ def inputs_identity(cfg: ExperimentConfig, loaded=None, dataset=None) -> dict:
         model = f"file:{file_digest(weights)}" if weights and Path(weights).is_file() else str(weights)
     data = cfg.data
     if cfg.data != WORLD:
-        dataset = dataset if dataset is not None else open_dataset(cfg.data, cfg.per_cell, cfg.data_seed)
+        dataset = dataset if dataset is not None else experiment_data(cfg)
         h = hashlib.sha256()
-        for f in dataset.paths:
-            st = f.stat()
-            h.update(f"{f.relative_to(dataset.root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        for f, label, domain in zip(dataset.paths, dataset.labels.tolist(), dataset.domain_ids.tolist()):
+            st = f.stat()      # every file's place, size, time, label and domain: a changed split file changes it
+            h.update(f"{os.path.relpath(f, dataset.root)}|{st.st_size}|{st.st_mtime_ns}|{label}|{domain}\n".encode())
         data = f"folder:{h.hexdigest()[:16]}"
     return {"model": model, "data": data}
 
@@ -265,14 +268,30 @@ class Setup:
         }
 
 
+def experiment_data(cfg: ExperimentConfig) -> DomainDataset:
+    """The experiment's dataset: `--data`, with ImageNet's variants (`--eval-data`) as evaluation-only domains
+    (`data.coop_layout.WithVariants`)."""
+    dataset = open_dataset(cfg.data, cfg.per_cell, cfg.data_seed, cfg.world_styles)
+    if not cfg.eval_data:
+        return dataset
+    from clipood_kit.data.coop_layout import CoOpDataset, WithVariants
+    variants = [open_dataset(v) for v in cfg.eval_data]
+    if not isinstance(dataset, CoOpDataset) or not all(isinstance(v, CoOpDataset) for v in variants):
+        raise ValueError("--eval-data adds ImageNet's variants (imagenetv2, imagenet-sketch, imagenet-a, imagenet-r) "
+                         "to a run on --data imagenet:ROOT")
+    return WithVariants(dataset, variants)
+
+
 def prepare(cfg: ExperimentConfig) -> Setup:
     """The data, splits and the zero-shot model of a spec. Everything about the data is checked first (domains,
     splits, every image the run will read, decoded), then the weights are loaded, so a bad input stops the run
     before any slow work."""
-    dataset = open_dataset(cfg.data, cfg.per_cell, cfg.data_seed, cfg.world_styles)
+    dataset = experiment_data(cfg)
+    eval_only = [dataset.domains[d] for d in getattr(dataset, "eval_only", [])]
     names = dataset.domains
     if cfg.source_domains is None:
-        sources = list(WORLD_SOURCES) if cfg.data == WORLD else names[:-1]
+        trainable = [n for n in names if n not in eval_only]
+        sources = list(WORLD_SOURCES) if cfg.data == WORLD else (trainable if eval_only else names[:-1])
     else:
         sources = list(cfg.source_domains)
     unknown = [s for s in sources if s not in names]
@@ -283,7 +302,7 @@ def prepare(cfg: ExperimentConfig) -> Setup:
             raise ValueError(f"--protocol base-to-new trains on every domain of the dataset ({names}), so a source "
                              f"list {list(cfg.source_domains)} would be ignored: leave --source and --target out, or use "
                              f"--protocol open-world to train on some domains and test the others")
-        sources = list(names)
+        sources = [n for n in names if n not in eval_only]
     if not sources:
         hint = (" (a folder with one domain trains under --protocol base-to-new: base classes train, new classes "
                 "test)" if len(names) == 1 else "")

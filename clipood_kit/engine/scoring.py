@@ -87,6 +87,22 @@ def _cells(setup: Setup, cosines: torch.Tensor, labels: torch.Tensor, in_group: 
     return cells
 
 
+def held_classes_only(dataset, cosines: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+    """The class scores for accuracy: for a domain that holds only some classes (`dataset.domain_classes`,
+    ImageNet-A and -R: 200), the others are set to -inf, so its images are classified among its own classes."""
+    allowed = getattr(dataset, "domain_classes", None)
+    if not allowed:
+        return cosines
+    out = cosines.clone()
+    for d, ids in allowed.items():
+        rows = (domains == d).nonzero().flatten()
+        if len(rows) and len(ids) < cosines.shape[1]:
+            others = torch.ones(cosines.shape[1], dtype=torch.bool)
+            others[torch.as_tensor(ids, dtype=torch.long)] = False
+            out[rows[:, None], others.nonzero().flatten()[None, :]] = float("-inf")
+    return out
+
+
 def score(setup: Setup, cosines: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
           local_mcm: Optional[torch.Tensor] = None,
           ood_sets_scored: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> dict:
@@ -96,11 +112,12 @@ def score(setup: Setup, cosines: torch.Tensor, labels: torch.Tensor, domains: to
     parameters come from the experiment."""
     groups = {"train": setup.source_ids, "unseen": setup.target_ids}
     out = {"accuracy": {}, "by_domain": {}}
+    held = held_classes_only(setup.dataset, cosines, domains)
     for gname, dom_ids in groups.items():
         if dom_ids:
-            out["accuracy"][gname] = _cells(setup, cosines, labels, torch.isin(domains, torch.tensor(dom_ids)))
+            out["accuracy"][gname] = _cells(setup, held, labels, torch.isin(domains, torch.tensor(dom_ids)))
     for i, name in enumerate(setup.dataset.domains):
-        out["by_domain"][name] = _cells(setup, cosines, labels, domains == i)
+        out["by_domain"][name] = _cells(setup, held, labels, domains == i)
     detection = ood_detection(setup, cosines, labels, domains, local_mcm, ood_sets_scored)
     if detection:
         kinds = shift_kinds(setup)
