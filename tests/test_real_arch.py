@@ -109,3 +109,35 @@ def test_the_prompt_learning_notebook_runs_on_vit_b32(real, tmp_path):
     views = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(views) >= 6, len(views)
+
+
+def test_an_official_preset_and_imagenets_variants_run_end_to_end_on_vit_b32(real, tmp_path):
+    """Issue 29: `clipood-base-to-new-eurosat` on a CoOp-layout tree (its split file, its template, Dassl's 16
+    shots of the base classes, the test list), and an ImageNet run with ImageNet-V2 and -R scored as unseen domains,
+    both through the CLI on the ViT-B-32 checkpoint."""
+    import layout_trees as trees
+    from clipood_kit.cli import main
+    ckpt = real[0]
+    trees.split_tree(tmp_path / "data", "eurosat")
+    common = ["--model", "ViT-B-32", "--pretrained", str(ckpt), "--steps", "1", "--batch-size", "4", "--precision", "no", "--device", "cpu",
+              "--set", "cache_dir=off", "--set", "eval_batch_size=16", "--set", "train.checkpoint_every=0"]
+    assert main(["finetune", "--preset", "clipood-base-to-new-eurosat", "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "eurosat"), *common]) == 0
+    results = json.loads((tmp_path / "eurosat" / "results.json").read_text())
+    assert results["experiment"]["data"] == f"eurosat:{tmp_path / 'data'}"
+    assert results["experiment"]["templates"] == ["a centered satellite photo of {}."]
+    assert results["setup"]["train_images"] == 3 * 6 and results["setup"]["eval_images"] == 5 * 4
+    assert set(results["models"]["last"]["accuracy"]["train"]) >= {"base", "new", "H"}
+    # ImageNet with two of its variants
+    root = tmp_path / "in"
+    trees.imagenet_tree(root)
+    trees.imagenetv2_tree(root, labels=(1, 4))
+    trees.variant_tree(root, "imagenet-r", wnids=trees.WNIDS[1:4])
+    assert main(["finetune", "--data", f"imagenet:{root}", "--eval-data", f"imagenetv2:{root}", "--eval-data",
+                 f"imagenet-r:{root}", "--protocol", "domain-shift", "--method", "ce",
+                 "--out", str(tmp_path / "imagenet"), *common]) == 0
+    results = json.loads((tmp_path / "imagenet" / "results.json").read_text())
+    by_domain = results["models"]["last"]["by_domain"]
+    assert set(by_domain) == {"imagenet", "imagenetv2", "imagenet-r"}
+    assert all(0 <= by_domain[d]["all"] <= 100 for d in by_domain)
+    assert results["setup"]["target_domains"] == ["imagenetv2", "imagenet-r"]
