@@ -43,7 +43,7 @@ def test_cli_finetune_writes_a_run_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
     assert result["method"] == "bma" and result["primary"] == "bma"
-    assert result["experiment"]["train"]["steps"] == 4 and result["setup"]["source_domains"] == ["photo", "sketch"]
+    assert result["experiment"]["train"]["steps"] == 4 and result["setup"]["source_domains"] == ["blueprint"]
     assert len(json.loads((out / "history.json").read_text())) == 4
     from clipood_kit.models import load_clip
     loaded = load_clip(pretrained=str(out / "model_bma.safetensors"))

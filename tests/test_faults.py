@@ -92,7 +92,7 @@ CASES = {
     "set-bad-int": (["finetune", "--set", "train.steps=abc"], "train.steps=abc: expected a finite int"),
     "fpr-rule": (["finetune", "--set", "fpr_rule=sklearn"], "fpr_rule must be one of"),
     "target-unknown": (["finetune", "--target", "clay"], "target domain\\(s\\) \\['clay'\\] not in the dataset"),
-    "target-every-domain": (["finetune"] + [a for d in ("photo", "sketch", "cartoon", "painting", "neon")
+    "target-every-domain": (["finetune"] + [a for d in ("photo", "sketch", "cartoon", "painting", "neon", "blueprint")
                                             for a in ("--target", d)], "no source domain to train on"),
     "source-unknown": (["finetune", "--source", "clay"], "source domain\\(s\\) \\['clay'\\] not in the dataset"),
     "source-with-base-to-new": (["finetune", "--protocol", "base-to-new", "--source", "painting"],

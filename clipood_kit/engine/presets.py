@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Dict, Optional
 
+from clipood_kit.data import world
 from clipood_kit.data.coop_layout import LAYOUTS
 from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.methods import MethodConfig, compose
@@ -63,26 +64,38 @@ for _name, (_lr, _epochs, _b) in _IN_THE_WILD.items():
     PRESETS[f"clipood-in-the-wild-{_name}"] = _official(_name, "in-the-wild", _lr, _epochs, 0.1, _b, batch_per_domain=12)
 
 
-def demo_experiment() -> ExperimentConfig:
-    """The demo's experiment on the tiny model (2 CPU cores, about 10 s per method).
-
-    lambda = 0.3, Beta(0.5, 0.5) and the cosine schedule are the official code's domain-shift settings
-    (docs/methods.md); the tiny CLIP's class text cosines are CLIP-like (see its model card), so the paper's
-    lambda gives margins of the paper's size. lr 1e-4 for 120 steps makes plain fine-tuning forget visibly,
-    which is what the demo shows. The prompts are the tiny model's 8-template ensemble (`zeroshot.default_templates`).
-    """
-    return ExperimentConfig(per_cell=30, protocol="open-world", method=compose("clipood"),
-                            train=TrainConfig(steps=120, batch_size=32, lr=1e-4))
-
-
-PRESETS["tiny-world"] = demo_experiment()
-
 # The world's prompt-learning task (docs/world-attempts.md; `evaluation.calibration.world_task_rows` measures its
 # calibration rows): the blueprint style, which pretraining saw in 2 % of its groups and captioned loosely, trains
 # on the base classes with its own template; the new classes are near-OOD and photo is the unseen domain.
 PROMPT_TASK_STYLES = ("photo", "blueprint")
 PROMPT_TASK_SOURCE = ("blueprint",)
 PROMPT_TASK_TEMPLATES = ("a blueprint of a {}.",)
+DEMO_STYLES = world.DEFAULT_STYLES + world.RARE_STYLES     # the five common styles and blueprint
+
+
+def demo_experiment() -> ExperimentConfig:
+    """The demo's experiment on the tiny model (2 CPU cores, about 10 s per method): fine-tune on the blueprint
+    style's base classes, test on held-out blueprints and on the five common styles (unseen), base and new classes.
+
+    Blueprint is the downstream domain (pretraining saw it in 2 % of its groups), so plain fine-tuning has room to
+    gain where it trains, as on CLIP's downstream datasets. On the common styles the shipped tiny CLIP is already
+    at 94 % on the base classes of photo and sketch (the demo's training styles until 2026-12-07), where CE gained
+    nothing (94.4 -> 94.2, 3 seeds); on blueprint CE gains 20 points (65.8 -> 86.1, seed 0) and loses new classes
+    in the unseen styles (93.8 -> 81.7): the two calibration rows of fine-tuning. (The same probe printed CLIPood's
+    row; the choice rested on CE's rows only.)
+
+    lambda = 0.3, Beta(0.5, 0.5) and the cosine schedule are the official code's domain-shift settings
+    (docs/methods.md); the tiny CLIP's class text cosines are CLIP-like (see its model card), so the paper's
+    lambda gives margins of the paper's size. lr 1e-4 for 120 steps. The prompts are the tiny model's template
+    ensemble (`zeroshot.default_templates`).
+    """
+    return ExperimentConfig(per_cell=30, protocol="open-world", method=compose("clipood"),
+                            world_styles=list(DEMO_STYLES), source_domains=list(PROMPT_TASK_SOURCE),
+                            train=TrainConfig(steps=120, batch_size=32, lr=1e-4))
+
+
+PRESETS["tiny-world"] = demo_experiment()
+
 
 
 def prompt_task_experiment() -> ExperimentConfig:
