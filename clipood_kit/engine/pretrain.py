@@ -318,7 +318,25 @@ Evaluated on {card['zeroshot_eval']['data']} with the template ensemble {card['z
 ```
 {format_card(card['clip_card'])}
 ```
-""" + calibration_markdown(card.get("calibration"))
+""" + calibration_markdown(card.get("calibration")) + attempts_markdown(card.get("attempts"))
+
+
+def attempts_markdown(attempts: List[Dict] | None) -> str:
+    """The card's section on the worlds tried before this one, in order, each with its calibration rows (the
+    shipped card's history, docs/world-attempts.md), or nothing."""
+    if not attempts:
+        return ""
+    rows = "\n".join(f"| {a['attempt']} | {a['world']} | {a['task']} | {a['zero_shot']} | {a['coop_change']} | "
+                     f"{a['mcm']} | {a['seeds']} |" for a in attempts)
+    return f"""
+## What was tried, in order (docs/world-attempts.md)
+Each attempt's world and pretraining, and its calibration rows; no held-out row (a method's claim) was computed
+while choosing.
+
+| attempt | world and pretraining | task | zero-shot base / new | CoOp change base / new | MCM AUROC glyphs / textures | seeds |
+|---|---|---|---|---|---|---|
+{rows}
+"""
 
 
 def calibration_markdown(calibration: Dict | None) -> str:
