@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.methods import Method, compose
-from clipood_kit.engine.optim import cosine_lr
+from clipood_kit.core.schedules import cosine_lr
 from clipood_kit.engine.runs import build_task
 from clipood_kit.engine.training import TrainConfig, fine_tune
 

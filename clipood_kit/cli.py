@@ -109,7 +109,8 @@ def cmd_zeroshot(args) -> int:
 def cmd_data_check(args) -> int:
     from clipood_kit.core.io import write_json
     from clipood_kit.data.layouts import check, format_check
-    report = check(args.root, verify=not args.no_verify)
+    from clipood_kit.engine.presets import PRESETS
+    report = check(args.root, verify=not args.no_verify, presets=list(PRESETS))
     print(format_check(report))
     if args.json:
         write_json(args.json, report)

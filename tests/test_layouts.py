@@ -241,7 +241,8 @@ def test_detection_parsing_and_the_preset_that_names_its_dataset(tmp_path):
 
 def test_data_check_names_every_problem_at_once(tmp_path):
     folder, split = trees.split_tree(tmp_path, "eurosat")
-    good = check(f"eurosat:{tmp_path}")
+    from clipood_kit.engine.presets import PRESETS
+    good = check(f"eurosat:{tmp_path}", presets=list(PRESETS))
     assert good["problems"] == [] and good["splits"] == {"train": 30, "val": 10, "test": 20}
     assert good["presets"] == {"clipood-base-to-new-eurosat": "ready"}
     text = format_check(good)

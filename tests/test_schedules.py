@@ -1,11 +1,11 @@
-"""Learning-rate schedules and budgets (engine/optim.py, TrainConfig): Dassl's per-epoch schedule against torch's
+"""Learning-rate schedules and budgets (core/schedules.py, TrainConfig): Dassl's per-epoch schedule against torch's
 own schedulers stepped as Dassl steps them, its epoch length, and a fine-tuning run that follows both."""
 import pytest
 import torch
 
 from clipood_kit.engine.builder import build_experiment
 from clipood_kit.engine.experiment import prepare
-from clipood_kit.engine.optim import dassl_epoch_lr, dassl_steps_per_epoch
+from clipood_kit.core.schedules import dassl_epoch_lr, dassl_steps_per_epoch
 from clipood_kit.engine.runs import effective_train, run_method
 from clipood_kit.engine.training import TrainConfig, learning_rate
 

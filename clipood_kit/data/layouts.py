@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from clipood_kit.data import coop_layout, domainbed_layout, mcm_layout
 from clipood_kit.data.datasets import DatasetError, DomainDataset, FolderDataset
@@ -76,9 +76,10 @@ def open_layout(value: str, announce: bool = True) -> DomainDataset:
 # ----------------------------------------------------------------------------------------------------
 # clipood-kit data check
 # ----------------------------------------------------------------------------------------------------
-def check(value: str, verify: bool = True) -> Dict:
+def check(value: str, verify: bool = True, presets: Sequence[str] = ()) -> Dict:
     """What a `--data` value holds, and every problem at once: {kind, why, problems, ...} (no exception for a
-    broken tree: the problems list says what is wrong). `verify`: decode every image (slow on large sets)."""
+    broken tree: the problems list says what is wrong). `verify`: decode every image (slow on large sets);
+    `presets`: the preset names to report on (those that name this dataset: ready, or not)."""
     kind, root = parse_data(value)
     why = "given"
     if kind is None:
@@ -110,7 +111,8 @@ def check(value: str, verify: bool = True) -> Dict:
             dataset.verify(present)
         except DatasetError as e:
             problems.append(str(e))
-    report["presets"] = preset_needs(kind, report)
+    report["presets"] = {name: "ready" if not problems else "needs the problems above fixed"
+                         for name in presets if name.endswith(f"-{kind.replace('-', '')}")}
     return report
 
 
@@ -131,17 +133,6 @@ def coop_problems(root: str, layout: coop_layout.Layout) -> List[str]:
         needed.append(folder / "classnames.txt")
     return [f"{layout.kind}: missing {p} ({coop_layout.COOP_DOC}, section {layout.name})" for p in needed
             if not p.exists()]
-
-
-def preset_needs(kind: str, report: Dict) -> Dict[str, str]:
-    """For each preset that names this dataset: 'ready' or what it still needs."""
-    from clipood_kit.engine.presets import PRESETS
-    key = kind.replace("-", "")
-    out = {}
-    for name in PRESETS:
-        if name.endswith(f"-{key}"):
-            out[name] = "ready" if not report["problems"] else "needs the problems above fixed"
-    return out
 
 
 def format_check(report: Dict) -> str:

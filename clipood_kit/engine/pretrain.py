@@ -44,7 +44,7 @@ from clipood_kit.data import world
 from clipood_kit.data.datasets import WorldDataset
 from clipood_kit.core.io import check_writable_folder, save_weights, write_json, write_text
 from clipood_kit.models.loader import CONFIG_DIR, TINY_NAME, file_digest, load_clip, tiny_weights_path
-from clipood_kit.engine.optim import cosine_lr
+from clipood_kit.core.schedules import cosine_lr
 
 # Caption forms with their probabilities. {what} is the class name, or (FAMILY_SHARE of the time) its family.
 CAPTION_FORMS = (

@@ -22,7 +22,7 @@ import torch
 
 from clipood_kit.data import TransformedSubset
 from clipood_kit.engine.experiment import ExperimentConfig, Setup, prepare
-from clipood_kit.engine.optim import dassl_steps_per_epoch
+from clipood_kit.core.schedules import dassl_steps_per_epoch
 from clipood_kit.core.io import check_writable_folder, save_weights, write_json
 from clipood_kit.methods import Method
 from clipood_kit.models.loader import TRAINED_STATE_FORMAT, weights_digest

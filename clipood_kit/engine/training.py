@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from clipood_kit.core.io import load_weights, save_weights, write_json
 from clipood_kit.methods import Batch, Method, RunContext
-from clipood_kit.engine.optim import cosine_lr, dassl_epoch_lr
+from clipood_kit.core.schedules import cosine_lr, dassl_epoch_lr
 
 CHECKPOINTS = "checkpoints"
 SCHEDULES = ("cosine", "dassl")
@@ -59,7 +59,7 @@ class TrainConfig:
     num_workers: Optional[int] = None   # loader worker processes; None: min(8, cores) on CUDA, 0 on a CPU (loader_options)
     # The CoOp family's official trainer (Dassl) counts its budget in epochs, steps its lr once per epoch and uses
     # SGD: `epochs` set makes the run epochs x dassl_steps_per_epoch(training images, batch_size) steps (replacing
-    # `steps`, by `runs.effective_train`); schedule "dassl" is `optim.dassl_epoch_lr` (needs `epochs`), "cosine"
+    # `steps`, by `runs.effective_train`); schedule "dassl" is `core.schedules.dassl_epoch_lr` (needs `epochs`), "cosine"
     # CLIPood's per-step cosine; optimizer "sgd" is SGD with `momentum` (Dassl's OPTIM defaults), "adamw" AdamW.
     epochs: Optional[int] = None
     schedule: str = "cosine"

@@ -29,7 +29,7 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
-from clipood_kit.engine.optim import dassl_epoch_lr, dassl_steps_per_epoch
+from clipood_kit.core.schedules import dassl_epoch_lr, dassl_steps_per_epoch
 from clipood_kit.evaluation.ood import auroc, mcm
 
 REFERENCES = {

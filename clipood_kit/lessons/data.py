@@ -155,7 +155,7 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
     each class's text feature moved from CLIP's 'a photo of a CLASS.' (1 - cos), base and new classes apart."""
     from clipood_kit.methods import Method
     from clipood_kit.methods.coop import nearest_words, vocabulary_of
-    from clipood_kit.studies.ood_study import BUDGETS
+    from clipood_kit.studies.ood_study import BUDGETS, budget_train
 
     def compute() -> dict:
         cells: dict = {m: {} for m in ("zero-shot", *methods)}
@@ -165,7 +165,7 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
             check_methods(setup, [compose(m) for m in methods])
             cells["zero-shot"][str(k)] = _prompt_cells(zero_shot_scores(setup))
             for m in methods:
-                train = (BUDGETS[m].train(setup.cfg.train, int(k)) if steps is None
+                train = (budget_train(BUDGETS[m], setup.cfg.train, int(k)) if steps is None
                          else replace(setup.cfg.train, steps=int(steps), lr=BUDGETS[m].lr))
                 result = run_method(setup.for_method(compose(m), train), progress=False)
                 cells[m][str(k)] = _prompt_cells(result["models"][result["primary"]])

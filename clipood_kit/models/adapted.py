@@ -86,10 +86,15 @@ class TextTower(nn.Module):
 
 class PartModule(nn.Module):
     """A part's module that is part of the model (a head, prompt context, an adapter). Override `adapt_image`
-    and/or `adapt_classes` (which gets the model's text tower, frozen or not, when `needs_text_tower`);
-    `from_state` rebuilds the module from its entries of a saved state (scoring a run's state needs no config)."""
+    and/or `adapt_classes` (which gets the model's text tower, frozen or not, when `needs_text_tower`), or
+    `install` to work inside the towers (low-rank adapters in their attention); `from_state` rebuilds the module
+    from its entries of a saved state (scoring a run's state needs no config)."""
 
     needs_text_tower = False
+
+    def install(self, visual: nn.Module, text: Optional["TextTower"]) -> None:
+        """Called once when the model is built, with its own copies of the towers: a module that acts inside them
+        rewires their layers here, keeping its parameters its own (the towers' state stays theirs)."""
 
     def adapt_image(self, features: torch.Tensor) -> torch.Tensor:
         return features
@@ -139,6 +144,8 @@ class AdaptedCLIP(nn.Module):
             text = TextTower(clip).requires_grad_(False)     # frozen: prompt learning runs through it
         param = next(visual.parameters())
         parts = {k: m.to(param.device, param.dtype) for k, m in (parts or {}).items()}
+        for module in parts.values():
+            module.install(visual, text)
         return cls(visual, class_features.to(param.device), text, parts)
 
     # -- forward ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from clipood_kit.engine.experiment import ExperimentConfig, prepare
 from clipood_kit.core.io import check_results_dir, check_unique, write_results
 from clipood_kit.engine.builder import with_seed
-from clipood_kit.methods import MethodConfig
+from clipood_kit.methods import MethodConfig, methods_for
 from clipood_kit.engine.runs import check_methods, run_method
 from clipood_kit.engine.scoring import zero_shot_scores
 from clipood_kit.engine.presets import demo_experiment
@@ -109,8 +109,8 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, runner: Option
 
 # -- bench presets -----------------------------------------------------------------------------------------
 
-DEMO_METHODS = ("ce", "mms", "bma", "clipood", "wise-ft", "ema")
-COMPARE_METHODS = ("ce", "wise-ft", "ema", "swad", "bma", "mms", "clipood", "car-ft", "car-ft-clipood", "ogen-ft")
+DEMO_METHODS = methods_for("demo")          # the registry's methods of each bench (methods/registry.py)
+COMPARE_METHODS = methods_for("compare")
 BENCH_SETTINGS = {"ema.decay": 0.98}           # EMA's decay for 120 steps (0.99 keeps a third of the zero-shot model)
 DEMO_COLUMNS = (("train", "base"), ("train", "new"), ("unseen", "base"), ("unseen", "new"), ("unseen", "H"))
 COMPARE_COLUMNS = (("train", "base"), ("unseen", "base"), ("train", "new"), ("train", "H"), ("unseen", "new"),

@@ -33,62 +33,35 @@ from clipood_kit.engine.presets import get_preset
 from clipood_kit.engine.runs import check_methods, run_method
 from clipood_kit.engine.scoring import shift_kinds, zero_shot_scores
 from clipood_kit.engine.training import TrainConfig
-from clipood_kit.methods import METHODS, compose
+from clipood_kit.methods import METHODS, FewShotBudget, budgets, compose, methods_for
 from clipood_kit.studies.fanout import Runner, fan_out
+from clipood_kit.viz.report import budget_rows
 
 STUDY = "ood-after-finetuning"
 ZERO_SHOT = "zero-shot"
-# the paper's methods that the bench has, and the image-encoder fine-tuning ones beside them
-STUDY_METHODS = (ZERO_SHOT, "coop", "cocoop", "ogen", "clip-adapter", "tip-adapter", "tip-adapter-f", "ce",
-                 "clipood", "ogen-ft", "flyp")
+# the methods registered for the study (methods/registry.py: the paper's methods the bench has, OGEN in its own
+# setting and the image-encoder fine-tuning ones beside them), each with its registered official budget
+STUDY_METHODS = (ZERO_SHOT, *methods_for("study"))
 PAPER_METHODS_MISSING = ()           # the paper's methods the bench lacks (named in the results, never faked)
 STUDY_SHOTS = (1, 2, 4, 8, 16)
 STUDY_SEEDS = (0, 1, 2)
-# Each method's training budget and optimiser, from its official schedule (`Budget`). Full fine-tuning (CE, CLIPood,
-# OGEN-FT, FLYP) has no official few-shot schedule: it keeps the study experiment's steps, batch and AdamW at 1e-4.
+# Full fine-tuning (CE, CLIPood, OGEN-FT, FLYP) has no official few-shot schedule: it keeps the study experiment's
+# steps, batch and AdamW at 1e-4.
 DEFAULT_LR = 1e-4
+BUDGETS: Dict[str, FewShotBudget] = budgets()
 
 
-@dataclass(frozen=True)
-class Budget:
-    """A method's official few-shot schedule: epochs per shot count (the largest listed count <= the shots), batch,
-    optimiser and lr schedule (`TrainConfig`'s fields; an epoch is `dassl_steps_per_epoch` steps)."""
-
-    epochs: Dict[int, int]
-    batch_size: int
-    lr: float
-    optimizer: str = "sgd"
-    schedule: str = "dassl"
-    weight_decay: float = 5e-4          # Dassl's OPTIM.WEIGHT_DECAY (`dassl/config/defaults.py`)
-    source: str = ""
-
-    def epochs_for(self, shots: int) -> int:
-        return self.epochs[max([k for k in self.epochs if k <= shots] or [min(self.epochs)])]
-
-    def train(self, base: TrainConfig, shots: int) -> TrainConfig:
-        return replace(base, epochs=self.epochs_for(shots), batch_size=self.batch_size, lr=self.lr,
-                       optimizer=self.optimizer, schedule=self.schedule, weight_decay=self.weight_decay)
+def budget_train(budget: FewShotBudget, base: TrainConfig, shots: int) -> TrainConfig:
+    """The training config of an official few-shot budget at `shots` (an epoch is `dassl_steps_per_epoch` steps;
+    a budget counted in steps sets them)."""
+    counted = (dict(epochs=None, steps=budget.steps_for(shots)) if budget.steps_per_shot
+               else dict(epochs=budget.epochs_for(shots)))
+    return replace(base, batch_size=budget.batch_size, lr=budget.lr, optimizer=budget.optimizer,
+                   schedule=budget.schedule, weight_decay=budget.weight_decay, **counted)
 
 
-# CoOp's few-shot runs (KaiyangZhou/CoOp COOP.md lines 15-19: rn50_ep50 for 1 shot, rn50_ep100 for 2 and 4,
-# rn50 for 8 and 16; configs/trainers/CoOp/rn50.yaml: batch 32 line 3, SGD line 16, lr 0.002 line 17, 200 epochs
-# line 18, one constant warm-up epoch at 1e-5 lines 20-22)
-COOP_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
-BUDGETS = {
-    "coop": Budget(COOP_EPOCHS, 32, 2e-3, source="KaiyangZhou/CoOp COOP.md lines 15-19, configs/trainers/CoOp/rn50*.yaml"),
-    # CLIP-Adapter trains in CoOp's Dassl frame: optimiser and schedule from cfg.OPTIM (gaopengcuhk/CLIP-Adapter
-    # clip_adapter.py, build_optimizer / build_lr_scheduler), so CoOp's configs
-    "clip-adapter": Budget(COOP_EPOCHS, 32, 2e-3, source="CLIP-Adapter clip_adapter.py: Dassl with CoOp's configs"),
-    # configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml: batch 1 (line 3), SGD (15), lr 0.002 (16), 10 epochs (17)
-    "cocoop": Budget({1: 10}, 1, 2e-3, source="KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"),
-    # apple/ml-ogen configs/trainers/OGEN/vit_b16_ep200_ctxv1.yaml (scripts/ogen/base2new_train_ep200.sh): batch 32
-    # (line 3), SGD (15), lr 0.002 (16), 200 epochs (17), the CoOp warm-up (18-21)
-    "ogen": Budget({1: 200}, 32, 2e-3, source="apple/ml-ogen configs/trainers/OGEN/vit_b16_ep200_ctxv1.yaml"),
-    # gaopengcuhk/Tip-Adapter configs/imagenet.yaml: lr 0.001 (line 29), 20 epochs (line 31); main_imagenet.py: batch
-    # 256, AdamW (eps 1e-4, torch's weight decay 0.01), CosineAnnealingLR over every step of the 20 epochs
-    "tip-adapter-f": Budget({1: 20}, 256, 1e-3, optimizer="adamw", schedule="cosine", weight_decay=0.01,
-                            source="gaopengcuhk/Tip-Adapter configs/imagenet.yaml, main_imagenet.py"),
-}
+# The methods of the paper's claims (Ming & Li 2023 compared CoOp and CoCoOp, and the adapters), a statement about
+# the paper, not about the registry
 PROMPT_METHODS = ("coop", "cocoop")
 ADAPTER_METHODS = ("clip-adapter", "tip-adapter", "tip-adapter-f")
 
@@ -132,7 +105,7 @@ class StudyConfig:
         if method == ZERO_SHOT:
             return exp
         budget = BUDGETS.get(method) if self.official_budgets else None
-        train = budget.train(exp.train, shots) if budget else exp.train
+        train = budget_train(budget, exp.train, shots) if budget else exp.train
         return replace(exp, shots=shots, method=compose(method), train=train)
 
 
@@ -149,7 +122,9 @@ def budgets_used(cfg: StudyConfig) -> Dict[str, dict]:
                       "schedule": t.schedule, "source": "the study experiment's budget (no official few-shot schedule)"
                       if cfg.official_budgets else "the study experiment's budget (official budgets off)"}
         else:
-            out[m] = {"epochs": {str(k): budget.epochs_for(k) for k in cfg.shots}, "batch_size": budget.batch_size,
+            counted = ({"steps": {str(k): budget.steps_for(k) for k in cfg.shots}} if budget.steps_per_shot
+                       else {"epochs": {str(k): budget.epochs_for(k) for k in cfg.shots}})
+            out[m] = {**counted, "batch_size": budget.batch_size,
                       "lr": budget.lr, "optimizer": budget.optimizer, "schedule": budget.schedule,
                       "weight_decay": budget.weight_decay, "source": budget.source}
     return out
@@ -303,22 +278,6 @@ def run_study(cfg: StudyConfig, out: Path, runner: Optional[Runner] = None, prog
                "seconds": round(time.perf_counter() - start, 1)}
     write_results(out, results, study_report(results))
     return results
-
-
-def budget_rows(results: dict) -> Dict[str, Dict[str, str]]:
-    """What each trained method ran with: the steps it took at each shot count (from the runs; one value when every
-    seed took the same), batch, optimiser, lr, schedule and the source of its budget (`budgets_used`)."""
-    rows = {}
-    for m, b in results["config"]["budgets"].items():
-        row = {}
-        for k in results["config"]["shots"]:
-            steps = sorted({r["train_steps"] for r in results["runs"] if r["method"] == m and r["shots"] == k})
-            epochs = f" ({b['epochs'][str(k)]} ep)" if "epochs" in b else ""
-            row[f"{k} shots"] = "/".join(map(str, steps)) + epochs
-        row.update({"batch": str(b["batch_size"]), "optimiser": b["optimizer"], "lr": f"{b['lr']:g}",
-                    "schedule": b["schedule"], "source": b["source"]})
-        rows[m] = row
-    return rows
 
 
 def text_table(results: dict, kind: str = "far", score: str = "MCM") -> str:

@@ -122,6 +122,22 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
     return figures.report_html(results["config"]["title"], sections)
 
 
+def budget_rows(results: dict) -> Dict[str, Dict[str, str]]:
+    """What each trained method ran with: the steps it took at each shot count (from the runs; one value when every
+    seed took the same), batch, optimiser, lr, schedule and the source of its budget (`budgets_used`)."""
+    rows = {}
+    for m, b in results["config"]["budgets"].items():
+        row = {}
+        for k in results["config"]["shots"]:
+            steps = sorted({r["train_steps"] for r in results["runs"] if r["method"] == m and r["shots"] == k})
+            epochs = f" ({b['epochs'][str(k)]} ep)" if "epochs" in b else ""
+            row[f"{k} shots"] = "/".join(map(str, steps)) + epochs
+        row.update({"batch": str(b["batch_size"]), "optimiser": b["optimizer"], "lr": f"{b['lr']:g}",
+                    "schedule": b["schedule"], "source": b["source"]})
+        rows[m] = row
+    return rows
+
+
 def study_report(results: dict) -> str:
     """The OOD-after-fine-tuning study's report (`studies.ood_study`): ID accuracy and MCM's AUROC on near- and
     far-OOD against the shots, every score per method at the largest shot count, and the findings."""
@@ -139,7 +155,6 @@ def study_report(results: dict) -> str:
     findings = "".join(f"<li><b>{'holds' if f['holds'] else ('not tested' if f['holds'] is None else 'does not hold')}"
                        f"</b>: {f['claim']}. {f['evidence']}.</li>" for f in results["findings"])
     sections = [("The paper's findings on this bench", intro + f"<ul>{findings}</ul>", None)]
-    from clipood_kit.studies.ood_study import budget_rows
     budgets = budget_rows(results)
     if budgets:
         sections.append(("Training budgets: steps per shot count (all seeds)", "<p>The few-shot methods train "
