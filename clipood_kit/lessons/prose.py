@@ -9,7 +9,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from clipood_kit.methods import beta_weights
+from clipood_kit.methods import averaging, beta_weights
 
 SHAPE_OPTIONS = ("start-heavy (alpha < beta)", "symmetric (alpha = beta)", "end-heavy (alpha > beta)")
 WISE_OPTIONS = ("below CE", "between CE and zero-shot", "above zero-shot")
@@ -118,9 +118,8 @@ def against_reference(values: Sequence[float], reference: Sequence[float], noise
 
 
 def zero_shot_share(steps: int, alpha: float, beta: float) -> float:
-    """The zero-shot model's (t = 0) share of the final BMA average."""
-    w = np.array(beta_weights(steps, alpha, beta))
-    return float(w[0] / w.sum())
+    """The zero-shot model's (t = 0) share of the final BMA average (`averaging.zero_shot_share`, last step)."""
+    return averaging.zero_shot_share(beta_weights(steps, alpha, beta))[-1]
 
 
 def shape_of(alpha: float, beta: float) -> str:

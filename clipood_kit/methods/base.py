@@ -78,6 +78,11 @@ class PartConfig:
         return {"kind": self.kind, **dataclasses.asdict(self)}
 
 
+def part_seed(seed: int, kind: str) -> int:
+    """The run's seed for one part's draws: stable across processes and Python versions (crc32, not hash())."""
+    return (seed * 1_000_003 + zlib.crc32(kind.encode())) % (2**31 - 1)
+
+
 @dataclass
 class PartInputs:
     """What a part may read from the experiment before training, and nothing more (`Part.check`, `Part.prepare`)."""
@@ -99,8 +104,8 @@ class PartInputs:
                                     # and classes (SWAD's validation loss)
 
     def part_seed(self, kind: str) -> int:
-        """The run's seed for one part's initial draws (the same rule as `RunContext.part_seed`)."""
-        return (self.seed * 1_000_003 + zlib.crc32(kind.encode())) % (2**31 - 1)
+        """The run's seed for one part's initial draws (`part_seed`)."""
+        return part_seed(self.seed, kind)
 
     @property
     def unknown_class_ids(self) -> List[int]:
@@ -122,8 +127,8 @@ class RunContext:
     num_processes: int = 1                      # process_index::num_processes of the step's global batch
 
     def part_seed(self, kind: str) -> int:
-        """The run's seed for one part: stable across processes and Python versions (crc32, not hash())."""
-        return (self.seed * 1_000_003 + zlib.crc32(kind.encode())) % (2**31 - 1)
+        """The run's seed for one part (`part_seed`)."""
+        return part_seed(self.seed, kind)
 
 
 @dataclass
