@@ -376,9 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the card here as JSON (default: print only)")
     p.add_argument("--calibration", type=int, nargs="+", metavar="SEED",
                    help="also the calibration rows (zero-shot base/new, CoOp at its official schedule, zero-shot "
-                        "MCM on far-OOD sets) over these seeds, beside the papers' values (`evaluation.calibration`)")
+                        "MCM on far-OOD sets) over these seeds, beside the papers' values (`evaluation.calibration`; "
+                        "default: none, the card only)")
     p.add_argument("--ood-data", action="append", metavar="[far:][NAME=]FOLDER",
-                   help="a far-OOD image folder for the calibration rows on --data FOLDER; repeat")
+                   help="a far-OOD image folder for the calibration rows on --data FOLDER; repeat (default: none)")
     p.set_defaults(func=cmd_clip_card)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy per domain")
@@ -471,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["check"], help="the action")
     p.add_argument("root", help="KIND:ROOT (e.g. oxfordpets:/data, pacs:/data) or a folder (its layout detected)")
     p.add_argument("--no-verify", action="store_true", help="do not decode every image (faster on large sets)")
-    p.add_argument("--json", default=None, help="write the report here as JSON")
+    p.add_argument("--json", default=None, help="write the report here as JSON (default: print only)")
     p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("export-world", help="write the world as a DomainBed-style image folder")

@@ -1,6 +1,8 @@
 """The existing methods keep their numbers through the frame rebuild (issue 19): every registered method, run on
 a small float64 experiment with today's code, gives the scores, weights and losses the code before the rebuild
-gave (`tests/golden/methods_before_frame.json`, written by `tests/golden/method_numbers.py` at commit ee8d5a8)."""
+gave (`tests/golden/methods_before_frame.json`, written by `tests/golden/method_numbers.py` at commit ee8d5a8, and
+written again at commit d1ab963 when the shipped tiny CLIP and the demo task changed (issue 28): from there the
+numbers guard the method contract's rebuild (issue 30))."""
 import json
 import math
 import sys

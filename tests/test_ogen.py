@@ -139,7 +139,8 @@ def test_the_generator_learns_to_synthesise_held_out_class_features():
     Its neighbours are y's family siblings, whose prompts are nearly synonymous for the tiny CLIP, so the
     generated feature stays hard to tell from theirs: the bar is 3x chance and a rise of 0.12."""
     setup = prepare(ExperimentConfig(per_cell=10))
-    r = run_method(setup.for_method(ogen(**{"ogen.warmup": 0.9, "self-distill.start": 0.9}), TrainConfig(steps=60, batch_size=32, lr=1e-4)), progress=False)
+    # 120 steps: on the shipped tiny CLIP (issue 28) the siblings are closer in text, and 60 steps reach 0.16 only
+    r = run_method(setup.for_method(ogen(**{"ogen.warmup": 0.9, "self-distill.start": 0.9}), TrainConfig(steps=120, batch_size=32, lr=1e-4)), progress=False)
     acc = [row["generated_accuracy"] for row in r["history"]]
     reg = [row["regression"] for row in r["history"]]
     early, late = sum(acc[:10]) / 10, sum(acc[-10:]) / 10

@@ -28,7 +28,11 @@ def test_official_presets_match_the_official_scripts(task, dataset):
         assert exp.train.batch_per_domain == batch
     assert exp.method.describe() == "mms + bma" and exp.method.part("mms").margin_lambda == lam
     assert exp.method.part("bma").alpha == b == exp.method.part("bma").beta
-    assert exp.templates == ["a photo of a {}."] and exp.holdout_fraction == 0.2
+    # base-to-new: CoOp's per-dataset template (converter_dassl.py CUSTOM_TEMPLATES, checked in test_layouts.py);
+    # DomainBed: "a photo of a {}." (engine.py line 68); the dataset named for --data ROOT
+    from clipood_kit.data.coop_layout import LAYOUTS
+    template = LAYOUTS[dataset].template if task == "base-to-new" else "a photo of a {}."
+    assert exp.templates == [template] and exp.holdout_fraction == 0.2 and exp.data == f"{dataset}:"
 
 
 def test_every_clipood_preset_is_in_the_table_and_presets_are_copies():

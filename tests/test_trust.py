@@ -131,7 +131,9 @@ def test_an_ood_set_sharing_images_with_the_id_data_is_refused_by_name(world_tre
 def test_an_export_of_the_world_as_ood_is_refused_by_its_pixels(tmp_path):
     from clipood_kit.data import export_world
     from clipood_kit.engine.experiment import prepare
-    tree = export_world(tmp_path / "w", per_cell=2, seed=0)
+    from clipood_kit.data import world
+    from clipood_kit.engine.presets import DEMO_STYLES
+    tree = export_world(tmp_path / "w", per_cell=2, seed=0, config=world.WorldConfig(styles=DEMO_STYLES))
     exp = build_experiment(per_cell=2, ood_data=[str(tree / "photo")], cache_dir="off", method="ce",
                            settings=["far_ood_sets="])
     with pytest.raises(ValueError, match="shares .* the same pixels"):
