@@ -1,14 +1,19 @@
-"""Shared fixtures. The suite runs offline: open_clip's hub downloads fail at once instead of retrying."""
+"""Shared fixtures. The suite runs offline: open_clip's hub downloads fail at once instead of retrying.
+
+`make test` runs two pytest-xdist workers (one test file each at a time): each worker and the notebook kernels it
+starts use one thread, so the two share the machine's cores instead of fighting over them."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"          # inherited by papermill's and JupyterLab's kernels
 # sweeps cache their points on disk: the suite uses a fresh cache of its own (inherited by notebook kernels)
 os.environ["CLIPOOD_KIT_CACHE"] = __import__("tempfile").mkdtemp(prefix="clipood-kit-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
