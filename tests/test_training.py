@@ -26,10 +26,11 @@ def small():
 
 
 def test_a_run_moves_accuracy_and_the_bma_model_keeps_more_of_zero_shot():
-    """Fine-tuning on base classes of two styles forgets new classes in unseen styles; BMA forgets less.
-    (The demo's data and budget: 30 images per cell, 120 steps of batch 32.)"""
+    """Fine-tuning on the base classes of the training style forgets new classes in unseen styles; BMA forgets less.
+    (The demo's task, data and budget: blueprint, 30 images per cell, 120 steps of batch 32.)"""
+    from clipood_kit.engine.presets import demo_experiment
     from clipood_kit.engine.scoring import zero_shot_scores
-    setup = prepare(ExperimentConfig(per_cell=30))
+    setup = prepare(demo_experiment())
     zs = zero_shot_scores(setup)["accuracy"]["unseen"]["new"]
     r = run_method(setup.for_method(compose("bma"), TrainConfig(steps=120, batch_size=32, lr=1e-4, seed=0)), progress=False)
     last, bma = (r["models"][m]["accuracy"]["unseen"]["new"] for m in ("last", "bma"))
