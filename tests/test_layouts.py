@@ -325,3 +325,33 @@ def test_imagenet_v2_joins_with_imagenets_label_numbers(tmp_path, monkeypatch):
     v2 = (both.domain_ids == 1).nonzero().flatten()
     assert both.labels[v2].tolist() == [0, 0, 3, 3] and both.domain_classes == {1: list(range(6))}
     assert both.official_split([0], [1], "domain-shift", None, 0)[1].tolist()[-4:] == v2.tolist()
+
+
+# DomainBed's five, as its download script leaves them (domainbed/scripts/download.py; datasets.py lines 227-260)
+DOMAINBED_TREES = {
+    "pacs": ("PACS", ("art_painting", "cartoon", "photo", "sketch"), ("dog", "elephant", "giraffe")),
+    "vlcs": ("VLCS", ("Caltech101", "LabelMe", "SUN09", "VOC2007"), ("bird", "car", "chair")),
+    "officehome": ("office_home", ("Art", "Clipart", "Product", "Real World"), ("Alarm_Clock", "Backpack", "Bed")),
+    "terraincognita": ("terra_incognita", ("location_100", "location_38", "location_43", "location_46"),
+                       ("bird", "bobcat", "cat")),
+    "domainnet": ("domain_net", ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
+                  ("aircraft_carrier", "airplane", "alarm_clock")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DOMAINBED_TREES))
+def test_each_domainbed_dataset_reads_from_its_folder_with_domainbeds_split(tmp_path, kind):
+    from torchvision.datasets import ImageFolder
+    folder, envs, classes = DOMAINBED_TREES[kind]
+    root = trees.domainbed_tree(tmp_path, folder=folder, envs=envs, classes=classes, per_class=3)
+    data = open_dataset(f"{kind}:{tmp_path}")
+    assert isinstance(data, DomainBedDataset) and data.domains == sorted(envs)
+    assert data.classes == [c.replace("_", " ") for c in sorted(classes)]
+    assert detect(root) == (kind, f"the folder is named {folder}/ (DomainBed's name)")
+    split = data.holdout(0)
+    for env_i, env in enumerate(data.domains):
+        reference = ImageFolder(str(root / env))
+        mine = (data.domain_ids == env_i).nonzero().flatten().tolist()
+        assert [str(data.paths[i]) for i in mine] == [p for p, _ in reference.samples]
+        out_keys, in_keys = official.domainbed_split(len(reference), 0.2, env_i)
+        assert split["out"][env_i].tolist() == [mine[k] for k in out_keys]
