@@ -6,10 +6,13 @@ import argparse
 import functools
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from clipood_kit.data import WORLD
 from clipood_kit.methods import METHODS
+
+if TYPE_CHECKING:                                # the CLI imports its commands' modules when they run
+    from clipood_kit.studies.fanout import Runner
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -206,7 +209,7 @@ def cmd_demo(args) -> int:
     return _run_and_print(_bench_overrides(demo_bench(args.seeds), args), args.out, _runner(args), args.overwrite)
 
 
-def _run_and_print(cfg, out, runner, overwrite: bool = False) -> int:
+def _run_and_print(cfg, out, runner: "Runner", overwrite: bool = False) -> int:
     from clipood_kit.studies.bench import run_bench
     from clipood_kit.viz.report import text_table
     results = run_bench(cfg, out, runner=runner, overwrite=overwrite)

@@ -2,16 +2,42 @@
 features read from the feature cache."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Protocol
 
 import torch
 
-from clipood_kit.core.cache import tensor_digest
-from clipood_kit.data import TransformedSubset
+from clipood_kit.core.cache import FeatureCache, tensor_digest
+from clipood_kit.data import DomainDataset, TransformedSubset
 from clipood_kit.evaluation import features as evaluation
+from clipood_kit.models.adapted import AdaptedCLIP
+from clipood_kit.models.loader import LoadedCLIP
 
 
-def encode(setup, state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor] = None,
+class EncodingSetup(Protocol):
+    """What encoding reads from an experiment's setup (`experiment.Setup` provides it): the images and their
+    split, the model and its states, the zero-shot classifier, the cache and the evaluation settings."""
+
+    cfg: object                                 # its `eval_batch_size`
+    dataset: DomainDataset
+    eval_idx: torch.Tensor
+    base_ids: List[int]
+    ood_sets: Dict[str, DomainDataset]
+    loaded: LoadedCLIP
+    text_features: torch.Tensor                 # C x D, the frozen zero-shot classifier
+    zero_shot_state: Dict[str, torch.Tensor]
+    inputs: Dict[str, str]                      # the identity of the model and the data (cache keys)
+    cache: Optional[FeatureCache]
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def eval_precision(self) -> Optional[str]: ...
+
+    def scratch_for(self, state: Dict[str, torch.Tensor]) -> AdaptedCLIP: ...
+
+
+def encode(setup: EncodingSetup, state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor] = None,
            progress: bool = False) -> Dict[str, torch.Tensor]:
     """Image features of the evaluation images (or the given dataset indices) under a model state
     (`experiment.Setup.scratch_for`: the setup's CLIP is never touched), with labels and domains. ViT towers also
@@ -29,7 +55,7 @@ def encode(setup, state: Dict[str, torch.Tensor], indices: Optional[torch.Tensor
     return _encode(setup, state, subset, progress)
 
 
-def encode_ood_set(setup, state: Dict[str, torch.Tensor], name: str, progress: bool = False) -> Dict[str, torch.Tensor]:
+def encode_ood_set(setup: EncodingSetup, state: Dict[str, torch.Tensor], name: str, progress: bool = False) -> Dict[str, torch.Tensor]:
     """Image features of one of the setup's OOD sets (`Setup.ood_sets`: the world's far-OOD sets, --ood-data
     folders) under a model state, as `encode` gives them for the dataset's images (sharded, cached at zero-shot)."""
     data = setup.ood_sets[name]
@@ -41,7 +67,7 @@ def encode_ood_set(setup, state: Dict[str, torch.Tensor], name: str, progress: b
     return _encode(setup, state, indices, progress, data)
 
 
-def classifier_of(setup, model) -> torch.Tensor:
+def classifier_of(setup: EncodingSetup, model: AdaptedCLIP) -> torch.Tensor:
     """C x D normalised class features of a scratch model: the setup's frozen ones when nothing acts on them."""
     if model.classifier_is_frozen:
         return setup.text_features
@@ -49,7 +75,7 @@ def classifier_of(setup, model) -> torch.Tensor:
         return torch.nn.functional.normalize(model.class_features().float(), dim=-1).cpu()
 
 
-def state_classifier(setup, state: Dict[str, torch.Tensor]) -> torch.Tensor:
+def state_classifier(setup: EncodingSetup, state: Dict[str, torch.Tensor]) -> torch.Tensor:
     """C x D class features under a model state: computed from the state when it holds a text tower or parts'
     modules, else the setup's frozen zero-shot classifier (computed once)."""
     if not any(k.startswith(("text.", "parts.")) for k in state):
@@ -57,7 +83,7 @@ def state_classifier(setup, state: Dict[str, torch.Tensor]) -> torch.Tensor:
     return classifier_of(setup, setup.scratch_for(state))
 
 
-def state_cosines(setup, state: Dict[str, torch.Tensor], features: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def state_cosines(setup: EncodingSetup, state: Dict[str, torch.Tensor], features: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """N x C class scores in cosine units of normalised image features under a model state: cos(f, t_c) to the
     state's classifier (`state_classifier`), or, when a part of the state adapts the scores (Tip-Adapter's cache,
     CoCoOp's image-conditioned prompts; `AdaptedCLIP.cosines`), the model's own scores, in batches."""
@@ -71,7 +97,7 @@ def state_cosines(setup, state: Dict[str, torch.Tensor], features: torch.Tensor,
                           for f in features.split(batch_size)]) if len(features) else features.new_zeros(0, len(t))
 
 
-def _encode(setup, state: Dict[str, torch.Tensor], subset: torch.Tensor, progress: bool,
+def _encode(setup: EncodingSetup, state: Dict[str, torch.Tensor], subset: torch.Tensor, progress: bool,
             dataset=None) -> Dict[str, torch.Tensor]:
     from accelerate import PartialState
     from accelerate.utils import gather_object

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 import torch
 
 from clipood_kit.methods.averaging import beta_weights
+from clipood_kit.methods.base import Method
 from clipood_kit.models.adapted import AdaptedCLIP
 
 State = Dict[str, torch.Tensor]
@@ -63,7 +64,7 @@ class Trajectory:
 
     def recorder(self):
         """An `on_step(row, model, method)` callback that records the model every `every` steps and at the end."""
-        def on_step(row, model, method):
+        def on_step(row: dict, model: AdaptedCLIP, method: Method):
             step = row["step"]
             if step % self.every == 0 or step == self.total_steps:
                 self._add(step, model.state_dict(), self.names)

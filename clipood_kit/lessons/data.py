@@ -14,8 +14,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from clipood_kit.core import store
-from clipood_kit.engine.experiment import ExperimentConfig, inputs_identity, prepare
-from clipood_kit.methods import compose
+from clipood_kit.engine.experiment import ExperimentConfig, Setup, inputs_identity, prepare
+from clipood_kit.methods import Method, compose
+from clipood_kit.models.adapted import AdaptedCLIP
 from clipood_kit.studies.projection import umap_projection
 from clipood_kit.engine.runs import check_methods, run_method
 from clipood_kit.engine.scoring import StateScorer, ood_score_sets, shift_kinds, zero_shot_scores
@@ -27,7 +28,7 @@ def _cached(kind: str, exp: ExperimentConfig, params: dict, compute: Callable[[]
     return store.cached(f"lesson-{kind}", payload, compute)
 
 
-def cell_images(setup) -> dict:
+def cell_images(setup: Setup) -> dict:
     """How many evaluation images each cell (domain group x class group) is scored on: one image is 100 / n
     points of accuracy there."""
     labels, domains = setup.dataset.labels[setup.eval_idx], setup.dataset.domain_ids[setup.eval_idx]
@@ -86,7 +87,7 @@ def fine_tuning_lesson(exp: ExperimentConfig, methods: Sequence[str], mixes: Seq
         for i, name in enumerate(methods):
             record = ends.recorder() if i == 0 else None
 
-            def hook(row, model, method, name=name, record=record):
+            def hook(row: dict, model: AdaptedCLIP, method: Method, name=name, record=record):
                 if on_step is not None:
                     on_step(name, row)
                 if record is not None:

@@ -267,7 +267,7 @@ def check_context_cosines(fn: Callable, seed: int = 0) -> None:
 
 # --- predict, then reveal ----------------------------------------------------------------------------------------
 
-def check_number(prediction, low: float, high: float, name: str = "prediction", unit: str = "") -> None:
+def check_number(prediction: object, low: float, high: float, name: str = "prediction", unit: str = "") -> None:
     """A committed number in [low, high]."""
     if prediction is None or prediction is Ellipsis:
         raise AssertionError(f"commit to a prediction first: set `{name}` to a number between {low:g} and {high:g}{unit}")
@@ -278,7 +278,7 @@ def check_number(prediction, low: float, high: float, name: str = "prediction", 
                              + ("a fraction, not a percentage?" if high == 1 and prediction > 1 else "check the scale"))
 
 
-def reveal(prediction, actual, explanation: str = "", tolerance: float | None = None, unit: str = "") -> str:
+def reveal(prediction: object, actual: object, explanation: str = "", tolerance: float | None = None, unit: str = "") -> str:
     """Markdown that sets the student's prediction beside the run's answer (a choice, or a number within
     `tolerance`)."""
     if prediction is None or prediction is Ellipsis:
