@@ -28,3 +28,30 @@ def world_tree(tmp_path_factory):
     """The world exported as a small DomainBed-style folder (3 images per style x class)."""
     from clipood_kit.data import export_world
     return export_world(tmp_path_factory.mktemp("export") / "world", per_cell=3, seed=5)
+
+
+# Lessons: every notebook in its fast setting runs once per worker, into the session's result store, and the tests
+# that read an executed notebook or the store share it (test_notebooks.py, test_lessons.py: one xdist group).
+SHARED_GROUPS = {"test_notebooks.py": "lessons", "test_lessons.py": "lessons"}
+
+
+def pytest_collection_modifyitems(items):
+    """Under `make test` (pytest-xdist, --dist loadgroup) each test file stays on one worker, and the files that
+    share the lessons' store go together."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            name = item.path.name
+            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(name, name)))
+
+
+@pytest.fixture(scope="session")
+def fast_lessons(tmp_path_factory):
+    """(the result store, the folder of executed notebooks): every lesson run once in its fast setting
+    (`test_notebooks.FAST`) by `lessons.build.prepare_store`, into the session's store."""
+    from pathlib import Path
+    from clipood_kit.lessons.build import prepare_store
+    from test_notebooks import FAST, NOTEBOOKS
+    store, executed = Path(os.environ["CLIPOOD_KIT_CACHE"]), tmp_path_factory.mktemp("executed-lessons")
+    times = prepare_store(store, NOTEBOOKS, parameters=FAST, progress=False, keep=executed)
+    assert sorted(times) == sorted(FAST)
+    return store, executed

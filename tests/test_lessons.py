@@ -117,11 +117,9 @@ def test_a_student_notebook_runs_and_its_checks_fail_until_solved(students, name
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("classroom")
-    times = prepare_store(cache, NOTEBOOKS, parameters=FAST, progress=False)
-    assert sorted(times) == sorted(FAST)
-    return cache
+def prepared(fast_lessons):
+    """The class-room store of the fast setting (conftest `fast_lessons`: prepared once per run)."""
+    return fast_lessons[0]
 
 
 def _listing(folder: Path) -> dict:

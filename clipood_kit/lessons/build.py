@@ -174,10 +174,10 @@ def _same_notebook(a: Path, b: Path) -> bool:
     return content(a) == content(b)
 
 
-def prepare_store(cache: Path, notebooks: Optional[Path] = None,
-                  parameters: Optional[Dict[str, dict]] = None, progress: bool = True) -> Dict[str, float]:
+def prepare_store(cache: Path, notebooks: Optional[Path] = None, parameters: Optional[Dict[str, dict]] = None,
+                  progress: bool = True, keep: Optional[Path] = None) -> Dict[str, float]:
     """Run every lesson once (its default setting, or `parameters[name]`) with the result store at `cache`;
-    returns each notebook's run time in seconds."""
+    returns each notebook's run time in seconds. `keep`: a folder for the executed notebooks (with outputs)."""
     import papermill
     lessons = _notebooks(notebooks)
     cache = check_writable_folder(cache, "--cache", "the lessons' result store")
@@ -197,6 +197,9 @@ def prepare_store(cache: Path, notebooks: Optional[Path] = None,
                     raise LessonFailed(f"lesson {nb.name} failed in cell {e.exec_count}: {e.ename}: "
                                        f"{str(e.evalue).splitlines()[0][:300] if e.evalue else ''}; open it in "
                                        f"JupyterLab to see the cell (the store keeps what ran before)") from None
+                if keep is not None:
+                    Path(keep).mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(Path(tmp) / nb.name, Path(keep) / nb.name)
             times[nb.name] = round(time.perf_counter() - start, 1)
     finally:
         if previous is None:
