@@ -31,17 +31,7 @@ def world_tree(tmp_path_factory):
 
 
 # Lessons: every notebook in its fast setting runs once per worker, into the session's result store, and the tests
-# that read an executed notebook or the store share it (test_notebooks.py, test_lessons.py: one xdist group).
-SHARED_GROUPS = {"test_notebooks.py": "lessons", "test_lessons.py": "lessons"}
-
-
-def pytest_collection_modifyitems(items):
-    """Under `make test` (pytest-xdist, --dist loadgroup) each test file stays on one worker, and the files that
-    share the lessons' store go together."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            name = item.path.name
-            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(name, name)))
+# that read an executed notebook or the store share it (test_notebooks.py, test_lessons.py).
 
 
 @pytest.fixture(scope="session")
