@@ -1,7 +1,8 @@
 """Shared fixtures. The suite runs offline: open_clip's hub downloads fail at once instead of retrying.
 
-`make test` runs two pytest-xdist workers (one test file each at a time): each worker and the notebook kernels it
-starts use one thread, so the two share the machine's cores instead of fighting over them."""
+Under pytest-xdist (`pytest -n 2 --dist loadfile`, not `make test`'s default: two tests that compare a subprocess's
+run with the test process's bit for bit failed there, in different runs) each worker and the notebook kernels it
+starts use one thread."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
