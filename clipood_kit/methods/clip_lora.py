@@ -167,12 +167,12 @@ class LoRAAttention(nn.Module):
 
     def forward(self, query, key, value, need_weights: bool = False, attn_mask=None, key_padding_mask=None,
                 **_):
-        base, e, h = self, self.embed_dim, self.num_heads
+        e, h = self.embed_dim, self.num_heads
         if key_padding_mask is not None:
             raise NotImplementedError("clip-lora's attention takes no key_padding_mask (CLIP's towers use none)")
-        if not base.batch_first:                       # (L, N, E) -> (N, L, E)
+        if not self.batch_first:                       # (L, N, E) -> (N, L, E)
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
-        w, bias = base.in_proj_weight, base.in_proj_bias
+        w, bias = self.in_proj_weight, self.in_proj_bias
         qkv = [self.adapters.project(self.layer, p, x, w[i * e:(i + 1) * e], None if bias is None else bias[i * e:(i + 1) * e])
                for i, (p, x) in enumerate(zip(PROJECTIONS, (query, key, value)))]
         n, lq, _ = qkv[0].shape
@@ -183,8 +183,8 @@ class LoRAAttention(nn.Module):
             attn_mask = attn_mask.to(q.dtype)
             attn_mask = attn_mask.view(n, h, lq, -1) if attn_mask.dim() == 3 else attn_mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = base.out_proj(out.transpose(1, 2).reshape(n, lq, e))
-        return (out if base.batch_first else out.transpose(0, 1)), None
+        out = self.out_proj(out.transpose(1, 2).reshape(n, lq, e))
+        return (out if self.batch_first else out.transpose(0, 1)), None
 
 
 class LoRAAttentionPool(nn.Module):
@@ -198,16 +198,15 @@ class LoRAAttentionPool(nn.Module):
         self.layer = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = self
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)                 # N x HW x C
-        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + base.positional_embedding.to(x.dtype)
-        q, k, v = (self.adapters.project(self.layer, p, x, getattr(base, f"{p}_proj").weight,
-                                         getattr(base, f"{p}_proj").bias) for p in PROJECTIONS)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + self.positional_embedding.to(x.dtype)
+        q, k, v = (self.adapters.project(self.layer, p, x, getattr(self, f"{p}_proj").weight,
+                                         getattr(self, f"{p}_proj").bias) for p in PROJECTIONS)
         n, length, e = q.shape
-        h = base.num_heads
+        h = self.num_heads
         q, k, v = (t.reshape(n, length, h, e // h).transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q[:, :, :1], k, v)                   # the mean token's query only
-        return base.c_proj(out.transpose(1, 2).reshape(n, e))
+        return self.c_proj(out.transpose(1, 2).reshape(n, e))
 
 
 @dataclass

@@ -9,6 +9,7 @@ of this package, and no other file changes.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -65,8 +66,7 @@ def register(method: MethodConfig, family: str, benches: Tuple[str, ...] = (),
     """Add a method to the registry (once per name)."""
     if method.name in REGISTRY:
         raise ValueError(f"method {method.name!r} is registered twice ({REGISTRY[method.name].module} and again)")
-    import inspect
-    caller = inspect.stack()[1].frame.f_globals.get("__name__", "")
+    caller = sys._getframe(1).f_globals.get("__name__", "")      # the registering module (no source reads)
     REGISTRY[method.name] = entry = Registration(method, family, tuple(benches), budget, caller)
     return entry
 
