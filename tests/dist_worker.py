@@ -52,7 +52,6 @@ def train(out_file, method_name):
     method = Method(exp.method)
     accelerator = Accelerator(**accelerator_settings(torch.device("cpu"), exp.train.precision,
                                                      method.every_parameter_every_step))
-    method.prepare(setup.part_inputs())
     out = fine_tune(build_task(setup, method, exp.train), progress=False, accelerator=accelerator)
     own = {f"{part.cfg.kind}.{name}/{k}": v.detach() for part, name, module in method.training_modules()
            for k, v in accelerator.unwrap_model(module).state_dict().items()}
@@ -96,7 +95,6 @@ def diverge(out_file):
     setup = prepare(exp)
     accelerator = Accelerator(cpu=True)
     method = Method(exp.method)
-    method.prepare(setup.part_inputs())
     original = method.loss
 
     def loss(batch):

@@ -26,7 +26,7 @@ def test_context_classifier_is_the_normalised_class_mean_per_template(setup):
 
 def test_context_kl_is_zero_at_step_zero_and_positive_after_a_change(setup):
     method = Method(compose("car-ft"))
-    method.prepare(setup.part_inputs())
+    method.prepare(setup.method_context(method))
     part = method.regularisers[0]
     names = [setup.dataset.classes[i] for i in setup.train_class_ids]
     expected = evaluation.context_classifier(setup.loaded.model, setup.loaded.tokenizer, names, setup.templates)

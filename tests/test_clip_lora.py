@@ -103,8 +103,7 @@ def test_only_the_low_rank_pairs_train_starting_at_clip():
     setup = prepare(build_experiment(per_cell=3, cache_dir="off", steps=12, batch_size=16, lr=2e-3,
                                      method="clip-lora"))
     method = Method(setup.cfg.method)
-    method.prepare(setup.part_inputs())
-    model = setup.model_for(method)
+    model = setup.prepare_method(method)
     layers = {k.split("__")[0] for k in model.parts["clip-lora"].pairs}
     assert any(k.startswith("visual") for k in layers) and any(k.startswith("text") for k in layers)
     model.eval()

@@ -36,8 +36,7 @@ def official_logits(module, text, image_features, logit_scale):
 
 def test_the_batched_scores_equal_the_official_per_image_loop(setup):
     method = Method(setup.cfg.method)
-    method.prepare(setup.part_inputs())
-    model = setup.model_for(method).double()
+    model = setup.prepare_method(method).double()
     module = model.parts["cocoop"]
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -52,7 +51,7 @@ def test_the_batched_scores_equal_the_official_per_image_loop(setup):
     assert [tuple(module.meta_net[i].weight.shape) for i in (0, 2)] == [(d // 16, d), (w, d // 16)]
     assert module.meta_net[0].bias is not None and module.meta_net[2].bias is not None
     start = setup.loaded.model.token_embedding(setup.loaded.tokenizer(["a photo of a"]))[0, 1:5].double()
-    assert torch.allclose(Method(setup.cfg.method).cfg.loss.build().model_module(setup.part_inputs()).ctx.double(),
+    assert torch.allclose(Method(setup.cfg.method).cfg.loss.build().model_module(setup.method_context()).ctx.double(),
                           start, atol=1e-6)
     # the class features differ per image: two images, two classifiers
     assert not torch.allclose(expected[0] / f[0].norm(), expected[1] / f[1].norm())
@@ -63,8 +62,7 @@ def test_the_context_and_the_meta_net_train_with_frozen_towers(setup):
     last = r["states"]["last"]
     assert {k.split(".")[2] for k in last} == {"ctx", "tokens", "meta_net"}
     method = Method(setup.cfg.method)
-    method.prepare(setup.part_inputs())
-    zero = setup.model_for(method).trained_state()
+    zero = setup.prepare_method(method).trained_state()
     for key in ("parts.cocoop.ctx", "parts.cocoop.meta_net.0.weight", "parts.cocoop.meta_net.2.bias"):
         assert not torch.equal(zero[key], last[key]), key
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in r["history"])

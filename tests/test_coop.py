@@ -22,8 +22,7 @@ def test_initialised_from_a_photo_of_a_it_is_clip_s_own_prompt():
     encoding of the prompt 'a photo of a CLASS.' (the official init: embedding[0, 1 : 1 + n_ctx])."""
     setup = _setup(method="coop")
     method = Method(setup.cfg.method)
-    method.prepare(setup.part_inputs())
-    model = setup.model_for(method)
+    model = setup.prepare_method(method)
     ours = F.normalize(model.class_features(), dim=-1)
     with torch.no_grad():
         clip = setup.loaded.model
@@ -55,8 +54,7 @@ def test_only_the_context_trains_and_new_classes_use_it():
     last = r["states"]["last"]
     assert set(last) == {"parts.coop.ctx", "parts.coop.tokens"}
     method = Method(setup.cfg.method)
-    method.prepare(setup.part_inputs())
-    zero = setup.model_for(method).trained_state()
+    zero = setup.prepare_method(method).trained_state()
     assert not torch.equal(zero["parts.coop.ctx"], last["parts.coop.ctx"])
     moved, start = state_classifier(setup, last), state_classifier(setup, zero)
     assert not torch.allclose(moved[setup.new_ids], start[setup.new_ids])   # the new classes' prompts moved too
@@ -67,6 +65,5 @@ def test_random_class_specific_context_has_one_context_per_class():
     setup = _setup(method=set_method_fields(compose("coop"), {"coop.ctx_init": "", "coop.n_ctx": 3,
                                                                "coop.class_specific": True}))
     method = Method(setup.cfg.method)
-    method.prepare(setup.part_inputs())
-    ctx = setup.model_for(method).parts["coop"].ctx
+    ctx = setup.prepare_method(method).parts["coop"].ctx
     assert ctx.shape[:2] == (len(setup.dataset.classes), 3) and 0.01 < float(ctx.detach().std()) < 0.03

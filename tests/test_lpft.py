@@ -53,8 +53,7 @@ def test_at_step_zero_lp_ft_is_the_zero_shot_model():
     setup = prepare(build_experiment(per_cell=3, method="lp-ft", cache_dir="off"))
     from clipood_kit.methods import Method
     method = Method(setup.cfg.method)
-    method.prepare(setup.part_inputs())
-    zero = setup.model_for(method).trained_state()
+    zero = setup.prepare_method(method).trained_state()
     assert "parts.lp-ft.weight" in zero
     ours, zero_shot = evaluate_state(setup, zero), zero_shot_scores(setup)
     assert ours["accuracy"] == zero_shot["accuracy"]

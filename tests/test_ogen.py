@@ -86,7 +86,7 @@ def test_neighbours_and_unknown_names_follow_the_rule(setup, rule):
     """Known neighbours by the class means' cosine, or by their raw dot product (the official code's
     `cosine_sim_base`, computed on unnormalised means); unknown names by the text cosine."""
     method = Method(ogen(**{"ogen.neighbours": rule}))
-    method.prepare(setup.part_inputs())
+    method.prepare(setup.method_context(method))
     part = method.regularisers[0]
     text = setup.text_features[setup.train_class_ids]
     method.setup(run_context(setup, text))
@@ -172,7 +172,7 @@ def test_base_to_new_with_harmonic_mean():
 def test_missing_inputs_are_named(setup):
     domain_shift = prepare(ExperimentConfig(per_cell=2, protocol="domain-shift"))
     with pytest.raises(ValueError, match="needs held-out class names"):
-        Method(compose("ogen")).prepare(domain_shift.part_inputs())
+        Method(compose("ogen")).check(domain_shift.method_context())
     with pytest.raises(ValueError, match=r"call method.prepare\(setup\) first"):
         Method(compose("ogen")).setup(run_context(setup, setup.text_features))
     method = Method(compose("ogen"))
@@ -183,8 +183,7 @@ def test_missing_inputs_are_named(setup):
     with pytest.raises(ValueError, match="at least 4 training classes"):
         method.setup(run_context(setup, text, steps=5))
     cocoop = Method(compose("cocoop+ogen"))
-    cocoop.prepare(setup.part_inputs())
-    model = setup.model_for(cocoop)
+    model = setup.prepare_method(cocoop)
     with pytest.raises(ValueError, match="per image"):
         cocoop.setup(RunContext(model, setup.text_features[setup.train_class_ids], setup.logit_scale, 5, 0,
                                 torch.device("cpu")))
@@ -240,16 +239,16 @@ def test_prompt_ogen_loss_equals_the_official_transcription(setup, step):
     after it (step 5 of 10)."""
     torch.manual_seed(step)
     method = Method(prompt_ogen(**{"ogen.dropout": 0.0, "self-distill.weight": 0.0}))
-    inputs = setup.part_inputs()
-    method.prepare(inputs)
-    train_ids, new_ids = inputs.train_class_ids, inputs.unknown_class_ids
+    model = setup.prepare_method(method)
+    context = setup.method_context()
+    train_ids, new_ids = context.train_class_ids, context.unknown_class_ids
     text = setup.text_features[train_ids].double()
-    method.setup(RunContext(setup.model_for(method).double(), text, 30.0, 10, 0, torch.device("cpu"),
+    method.setup(RunContext(model.double(), text, 30.0, 10, 0, torch.device("cpu"),
                             torch.tensor(train_ids)))
     part, dim = method.regularisers[0], text.shape[1]
     raw_base = torch.randn(len(train_ids), dim, dtype=torch.float64, requires_grad=True)
     raw_new = torch.randn(len(new_ids), dim, dtype=torch.float64, requires_grad=True)
-    every = torch.zeros(len(inputs.class_names), dim, dtype=torch.float64)
+    every = torch.zeros(len(context.class_names), dim, dtype=torch.float64)
     every = every.index_copy(0, torch.tensor(train_ids), raw_base).index_copy(0, torch.tensor(new_ids), raw_new)
     features, labels = torch.randn(6, dim, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 1, 0])
     sampled = part.sample_features(part.neighbours[labels], step)

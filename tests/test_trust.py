@@ -190,7 +190,7 @@ def test_a_context_too_long_for_the_text_tower_is_one_short_line():
     setup = prepare(build_experiment(per_cell=1, method="coop", cache_dir="off",
                                      settings=["coop.ctx_init=", "coop.n_ctx=500", "far_ood_sets="]))
     with pytest.raises(ValueError) as e:
-        Method(setup.cfg.method).check(setup.part_inputs())
+        Method(setup.cfg.method).check(setup.method_context())
     assert len(str(e.value)) < 400 and "500 words" in str(e.value) and "context length is 12" in str(e.value)
 
 

@@ -23,7 +23,7 @@ import torch
 from clipood_kit.evaluation import features as evaluation, ood
 from clipood_kit.core.cache import FeatureCache
 from clipood_kit.data import WORLD, DomainDataset, TransformedSubset, far_ood, open_dataset, splits, world
-from clipood_kit.methods import Method, MethodConfig, PartInputs, compose, method_from_dict
+from clipood_kit.methods import Method, MethodConfig, MethodContext, compose, method_from_dict
 from clipood_kit.models.adapted import AdaptedCLIP, PartModule, part_states, tokenize_prompts
 from clipood_kit.models.loader import TINY_NAME, load_clip
 from clipood_kit.engine.encoding import encode
@@ -179,7 +179,7 @@ class Setup:
 
     @property
     def logit_scale(self) -> float:
-        return self.loaded.model.logit_scale.detach().exp().item()
+        return self.loaded.logit_scale
 
     def for_method(self, method: Optional[MethodConfig] = None, train: Optional[TrainConfig] = None) -> "Setup":
         """This setup with another method or training config in its spec (the data, splits and model are shared,
@@ -187,40 +187,25 @@ class Setup:
         cfg = dataclasses.replace(self.cfg, method=method or self.cfg.method, train=train or self.cfg.train)
         return dataclasses.replace(self, cfg=cfg)
 
-    def part_inputs(self) -> PartInputs:
-        """What the method's parts may read before training (`methods.base.PartInputs`); the two encoders are
-        lazy, so `Method.check` costs nothing."""
-        loaded = self.loaded
+    def method_context(self, method: Optional[Method] = None) -> MethodContext:
+        """What a method may read before training (`methods.base.MethodContext`). The training images' zero-shot
+        features are encoded only when `method` has a part that reads them; without `method` the context is
+        cheap (a bench checks every method on it before any trains)."""
+        features = None
+        if method is not None and method.reads_training_features:
+            features = encode(self, self.zero_shot_state, indices=self.train_idx)
+        return MethodContext(class_names=list(self.dataset.classes), train_class_ids=list(self.train_class_ids),
+                             text_features=self.text_features, templates=list(self.templates),
+                             protocol=self.cfg.protocol, clip=self.loaded, seed=self.cfg.train.seed,
+                             held_out=TransformedSubset(self.dataset, self.held_out_idx, self.loaded.preprocess),
+                             training_features=features)
 
-        @torch.no_grad()
-        def encode_prompts(prompts):
-            return loaded.model.encode_text(loaded.tokenizer(list(prompts)).to(self.device)).float()
-
-        def training_features():
-            return encode(self, self.zero_shot_state, indices=self.train_idx)
-
-        @torch.no_grad()
-        def embed_tokens(tokens):
-            if not hasattr(loaded.model, "token_embedding"):
-                raise ValueError(f"{self.cfg.model} has no token embedding (an HF text tower): prompt learning needs "
-                                 f"an open_clip CLIP text transformer")
-            return loaded.model.token_embedding(tokens.to(self.device)).float().cpu()
-
-        def validation_data(n: int, seed: int):
-            labels, domains = self.dataset.labels[self.eval_idx], self.dataset.domain_ids[self.eval_idx]
-            held = self.eval_idx[torch.isin(domains, torch.tensor(self.source_ids))
-                                 & torch.isin(labels, torch.tensor(self.train_class_ids))]
-            if len(held) > n:
-                held = held[torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:n]].sort().values
-            subset = TransformedSubset(self.dataset, held, loaded.preprocess)
-            images = [subset[i][0] for i in range(len(subset))]
-            return {"images": torch.stack(images) if images else torch.empty(0), "labels": self.dataset.labels[held]}
-
-        return PartInputs(class_names=list(self.dataset.classes), train_class_ids=list(self.train_class_ids),
-                          text_features=self.text_features, templates=list(self.templates), protocol=self.cfg.protocol,
-                          encode_prompts=encode_prompts, training_features=training_features,
-                          tokenize=lambda prompts: loaded.tokenizer(list(prompts)), embed_tokens=embed_tokens,
-                          seed=self.cfg.train.seed, logit_scale=self.logit_scale, validation_data=validation_data)
+    @property
+    def held_out_idx(self) -> torch.Tensor:
+        """The held-out images of the source domains and the training classes (in-distribution test images)."""
+        labels, domains = self.dataset.labels[self.eval_idx], self.dataset.domain_ids[self.eval_idx]
+        return self.eval_idx[torch.isin(domains, torch.tensor(self.source_ids))
+                             & torch.isin(labels, torch.tensor(self.train_class_ids))]
 
     def model(self, towers=("image",), parts: Optional[Dict[str, PartModule]] = None) -> AdaptedCLIP:
         """A fresh model at the zero-shot weights (`models.adapted.AdaptedCLIP`) on the setup's device; the text
@@ -230,9 +215,12 @@ class Setup:
             tokens = tokenize_prompts(self.loaded.tokenizer, self.dataset.classes, self.templates).to(self.device)
         return AdaptedCLIP.build(self.loaded.model, self.text_features, towers, tokens, parts)
 
-    def model_for(self, method: Method) -> AdaptedCLIP:
-        """The model `method` trains: the towers its parts train and its parts' modules (after `prepare`)."""
-        return self.model(method.trains, method.model_modules(self.part_inputs()))
+    def prepare_method(self, method: Method) -> AdaptedCLIP:
+        """`method` checked and prepared on this experiment's context, and the model it trains: the towers its
+        parts train and its parts' modules, at the zero-shot weights."""
+        context = self.method_context(method)
+        method.prepare(context)
+        return self.model(method.trains, method.model_modules(context))
 
     def scratch_for(self, state: Dict[str, torch.Tensor]) -> AdaptedCLIP:
         """A private model holding `state` (the shared CLIP is never touched): its structure follows the state's

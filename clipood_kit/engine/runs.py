@@ -78,11 +78,12 @@ def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) 
 
 
 def build_task(setup: Setup, method: Method, train: Optional[TrainConfig] = None) -> TrainTask:
-    """The trainer's task for `method` (prepared) on the setup: a fresh zero-shot model of what the method trains,
-    the training images with the training transform, the training classes' rows and frozen text features."""
+    """The trainer's task for `method` on the setup: the method prepared and a fresh zero-shot model of what it
+    trains (`Setup.prepare_method`), the training images with the training transform, the training classes' rows
+    and frozen text features."""
     label_map = torch.full((len(setup.dataset.classes),), -1, dtype=torch.long)
     label_map[torch.tensor(setup.train_class_ids)] = torch.arange(len(setup.train_class_ids))
-    return TrainTask(model=setup.model_for(method), train_set=TransformedSubset(setup.dataset, setup.train_idx),
+    return TrainTask(model=setup.prepare_method(method), train_set=TransformedSubset(setup.dataset, setup.train_idx),
                      domain_pools=setup.domain_pools, text_features=setup.text_features[setup.train_class_ids],
                      class_rows=torch.tensor(setup.train_class_ids, dtype=torch.long), logit_scale=setup.logit_scale,
                      label_map=label_map, transform=setup.loaded.train_transform(), method=method,
@@ -91,9 +92,9 @@ def build_task(setup: Setup, method: Method, train: Optional[TrainConfig] = None
 
 def check_methods(setup: Setup, methods) -> None:
     """Every method's own requirements on this experiment, before any of them trains (a bench, a lesson)."""
-    inputs = setup.part_inputs()
+    context = setup.method_context()
     for method in methods:
-        Method(method).check(inputs)
+        Method(method).check(context)
 
 
 def effective_train(train: TrainConfig, setup: Setup) -> TrainConfig:
@@ -129,7 +130,7 @@ def run(spec: ExperimentConfig, out: Optional[Path] = None, resume: bool = False
     if out is not None:
         check_run_dir(out, resume, overwrite)
     setup = prepare(spec)
-    Method(spec.method).check(setup.part_inputs())
+    Method(spec.method).check(setup.method_context())
     if on_prepared is not None:
         on_prepared(setup)
     return run_method(setup, run_dir=out, resume=resume, stop_after=stop_after, overwrite=overwrite,
@@ -149,7 +150,6 @@ def run_method(setup: Setup, run_dir: Optional[Path] = None, resume: bool = Fals
         check_run_dir(run_dir, resume, overwrite)
     train = effective_train(setup.cfg.train, setup)
     method = Method(method_cfg)
-    method.prepare(setup.part_inputs())
     note = method.cost_note(train.batch_size, len(setup.train_class_ids))
     if note:
         warnings.warn(note, stacklevel=2)

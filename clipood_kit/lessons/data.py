@@ -177,8 +177,7 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
         if learned is not None:
             setup, state = learned
             method = Method(compose("coop"))
-            method.prepare(setup.part_inputs())
-            start = setup.model_for(method).trained_state()["parts.coop.ctx"]
+            start = setup.prepare_method(method).trained_state()["parts.coop.ctx"]
             end = state["parts.coop.ctx"]
             ids, words = vocabulary_of(setup.loaded.tokenizer)
             with torch.no_grad():

@@ -13,7 +13,7 @@ from typing import Dict, List
 from clipood_kit.methods.averagers import BMAConfig, BMAGridConfig, EMAConfig, WiSEConfig
 from clipood_kit.methods.averaging import (BetaMovingAverage, ExponentialMovingAverage, LocalMeanTeacher, beta_pdf, beta_weights,
                         interpolate, with_average, zero_shot_share)
-from clipood_kit.methods.base import Batch, Method, MethodConfig, PartConfig, PartInputs, RunContext
+from clipood_kit.methods.base import Batch, Method, MethodConfig, PartConfig, MethodContext, RunContext
 from clipood_kit.methods.carft import ContextKLConfig
 from clipood_kit.methods.losses import CEConfig, MMSConfig, class_margins, margin_logits, mms_loss, reference_kl
 from clipood_kit.methods.clip_adapter import CLIPAdapterConfig
@@ -121,7 +121,7 @@ def method_from_dict(d: dict) -> MethodConfig:
                         None if d.get("averager") is None else part(d["averager"]))
 
 
-__all__ = ["METHODS", "REGISTRY", "FewShotBudget", "Registration", "budgets", "methods_for", "register", "Method", "MethodConfig", "PartConfig", "PartInputs", "RunContext", "Batch", "compose", "part_configs",
+__all__ = ["METHODS", "REGISTRY", "FewShotBudget", "Registration", "budgets", "methods_for", "register", "Method", "MethodConfig", "PartConfig", "MethodContext", "RunContext", "Batch", "compose", "part_configs",
            "method_from_dict", "CEConfig", "MMSConfig", "BMAConfig", "BMAGridConfig", "EMAConfig", "WiSEConfig", "ContextKLConfig",
            "OGENConfig", "SelfDistillConfig", "FeatureGenerator", "BetaMovingAverage", "ExponentialMovingAverage",
            "LocalMeanTeacher", "beta_pdf", "beta_weights", "zero_shot_share", "interpolate", "with_average",

@@ -5,11 +5,12 @@ A part is a small class with a typed config holding the paper's defaults (`PartC
 (`methods/__init__.py`) names the paper methods as presets of parts, and any other combination is a config,
 not a subclass. The trainer sees one `Method`, which calls its parts in this order:
 
-- `check(inputs)` and `prepare(inputs)` once, before any training (`PartInputs`: class names, training classes,
-  the zero-shot class text features, the templates, and two lazy encoders of the zero-shot model): `check`
+- `check(context)` and `prepare(context)` once, before any training (`MethodContext`: class names, training
+  classes, the zero-shot class text features and templates, the zero-shot model, the seed, held-out images, and
+  the training images' zero-shot features for a part that declares it reads them): `check`
   refuses an experiment the part cannot run on (cheap; a bench checks every method before it trains one),
   `prepare` builds what the part needs (context features, unknown class names, class feature statistics);
-- `model_module(inputs)`: the part's module that belongs to the trained model (a head, prompt context, an
+- `model_module(context)`: the part's module that belongs to the trained model (a head, prompt context, an
   adapter; `models.adapted.PartModule`), or None; what a method trains is the union of its parts' `trains`
   (towers: "image", "text") and these modules (`models.adapted.AdaptedCLIP`);
 - `setup(run)` once, at the start of training (`RunContext`: the model, the frozen zero-shot text features of
@@ -33,11 +34,13 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 
+from clipood_kit.data.datasets import TransformedSubset
 from clipood_kit.models.adapted import PartModule
+from clipood_kit.models.loader import LoadedCLIP
 
 State = Dict[str, torch.Tensor]
 Metrics = Dict[str, Any]          # floats or 0-dim tensors (the trainer turns them into floats)
@@ -56,6 +59,8 @@ class PartConfig:
                                                         # gradient (DDP must then look for unused parameters)
     text_passes_per_image: ClassVar[bool] = False       # True: every image's prompts go through the text tower
                                                         # (CoCoOp): a step costs batch x classes text passes
+    reads_training_features: ClassVar[bool] = False     # True: the part reads `MethodContext.training_features`
+                                                        # (the engine encodes the training images for it)
 
     @property
     def training_free(self) -> bool:
@@ -83,29 +88,37 @@ def part_seed(seed: int, kind: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(kind.encode())) % (2**31 - 1)
 
 
-@dataclass
-class PartInputs:
-    """What a part may read from the experiment before training, and nothing more (`Part.check`, `Part.prepare`)."""
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may read before training (`Part.check`, `Part.prepare`, `Part.model_module`), the same for
+    every method: values and typed objects of the layers below, no callables into the engine. What costs work
+    is provided only to a method whose part declares it (`PartConfig.reads_training_features`); the engine
+    builds the context (`engine.experiment.Setup.method_context`)."""
 
     class_names: List[str]                             # every class of the dataset
     train_class_ids: List[int]                         # the classes trained on (rows of text_features)
     text_features: torch.Tensor                        # every class x D: the zero-shot classifier, normalised
     templates: List[str]                               # the prompt templates of that classifier
     protocol: str
-    encode_prompts: Callable[[List[str]], torch.Tensor]            # prompts -> zero-shot text features (raw)
-    training_features: Callable[[], Dict[str, torch.Tensor]]       # zero-shot image features of the training
-                                                                   # images: {'features' (normalised), 'labels'}
-    tokenize: Optional[Callable[[List[str]], torch.Tensor]] = None
-    embed_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None   # token ids -> the zero-shot embeddings
-    seed: int = 0                                      # the run's training seed (a part module's initial draw)
-    logit_scale: float = 100.0                         # the model's (CLIP's exp(t)), for parts that add logits
-    validation_data: Optional[Callable[[int, int], Dict[str, torch.Tensor]]] = None   # (at most n, seed) ->
-                                    # {'images' (transformed), 'labels'}: held-out images of the training domains
-                                    # and classes (SWAD's validation loss)
+    clip: LoadedCLIP                                   # the zero-shot model, read only: tokenize, encode_prompts,
+                                                       # embed_tokens, logit_scale
+    seed: int                                          # the run's training seed (`part_seed`)
+    held_out: TransformedSubset                        # held-out images of the training domains and classes, in
+                                                       # the evaluation transform (SWAD's validation loss)
+    training_features: Optional[Dict[str, torch.Tensor]] = None   # the zero-shot image features of the training
+                                    # images, {'features' (normalised), 'labels'}: given when a part declares
+                                    # `reads_training_features` (Tip-Adapter's cache, OGEN's class statistics)
 
     def part_seed(self, kind: str) -> int:
         """The run's seed for one part's initial draws (`part_seed`)."""
         return part_seed(self.seed, kind)
+
+    def training_features_for(self, kind: str) -> Dict[str, torch.Tensor]:
+        """`training_features`, or a clear error when part `kind` did not declare that it reads them."""
+        if self.training_features is None:
+            raise ValueError(f"{kind} reads the training images' zero-shot features: its config must declare "
+                             f"reads_training_features = True (the engine computes them only for such parts)")
+        return self.training_features
 
     @property
     def unknown_class_ids(self) -> List[int]:
@@ -152,13 +165,13 @@ class Part:
     def __init__(self, cfg: PartConfig):
         self.cfg = cfg
 
-    def check(self, inputs: PartInputs) -> None:
+    def check(self, context: MethodContext) -> None:
         """Refuse an experiment this part cannot run on, cheaply, before any training."""
 
-    def prepare(self, inputs: PartInputs) -> None:
-        """Build the part's inputs from the experiment before training."""
+    def prepare(self, context: MethodContext) -> None:
+        """Build what the part needs from the experiment, before training."""
 
-    def model_module(self, inputs: PartInputs) -> Optional[PartModule]:
+    def model_module(self, context: MethodContext) -> Optional[PartModule]:
         """The part's module in the trained model (None: the part adds none)."""
         return None
 
@@ -288,6 +301,11 @@ class Method:
         return tuple(t for t in ("image", "text") if any(t in p.cfg.trains for p in self.parts))
 
     @property
+    def reads_training_features(self) -> bool:
+        """A part reads the training images' zero-shot features (`MethodContext.training_features`)."""
+        return any(p.cfg.reads_training_features for p in self.parts)
+
+    @property
     def every_parameter_every_step(self) -> bool:
         return all(p.cfg.every_parameter_every_step for p in self.parts)
 
@@ -301,20 +319,20 @@ class Method:
                 f"classes = {passes:,} prompt passes a step, with activations for each (the official recipe uses "
                 f"batch 1); memory and time grow with the batch: lower --batch-size")
 
-    def check(self, inputs: PartInputs) -> None:
+    def check(self, context: MethodContext) -> None:
         for p in self.parts:
-            p.check(inputs)
+            p.check(context)
 
-    def prepare(self, inputs: PartInputs) -> None:
-        self.check(inputs)
+    def prepare(self, context: MethodContext) -> None:
+        self.check(context)
         for p in self.parts:
-            p.prepare(inputs)
+            p.prepare(context)
 
-    def model_modules(self, inputs: PartInputs) -> Dict[str, PartModule]:
+    def model_modules(self, context: MethodContext) -> Dict[str, PartModule]:
         """{part kind: module} of the parts' modules in the model."""
         out = {}
         for p in self.parts:
-            module = p.model_module(inputs)
+            module = p.model_module(context)
             if module is not None:
                 out[p.cfg.kind] = module
         return out
@@ -377,5 +395,5 @@ class Method:
 
 
 __all__ = ["PartConfig", "Part", "Loss", "Regulariser", "Averager", "MethodConfig", "Method", "RunContext", "Batch",
-           "PartInputs",
+           "MethodContext",
            "State", "Metrics"]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from clipood_kit.models.adapted import context_features
-from clipood_kit.methods.base import Batch, Metrics, PartConfig, PartInputs, Regulariser, RunContext
+from clipood_kit.methods.base import Batch, Metrics, PartConfig, MethodContext, Regulariser, RunContext
 from clipood_kit.methods.losses import reference_kl
 
 
@@ -43,17 +43,17 @@ class ContextKLConfig(PartConfig):
 class ContextKL(Regulariser):
     context_features: Optional[torch.Tensor] = None     # M x D, built by prepare() or set by hand
 
-    def check(self, inputs: PartInputs) -> None:
-        if len(inputs.templates) < 2:
+    def check(self, context: MethodContext) -> None:
+        if len(context.templates) < 2:
             raise ValueError(f"context-kl (CAR-FT) needs at least 2 prompt templates (its context classifier has "
-                             f"one row per template); this experiment has {len(inputs.templates)}: give more with "
+                             f"one row per template); this experiment has {len(context.templates)}: give more with "
                              f"--set templates=... or use a model with a template ensemble")
 
-    def prepare(self, inputs: PartInputs) -> None:
+    def prepare(self, context: MethodContext) -> None:
         """The context classifier of the experiment's templates over the training classes
         (`models.adapted.context_features`, CAR-FT Eq. 6)."""
-        names = [inputs.class_names[i] for i in inputs.train_class_ids]
-        per_template = torch.stack([inputs.encode_prompts([t.format(c) for c in names]) for t in inputs.templates])
+        names = [context.class_names[i] for i in context.train_class_ids]
+        per_template = torch.stack([context.clip.encode_prompts([t.format(c) for c in names]) for t in context.templates])
         self.context_features = context_features(per_template).cpu()
 
     def setup(self, run: RunContext) -> None:

@@ -21,7 +21,7 @@ from typing import ClassVar, Optional, Tuple
 import torch
 from torch import nn
 
-from clipood_kit.methods.base import PartConfig, PartInputs
+from clipood_kit.methods.base import PartConfig, MethodContext
 from clipood_kit.methods.losses import CrossEntropy
 from clipood_kit.models.adapted import PartModule
 
@@ -68,12 +68,12 @@ class CLIPAdapterConfig(PartConfig):
 class CLIPAdapter(CrossEntropy):
     """Cross-entropy on the model's class features (`losses.CrossEntropy`), through this part's module."""
 
-    def check(self, inputs: PartInputs) -> None:
-        dim = inputs.text_features.shape[1]
+    def check(self, context: MethodContext) -> None:
+        dim = context.text_features.shape[1]
         if dim % self.cfg.reduction:
             raise ValueError(f"clip-adapter.reduction ({self.cfg.reduction}) must divide the feature size ({dim})")
 
-    def model_module(self, inputs: PartInputs) -> ImageAdapter:
+    def model_module(self, context: MethodContext) -> ImageAdapter:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(inputs.part_seed(self.cfg.kind))
-            return ImageAdapter(inputs.text_features.shape[1], self.cfg.reduction, self.cfg.ratio)
+            torch.manual_seed(context.part_seed(self.cfg.kind))
+            return ImageAdapter(context.text_features.shape[1], self.cfg.reduction, self.cfg.ratio)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipood_kit.methods.base import MethodConfig, PartConfig, PartInputs
+from clipood_kit.methods.base import MethodConfig, PartConfig, MethodContext
 from clipood_kit.methods.losses import CrossEntropy
 from clipood_kit.methods.registry import FewShotBudget, register
 from clipood_kit.models.adapted import PartModule, ensemble_text_features, tokenize_prompts
@@ -238,14 +238,9 @@ class CLIPLoRAConfig(PartConfig):
 class CLIPLoRA(CrossEntropy):
     """Cross-entropy on the adapted model's class features (`losses.CrossEntropy`)."""
 
-    def check(self, inputs: PartInputs) -> None:
-        if inputs.tokenize is None:
-            raise ValueError("clip-lora needs the experiment's tokenizer (its class prompts run through the text "
-                             "tower every step)")
-
-    def model_module(self, inputs: PartInputs) -> LowRankAdapters:
-        tokens = tokenize_prompts(inputs.tokenize, inputs.class_names, inputs.templates)
-        return LowRankAdapters(self.cfg.rank, self.cfg.alpha, self.cfg.dropout, inputs.part_seed(self.cfg.kind),
+    def model_module(self, context: MethodContext) -> LowRankAdapters:
+        tokens = tokenize_prompts(context.clip.tokenize, context.class_names, context.templates)
+        return LowRankAdapters(self.cfg.rank, self.cfg.alpha, self.cfg.dropout, context.part_seed(self.cfg.kind),
                                tokens, self.cfg.encoders)
 
 

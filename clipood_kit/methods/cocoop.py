@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipood_kit.methods.base import PartConfig, PartInputs
+from clipood_kit.methods.base import PartConfig, MethodContext
 from clipood_kit.methods.coop import CoOp, PromptContext, check_context, settle_context
 
 
@@ -98,15 +98,15 @@ class CoCoOpConfig(PartConfig):
 class CoCoOp(CoOp):
     """CoOp's prompts and checks; the module adds the meta-net; the loss is cross-entropy on `Batch.cosines`."""
 
-    def check(self, inputs: PartInputs) -> None:
-        super().check(inputs)
-        dim = inputs.text_features.shape[1]
+    def check(self, context: MethodContext) -> None:
+        super().check(context)
+        dim = context.text_features.shape[1]
         if dim // self.cfg.reduction < 1:
             raise ValueError(f"cocoop.reduction ({self.cfg.reduction}) leaves no hidden unit for features of size "
                              f"{dim}")
 
-    def model_module(self, inputs: PartInputs) -> ConditionalContext:
-        plain = super().model_module(inputs)
+    def model_module(self, context: MethodContext) -> ConditionalContext:
+        plain = super().model_module(context)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(inputs.part_seed(self.cfg.kind))
-            return ConditionalContext(plain.ctx.data, plain.tokens, inputs.text_features.shape[1], self.cfg.reduction)
+            torch.manual_seed(context.part_seed(self.cfg.kind))
+            return ConditionalContext(plain.ctx.data, plain.tokens, context.text_features.shape[1], self.cfg.reduction)

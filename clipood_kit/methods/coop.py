@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipood_kit.methods.base import PartConfig, PartInputs
+from clipood_kit.methods.base import PartConfig, MethodContext
 from clipood_kit.methods.losses import CrossEntropy
 from clipood_kit.models.adapted import PartModule
 
@@ -110,14 +110,14 @@ class CoOp(CrossEntropy):
     def _prefix(self) -> str:
         return self.cfg.ctx_init.strip() or " ".join(["a"] * self.cfg.n_ctx)
 
-    def _prompt_tokens(self, inputs: PartInputs) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    def _prompt_tokens(self, context: MethodContext) -> Tuple[torch.Tensor, torch.Tensor, int]:
         """(every class's prompt tokens, the prefix's tokens, M = the context's vectors), each prompt whole: a
         tokenizer that refuses a prompt, one that would cut it (open_clip's BPE truncates to its context) and a
         ctx_init whose words are not one token each are refused, with the fix."""
         kind, prefix = self.cfg.kind, self._prefix()
         shown = prefix if len(prefix) <= 40 else f"{prefix[:20]}...{prefix[-12:]} ({len(prefix.split())} words)"
         try:
-            tokens = inputs.tokenize([f"{prefix} {name}." for name in inputs.class_names])
+            tokens = context.clip.tokenize([f"{prefix} {name}." for name in context.class_names])
         except Exception as e:       # noqa: BLE001 - a prompt the tokenizer refuses is a config error
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             reason = reason if len(reason) <= 160 else f"{reason[:60]} ... {reason[-90:]}"
@@ -126,28 +126,26 @@ class CoOp(CrossEntropy):
             raise ValueError(f"{kind}'s prompts '{shown} CLASS.' fill the text tower's whole context of "
                              f"{tokens.shape[1]} tokens, so class names may be cut: lower {kind}.n_ctx or shorten "
                              f"{kind}.ctx_init")
-        init = inputs.tokenize([prefix])
+        init = context.clip.tokenize([prefix])
         m = int((init[0] != 0).sum()) - 2                      # the prefix's own tokens, without SOS and EOS
         if m != self.cfg.n_ctx:
             raise ValueError(f"{kind}.ctx_init {self.cfg.ctx_init!r} is {m} tokens for this tokenizer, not "
                              f"{self.cfg.n_ctx} (one per word): choose a ctx_init of single-token words")
         return tokens, init, m
 
-    def check(self, inputs: PartInputs) -> None:
-        if inputs.tokenize is None or inputs.embed_tokens is None:
-            raise ValueError(f"{self.cfg.kind} needs the experiment's tokenizer and token embedding")
-        self._prompt_tokens(inputs)
+    def check(self, context: MethodContext) -> None:
+        self._prompt_tokens(context)
 
-    def model_module(self, inputs: PartInputs) -> PromptContext:
-        tokens, init, m = self._prompt_tokens(inputs)
+    def model_module(self, context: MethodContext) -> PromptContext:
+        tokens, init, m = self._prompt_tokens(context)
         if self.cfg.ctx_init.strip():
-            ctx = inputs.embed_tokens(init)[0, 1:1 + m]        # official: embedding[0, 1 : 1 + n_ctx]
+            ctx = context.clip.embed_tokens(init)[0, 1:1 + m]        # official: embedding[0, 1 : 1 + n_ctx]
             if self.cfg.class_specific:
-                ctx = ctx.unsqueeze(0).repeat(len(inputs.class_names), 1, 1)
+                ctx = ctx.unsqueeze(0).repeat(len(context.class_names), 1, 1)
         else:
-            width = inputs.embed_tokens(init).shape[-1]
-            shape = (len(inputs.class_names), m, width) if self.cfg.class_specific else (m, width)
-            gen = torch.Generator().manual_seed(inputs.part_seed(self.cfg.kind))
+            width = context.clip.embed_tokens(init).shape[-1]
+            shape = (len(context.class_names), m, width) if self.cfg.class_specific else (m, width)
+            gen = torch.Generator().manual_seed(context.part_seed(self.cfg.kind))
             ctx = torch.randn(*shape, generator=gen) * 0.02    # official: nn.init.normal_(std=0.02)
         return PromptContext(ctx, tokens)
 

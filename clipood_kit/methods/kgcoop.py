@@ -27,7 +27,7 @@ from typing import ClassVar, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from clipood_kit.methods.base import Batch, Metrics, MethodConfig, PartConfig, PartInputs, Regulariser, RunContext
+from clipood_kit.methods.base import Batch, Metrics, MethodConfig, PartConfig, MethodContext, Regulariser, RunContext
 from clipood_kit.methods.coop import CoOpConfig
 from clipood_kit.methods.registry import FewShotBudget, register
 
@@ -53,10 +53,10 @@ class KnowledgeGuidanceConfig(PartConfig):
 class KnowledgeGuidance(Regulariser):
     reference_features: Optional[torch.Tensor] = None      # training classes x D, from `reference_template`
 
-    def prepare(self, inputs: PartInputs) -> None:
+    def prepare(self, context: MethodContext) -> None:
         if self.cfg.reference_template:
-            names = [inputs.class_names[i] for i in inputs.train_class_ids]
-            self.reference_features = inputs.encode_prompts([self.cfg.reference_template.format(c) for c in names])
+            names = [context.class_names[i] for i in context.train_class_ids]
+            self.reference_features = context.clip.encode_prompts([self.cfg.reference_template.format(c) for c in names])
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipood_kit.methods.base import Batch, Loss, Metrics, PartConfig, PartInputs
+from clipood_kit.methods.base import Batch, Loss, Metrics, PartConfig, MethodContext
 from clipood_kit.methods.losses import mms_loss
 from clipood_kit.models.adapted import PartModule
 
@@ -65,9 +65,9 @@ class LPFTConfig(PartConfig):
 
 
 class LPFT(Loss):
-    def model_module(self, inputs: PartInputs) -> ClassHead:
-        ids = torch.tensor(inputs.train_class_ids, dtype=torch.long)
-        return ClassHead(inputs.text_features[ids], ids)
+    def model_module(self, context: MethodContext) -> ClassHead:
+        ids = torch.tensor(context.train_class_ids, dtype=torch.long)
+        return ClassHead(context.text_features[ids], ids)
 
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, Metrics]:
         probing = batch.step < int(self.cfg.probe * self.run.total_steps)

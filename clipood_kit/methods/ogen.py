@@ -55,7 +55,7 @@ Where this implementation differs from the official code (say so when you compar
 The image-encoder variant (`ogen-ft`):
 - The image encoder is trained and the class features are frozen, so the generator's queries and classifiers are
   the zero-shot text features. The synthetic-feature CE terms reach the encoder through the real features f used
-  as the generator's values; the regression targets and inputs are detached, so during the warm-up only the
+  as the generator's values; the regression targets and context are detached, so during the warm-up only the
   generator learns (as in the official code, where only the generator gets gradients).
 - The held-out class names are the experiment's new classes, as in the official code (`classnames_new`): OGEN
   sees their names, never their images, during training; no other fine-tuning method does.
@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipood_kit.methods.averaging import LocalMeanTeacher, with_average
-from clipood_kit.methods.base import Batch, Metrics, PartConfig, PartInputs, Regulariser, RunContext, State
+from clipood_kit.methods.base import Batch, Metrics, PartConfig, MethodContext, Regulariser, RunContext, State
 from clipood_kit.methods.losses import softmax_kl
 
 NEIGHBOUR_RULES = ("dot", "cosine")
@@ -128,6 +128,7 @@ class OGENConfig(PartConfig):
     kind: ClassVar[str] = "ogen"
     role: ClassVar[str] = "regulariser"
     every_parameter_every_step: ClassVar[bool] = False      # the warm-up leaves the image tower without gradient
+    reads_training_features: ClassVar[bool] = True          # the class statistics of the training images
     summary: ClassVar[str] = ("OGEN: class-conditional feature generator, synthetic features of unknown classes "
                               "(regression warm-up, then synthetic-feature CE)")
     k: int = 3                       # nearest known classes per generated feature (official code: 3)
@@ -154,7 +155,7 @@ class OGENConfig(PartConfig):
 
 
 class OGENGenerator(Regulariser):
-    """The generator terms of OGEN (module docstring). `prepare` builds its inputs from the experiment."""
+    """The generator terms of OGEN (module docstring). `prepare` builds its class statistics from the experiment."""
 
     unknown_class_ids: Optional[list] = None               # the held-out classes' rows among every class
     class_feature_mean: Optional[torch.Tensor] = None      # training classes x D
@@ -164,11 +165,11 @@ class OGENGenerator(Regulariser):
     def lr_scale(self) -> float:
         return self.cfg.lr_scale
 
-    def check(self, inputs: PartInputs) -> None:
-        if not inputs.unknown_class_ids:
-            raise ValueError(f"ogen needs held-out class names, but protocol {inputs.protocol!r} trains on every "
+    def check(self, context: MethodContext) -> None:
+        if not context.unknown_class_ids:
+            raise ValueError(f"ogen needs held-out class names, but protocol {context.protocol!r} trains on every "
                              f"class; use base-to-new, in-the-wild or open-world")
-        self._check_counts(len(inputs.train_class_ids), len(inputs.unknown_class_ids))
+        self._check_counts(len(context.train_class_ids), len(context.unknown_class_ids))
 
     def _check_counts(self, known: int, unknown: int) -> None:
         k = self.cfg.k
@@ -177,15 +178,15 @@ class OGENGenerator(Regulariser):
                              f"classes; this experiment has {known} and {unknown}. Lower ogen.k or use a "
                              f"protocol with held-out classes (base-to-new, in-the-wild, open-world)")
 
-    def prepare(self, inputs: PartInputs) -> None:
+    def prepare(self, context: MethodContext) -> None:
         """Unknown classes: the held-out (new) classes, whose names OGEN synthesises features for (their class
         features are the model's at each step, `classifiers`). Class statistics: per training class, the mean and
         standard deviation of the zero-shot encoder's normalised features of the training images (evaluation
         transform), as the official code precomputes them."""
-        self.unknown_class_ids = list(inputs.unknown_class_ids)
-        enc = inputs.training_features()
-        rows = [enc["features"][enc["labels"] == c] for c in inputs.train_class_ids]
-        empty = [inputs.class_names[c] for c, r in zip(inputs.train_class_ids, rows) if len(r) == 0]
+        self.unknown_class_ids = list(context.unknown_class_ids)
+        enc = context.training_features_for(self.cfg.kind)
+        rows = [enc["features"][enc["labels"] == c] for c in context.train_class_ids]
+        empty = [context.class_names[c] for c, r in zip(context.train_class_ids, rows) if len(r) == 0]
         if empty:
             raise ValueError(f"training class(es) {empty} have no training images; class statistics need at least one")
         self.class_feature_mean = torch.stack([r.mean(0) for r in rows])
@@ -200,7 +201,7 @@ class OGENGenerator(Regulariser):
         if getattr(run.model, "adapts_cosines", False):
             raise ValueError("ogen synthesises features for one classifier of class features (ce, coop, mms); this "
                              "method's scores are per image (cocoop, tip-adapter), which ogen cannot classify against")
-        self._check_counts(len(t), len(self.unknown_class_ids))     # also when the inputs were set by hand
+        self._check_counts(len(t), len(self.unknown_class_ids))     # also when the statistics were set by hand
         if self.class_feature_mean.shape != t.shape or self.class_feature_std.shape != t.shape:
             raise ValueError(f"class feature statistics must be {tuple(t.shape)} (training classes x dim); got "
                              f"{tuple(self.class_feature_mean.shape)} and {tuple(self.class_feature_std.shape)}")

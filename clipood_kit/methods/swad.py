@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from clipood_kit.methods.averaging import _parameters, with_average
-from clipood_kit.methods.base import Averager, Metrics, PartConfig, PartInputs, RunContext, State
+from clipood_kit.methods.base import Averager, Metrics, PartConfig, MethodContext, RunContext, State
 
 
 @dataclass
@@ -185,19 +185,23 @@ class SWADConfig(PartConfig):
 class SWAD(Averager):
     primary = "swad"
 
-    def check(self, inputs: PartInputs) -> None:
-        if inputs.validation_data is None:
-            raise ValueError("swad needs held-out images of the training domains for its validation loss")
-
-    def prepare(self, inputs: PartInputs) -> None:
-        data = inputs.validation_data(self.cfg.validation_images, inputs.part_seed(self.cfg.kind))
-        if len(data["labels"]) == 0:
+    def check(self, context: MethodContext) -> None:
+        if len(context.held_out) == 0:
             raise ValueError("swad needs held-out images of the training domains and classes; the experiment has "
                              "none (raise holdout_fraction)")
-        rows = {c: i for i, c in enumerate(inputs.train_class_ids)}
-        self.images = data["images"]
-        self.rows = torch.tensor([rows[int(c)] for c in data["labels"]])
-        self.train_ids = torch.tensor(inputs.train_class_ids)
+
+    def prepare(self, context: MethodContext) -> None:
+        """The validation images: at most `validation_images` of the held-out images of the training domains and
+        classes, drawn with the part's seed (kept in the held-out order)."""
+        held, n = context.held_out, self.cfg.validation_images
+        picks = torch.arange(len(held))
+        if len(held) > n:
+            gen = torch.Generator().manual_seed(context.part_seed(self.cfg.kind))
+            picks = torch.randperm(len(held), generator=gen)[:n].sort().values
+        rows = {c: i for i, c in enumerate(context.train_class_ids)}
+        self.images = torch.stack([held[int(i)][0] for i in picks])
+        self.rows = torch.tensor([rows[int(c)] for c in held.labels[picks]])
+        self.train_ids = torch.tensor(context.train_class_ids)
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipood_kit.methods.base import PartConfig, PartInputs
+from clipood_kit.methods.base import PartConfig, MethodContext
 from clipood_kit.methods.losses import CrossEntropy
 from clipood_kit.models.adapted import PartModule
 
@@ -76,6 +76,7 @@ class TipAdapterConfig(PartConfig):
                               "logits; train_keys = Tip-Adapter-F")
     trains: ClassVar[Tuple[str, ...]] = ()                 # both towers frozen
     module: ClassVar[Optional[type]] = CacheModel
+    reads_training_features: ClassVar[bool] = True          # the cache is the training images' features
     alpha: float = 1.17              # official configs/imagenet.yaml init_alpha
     beta: float = 1.0                # official init_beta
     train_keys: bool = False         # True: Tip-Adapter-F (the keys learn)
@@ -98,10 +99,10 @@ class TipAdapter(CrossEntropy):
     """The cache built from the training images' zero-shot features; Tip-Adapter-F trains its keys with
     cross-entropy on the adapted scores (`losses.CrossEntropy` on `Batch.cosines`)."""
 
-    def model_module(self, inputs: PartInputs) -> CacheModel:
-        train = inputs.training_features()
+    def model_module(self, context: MethodContext) -> CacheModel:
+        train = context.training_features_for(self.cfg.kind)
         keys = F.normalize(train["features"].float(), dim=-1)
         if len(keys) == 0:
             raise ValueError("tip-adapter needs training images for its cache; the experiment has none")
-        values = F.one_hot(train["labels"].long(), len(inputs.class_names)).float()
-        return CacheModel(keys, values, self.cfg.alpha, self.cfg.beta, inputs.logit_scale, self.cfg.train_keys)
+        values = F.one_hot(train["labels"].long(), len(context.class_names)).float()
+        return CacheModel(keys, values, self.cfg.alpha, self.cfg.beta, context.clip.logit_scale, self.cfg.train_keys)

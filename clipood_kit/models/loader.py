@@ -59,6 +59,33 @@ class LoadedCLIP:
     def train_transform(self):
         return make_transform(self.model.visual.preprocess_cfg, train=True)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's exp(t), the inverse temperature of its cosine logits."""
+        return self.model.logit_scale.detach().exp().item()
+
+    def tokenize(self, prompts: List[str]) -> torch.Tensor:
+        """N x L token ids of the prompts (the model's tokenizer; on the CPU)."""
+        return self.tokenizer(list(prompts))
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: List[str]) -> torch.Tensor:
+        """N x D raw (unnormalised) text features of the prompts, float32, on the model's device."""
+        return self.model.encode_text(self.tokenize(prompts).to(self.device)).float()
+
+    @torch.no_grad()
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The token embeddings (N x L x W, float32, CPU) of token ids: what prompt learning initialises its
+        context from (CoOp's `clip_model.token_embedding(prompt)`)."""
+        if not hasattr(self.model, "token_embedding"):
+            raise ValueError(f"{self.name} has no token embedding (an HF text tower): prompt learning needs an "
+                             f"open_clip CLIP text transformer")
+        return self.model.token_embedding(tokens.to(self.device)).float().cpu()
+
 
 def _short_reason(e: Exception) -> str:
     """One line for a load failure: key mismatches counted (torch lists every key), other errors' first line."""

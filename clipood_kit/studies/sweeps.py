@@ -23,8 +23,7 @@ from clipood_kit.studies.fanout import Runner, fan_out
 def trajectory_for(setup: Setup, every: int = 1) -> Trajectory:
     """An empty trajectory of the spec's method, started at its zero-shot model state (what it trains)."""
     method = Method(setup.cfg.method)
-    method.prepare(setup.part_inputs())
-    model = setup.model_for(method)
+    model = setup.prepare_method(method)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     return Trajectory(setup.cfg.train.steps, every).start(model.trained_state(), names)
 
