@@ -1,5 +1,6 @@
 """CoOp (methods/coop.py) against the official prompt assembly (KaiyangZhou/CoOp `trainers/coop.py`,
 `PromptLearner`, class token at the end) and trained end to end with both towers frozen."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -67,3 +68,29 @@ def test_random_class_specific_context_has_one_context_per_class():
     method = Method(setup.cfg.method)
     ctx = setup.prepare_method(method).parts["coop"].ctx
     assert ctx.shape[:2] == (len(setup.dataset.classes), 3) and 0.01 < float(ctx.detach().std()) < 0.03
+
+
+def test_the_learned_context_is_read_against_its_start_and_the_vocabulary():
+    """`studies.prompts.learned_context`: from 'a photo of a', each context vector's nearest word is its own word
+    (cosine 1) before training; the movements equal 1 - cos computed here; a vocabulary larger than `max_words`
+    keeps only the words near some context vector, the nearest ones among them."""
+    from clipood_kit.studies.prompts import learned_context
+    setup = _setup(steps=4, batch_size=8, lr=2e-3, method="coop")
+    state = run_method(setup, progress=False)["states"]["last"]
+    report = learned_context(setup, state, nearest=2)
+    assert [row[0]["word"] for row in report["nearest_before"]] == report["init"].split()
+    assert all(abs(row[0]["cosine"] - 1) < 1e-6 for row in report["nearest_before"])
+    start, end = torch.tensor(report["ctx_init"]), state["parts.coop.ctx"]
+    assert torch.allclose(torch.tensor(report["ctx"]), end)
+    direct = 1 - F.cosine_similarity(start.double(), end.double(), dim=-1)
+    assert report["ctx_moved"] == pytest.approx(direct.tolist()) and min(report["ctx_moved"]) > 0
+    moved = F.normalize(state_classifier(setup, state), dim=-1)
+    still = F.normalize(state_classifier(setup, {**state, "parts.coop.ctx": start}), dim=-1)
+    expected = (1 - (moved * still).sum(-1)).tolist()
+    assert list(report["class_moved"].values()) == pytest.approx(expected, abs=1e-6)
+    assert report["base"] == [setup.dataset.classes[i] for i in setup.base_ids]
+    small = learned_context(setup, state, nearest=2, max_words=10, near=3)
+    assert len(report["vocabulary"]) > 10 and len(small["vocabulary"]) < len(report["vocabulary"])
+    assert {w["word"] for row in small["nearest_after"] for w in row[:2]} <= set(small["vocabulary"])
+    with pytest.raises(ValueError, match="no CoOp context"):
+        learned_context(setup, {"visual.proj": torch.zeros(1)})

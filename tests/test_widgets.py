@@ -156,3 +156,36 @@ def test_the_fpr95_label_stays_inside_the_roc_plot():
         fig = ood_figure(np.ones(3), np.zeros(3), np.array([0, 1.0]), np.array([0, 1.0]), "t", fpr95=fpr95)
         marker = [d for d in fig.data if d.name == "FPR95"][0]
         assert marker.textposition == f"bottom {side}"
+
+
+def _sweep_point(lam, bma, last):
+    cells = lambda v: {"accuracy": {"train": {"base": v, "new": v}, "unseen": {"base": v, "new": v, "H": v}}}  # noqa: E731
+    return {"lambda": lam, "models": {"bma": cells(bma), "last": cells(last)}}
+
+
+def test_the_lambda_explorer_moves_every_figure_with_its_slider():
+    """Notebook 2's view: the slider's value reaches the margin matrix, the run's accuracy dots, the curve's marker,
+    the chosen image's probabilities (as `margin_view` computes them) and the summary line."""
+    from clipood_kit.viz.explorers import lambda_explorer, margin_summary_html
+    names = ["a", "b", "c", "d"]
+    sweep = {"lambdas": [0.0, 0.5], "zero_shot": _sweep_point(0, 50.0, 50.0)["models"]["bma"],
+             "points": [_sweep_point(0.0, 60.0, 55.0), _sweep_point(0.5, 70.0, 65.0)]}
+    f = torch.tensor([0.8, 0.5, 0.1])
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="must be one of the sweep's lambdas"):
+        lambda_explorer(sweep, _text(), names, None, image, "photo", f, 0, 10.0, 0.3)
+    view = lambda_explorer(sweep, _text(), names, None, image, "photo", f, 0, 10.0, 0.0)
+    assert view.curve["CLIPood (BMA): unseen domains / new"] == [60.0, 70.0]
+    heat, accuracy, versus, probs = view.figures[1:]
+    view.slider.value = 0.5
+    expected = margin_view(_text(), names, 0.5, f, 0, 10.0)
+    assert np.allclose(probs.data[1].y, expected["probs_margin"])
+    assert versus.layout.shapes[-1].x0 == 0.5 and accuracy.layout.title.text == "Trained with lambda = 0.5"
+    assert 70.0 in accuracy.data[1].x or 70.0 in accuracy.data[1].y
+    assert np.nanmax(np.array(heat.data[0].z, dtype=float)) > 0
+    assert view.info.value == margin_summary_html(expected, names, 0)
+    # the summary names the smallest and largest margins from the true class, computed independently
+    row = 0.5 * (1 - (F.normalize(_text(), dim=-1) @ F.normalize(_text(), dim=-1).T)[0])
+    others = sorted(range(1, 4), key=lambda j: float(row[j]))
+    assert view.info.value.index(f"{names[others[0]]} {float(row[others[0]]):.3f}") < view.info.value.index("largest")
+    assert view.info.value.endswith(f"{names[others[-1]]} {float(row[others[-1]]):.3f}")

@@ -25,7 +25,7 @@ from clipood_kit.core.cache import FeatureCache
 from clipood_kit.data import WORLD, DomainDataset, TransformedSubset, far_ood, open_dataset, splits, world
 from clipood_kit.methods import Method, MethodConfig, MethodContext, compose, method_from_dict
 from clipood_kit.models.adapted import AdaptedCLIP, PartModule, part_states, tokenize_prompts
-from clipood_kit.models.loader import TINY_NAME, load_clip
+from clipood_kit.models.loader import TINY_NAME, LoadedCLIP, load_clip
 from clipood_kit.engine.encoding import encode
 from clipood_kit.engine.training import TrainConfig
 from clipood_kit.evaluation.zeroshot import default_templates
@@ -148,8 +148,8 @@ class Setup:
     """Everything a protocol fixes before training: data, splits, classes, the zero-shot model."""
 
     cfg: ExperimentConfig
-    loaded: object                           # models.loader.LoadedCLIP (shared; never modified)
-    dataset: object
+    loaded: LoadedCLIP                       # the zero-shot CLIP (shared; never modified)
+    dataset: DomainDataset
     train_idx: torch.Tensor
     eval_idx: torch.Tensor
     domain_pools: List[torch.Tensor]         # train_idx positions of each source domain
@@ -162,8 +162,8 @@ class Setup:
     templates: List[str]
     zero_shot_state: Dict[str, torch.Tensor]     # the image tower's zero-shot entries ('visual.*'): a model state
     inputs: dict = field(default_factory=dict)   # inputs_identity(cfg): the weights and data behind the config
-    cache: Optional[object] = field(default=None, repr=False)   # cache.FeatureCache
-    ood_sets: Dict[str, object] = field(default_factory=dict)   # OOD sets beside the dataset, by name
+    cache: Optional[FeatureCache] = field(default=None, repr=False)
+    ood_sets: Dict[str, far_ood.OODSet] = field(default_factory=dict)   # OOD sets beside the dataset, by name
                                              # (`data.far_ood`: the world's far ones, --ood-data folders)
     _scratch: Dict[tuple, AdaptedCLIP] = field(default_factory=dict, repr=False)
 

@@ -8,12 +8,14 @@ then open without training anything.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from clipood_kit.core import store
+from clipood_kit.data import DomainDataset, TransformedSubset
+from clipood_kit.evaluation import features as evaluation
 from clipood_kit.engine.experiment import ExperimentConfig, Setup, inputs_identity, prepare
 from clipood_kit.methods import Method, compose
 from clipood_kit.models.adapted import AdaptedCLIP
@@ -43,6 +45,34 @@ def eval_cell_images(exp: ExperimentConfig) -> dict:
     def compute() -> dict:
         return cell_images(prepare(exp))
     return _cached("cell-images", exp, {}, compute)
+
+
+@dataclass
+class ChosenImage:
+    """One image of an experiment's dataset, with what the margin lesson reads about it: the experiment's zero-shot
+    classifier of every class, CLIP's logit scale, and the image's normalised zero-shot feature."""
+
+    dataset: DomainDataset
+    text_features: torch.Tensor      # every class x D, normalised
+    logit_scale: float
+    index: int
+    image: torch.Tensor              # uint8, C x H x W
+    feature: torch.Tensor            # D, normalised
+    label: int
+    domain: str
+
+
+def chosen_image(exp: ExperimentConfig, index: int) -> ChosenImage:
+    """Image `index` of the experiment's dataset and its zero-shot feature (nothing trains, nothing is stored)."""
+    setup = prepare(exp)
+    if not 0 <= index < len(setup.dataset):
+        raise ValueError(f"image index {index} is outside the dataset's {len(setup.dataset)} images")
+    loaded = setup.loaded
+    feature = evaluation.encode_images(loaded.model.visual, TransformedSubset(setup.dataset, [index],
+                                                                              loaded.preprocess))["features"][0]
+    image, label, domain = setup.dataset[index]
+    return ChosenImage(setup.dataset, setup.text_features, setup.logit_scale, index, image, feature, int(label),
+                       setup.dataset.domains[int(domain)])
 
 
 def lambda_lesson(exp: ExperimentConfig, lambdas: Sequence[float], progress: bool = True) -> dict:
@@ -154,9 +184,8 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
     zero-shot under 'zero-shot'); and, for CoOp at the largest shot count, what it learned: the nearest words
     to each context vector before and after training, how far each context vector moved (1 - cos), and how far
     each class's text feature moved from CLIP's 'a photo of a CLASS.' (1 - cos), base and new classes apart."""
-    from clipood_kit.methods import Method
-    from clipood_kit.methods.coop import nearest_words, vocabulary_of
     from clipood_kit.studies.ood_study import BUDGETS, budget_train
+    from clipood_kit.studies.prompts import learned_context
 
     def compute() -> dict:
         cells: dict = {m: {} for m in ("zero-shot", *methods)}
@@ -175,32 +204,7 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
         out = {"cells": cells, "shots": [int(k) for k in shots], "methods": list(methods),
                "cell_images": cell_images(setup)}
         if learned is not None:
-            setup, state = learned
-            method = Method(compose("coop"))
-            start = setup.prepare_method(method).trained_state()["parts.coop.ctx"]
-            end = state["parts.coop.ctx"]
-            ids, words = vocabulary_of(setup.loaded.tokenizer)
-            with torch.no_grad():
-                embeddings = setup.loaded.model.token_embedding.weight[ids].float().cpu()
-            before = setup.scratch_for({k: v for k, v in state.items() if k != "parts.coop.ctx"} | {"parts.coop.ctx": start})
-            t0 = torch.nn.functional.normalize(before.class_features().detach().float(), dim=-1)
-            t1 = torch.nn.functional.normalize(setup.scratch_for(state).class_features().detach().float(), dim=-1)
-            moved = (1 - (t0 * t1).sum(-1)).tolist()
-            names = setup.dataset.classes
-            if len(words) > 5000:            # a BPE vocabulary: keep the words near some context vector, for the exercise
-                from clipood_kit.methods.coop import context_word_cosines
-                near = context_word_cosines(torch.cat([start, end]), embeddings).topk(50, dim=1).indices.unique()
-                kept_words, kept = [words[int(i)] for i in near], embeddings[near]
-            else:
-                kept_words, kept = words, embeddings
-            out["context"] = {
-                "init": "a photo of a", "vocabulary": kept_words, "embeddings": kept.tolist(),
-                "nearest_before": nearest_words(start, embeddings, words, nearest),
-                "nearest_after": nearest_words(end, embeddings, words, nearest),
-                "ctx_moved": (1 - torch.nn.functional.cosine_similarity(start.double(), end.double(), dim=-1)).tolist(),
-                "class_moved": {names[i]: moved[i] for i in range(len(names))},
-                "base": [names[i] for i in setup.base_ids], "new": [names[i] for i in setup.new_ids],
-                "ctx": end.tolist(), "ctx_init": start.tolist()}
+            out["context"] = learned_context(*learned, nearest=nearest)
         return out
     return _cached("prompt", exp, {"shots": [int(k) for k in shots], "methods": list(methods),
                                    "nearest": nearest, "steps": steps, "version": 3}, compute)
