@@ -87,7 +87,7 @@ def test_the_report_shows_the_steps_each_method_ran_per_shot_count():
     assert rows["coop"]["1 shots"] == "50 (50 ep)" and rows["coop"]["16 shots"] == "1000/1200 (200 ep)"
     assert rows["coop"]["batch"] == "32" and "COOP.md" in rows["coop"]["source"]
     assert rows["ce"]["16 shots"] == "80" and rows["ce"]["lr"] == "0.0001"
-    from clipood_kit.viz.figures import table_html
+    from clipood_kit.viz.report import table_html
     assert table_html(rows, list(rows["coop"])) in _report_of(results)
 
 

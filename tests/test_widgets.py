@@ -138,6 +138,10 @@ def test_every_registered_method_has_a_colour_of_its_own():
     assert model_colour("CE (last step)") == model_colour("ce") and model_colour("tip-adapter-f (last)") == colours[13]
     assert model_colour("car-ft-clipood") == model_colour("CAR-FT") and model_colour("no such model") == "#000000"
     assert model_colour("ogen-ft (teacher)") == model_colour("ogen-ft") != model_colour("ogen (teacher)")
+    # every registered method, those without an entry in the colour table too (a new method needs none)
+    assert "#000000" not in [model_colour(m) for m in METHODS]
+    assert len({model_colour(m) for m in (*own, "kgcoop", "clip-lora")}) == len(own) + 2
+    assert model_colour("kgcoop (last)") == model_colour("kgcoop") != model_colour("coop")
 
 
 def test_a_curve_figure_keeps_its_lines_and_references_off_the_plot_edge_and_names_the_ends():

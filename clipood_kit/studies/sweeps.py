@@ -122,6 +122,7 @@ def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: 
     one recorded run) or wise (`values` are the mixes, one recorded run). Writes results.json and report.html
     into `out`; every point holds every cell and OOD score."""
     from clipood_kit.viz import figures
+    from clipood_kit.viz.report import report_html
     from clipood_kit.viz.widgets import cells_of
     if kind not in SWEEP_KINDS:
         raise ValueError(f"unknown sweep {kind!r}; choose one of {SWEEP_KINDS}")
@@ -164,5 +165,5 @@ def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: 
             sections.append(("WiSE-FT mix", "", figures.curve_figure(
                 values, curves, f"WiSE-FT of {exp.method.name}: accuracy (%) against the mix", "mix a "
                 "(0 = zero-shot, 1 = fine-tuned)", "accuracy (%)", references=refs)))
-    write_results(out, result, figures.report_html(f"clipood-kit sweep: {kind}", sections))
+    write_results(out, result, report_html(f"clipood-kit sweep: {kind}", sections))
     return result

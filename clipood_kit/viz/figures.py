@@ -4,12 +4,10 @@ Each figure is built from plain data by a pure function (the notebooks' widgets 
 """
 from __future__ import annotations
 
-import html
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-import plotly.io as pio
 import torch
 from plotly.subplots import make_subplots
 
@@ -29,19 +27,32 @@ MODEL_COLOURS = (("zero-shot", "#7f7f7f"), ("CE", "#d62728"), ("MMS", "#ff7f0e")
 # ... and one per cell (domain group / class group), from another palette than the models'
 CELL_COLOURS = {("train", "base"): "#00798c", ("train", "new"): "#66a182", ("unseen", "base"): "#edae49",
                 ("unseen", "new"): "#8e3b46", ("unseen", "H"): "#2e4057", ("train", "H"): "#5f4b8b"}
+GROUP_COLOURS = {"base": "#1f77b4", "new": "#ff7f0e"}     # base and new classes, in every figure that splits them
 # the world's four families, then a fallback for folder datasets
 FAMILY_COLOURS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
 
 
-def model_colour(name: str) -> str:
-    """The colour of a model by its display name ('CE (last step)' -> CE's red) or its registry name ('ce',
-    'tip-adapter-f', 'car-ft-clipood' -> CAR-FT's); unknown names get black."""
+def _fixed_colour(name: str) -> Optional[str]:
     lower = name.lower()
     for start, colour in MODEL_COLOURS:
         key = start.lower()
         if name.startswith(start) or lower == key or lower.startswith((key + " ", key + "-")):
             return colour
-    return "#000000"
+    return None
+
+
+def model_colour(name: str) -> str:
+    """The colour of a model by its display name ('CE (last step)' -> CE's red) or its registry name ('ce',
+    'tip-adapter-f', 'car-ft-clipood' -> CAR-FT's). A registered method without a colour in `MODEL_COLOURS`
+    ('kgcoop', 'clip-lora (last)') gets one of `MANY_COLOURS` by its place among such methods, so a new method
+    needs no entry here; unknown names get black."""
+    fixed = _fixed_colour(name)
+    if fixed is not None:
+        return fixed
+    from clipood_kit.methods import REGISTRY
+    unlisted = [m for m in REGISTRY if _fixed_colour(m) is None]
+    key = name.lower().split(" ")[0]
+    return MANY_COLOURS[unlisted.index(key) % len(MANY_COLOURS)] if key in unlisted else "#000000"
 
 
 def cell_colour(cell: str) -> str:
@@ -241,30 +252,6 @@ def displacement_figure(per_class: Dict[str, Sequence[float]], classnames: Seque
                       "distance between images", yaxis_title="mean 1 - cos to the zero-shot features",
                       xaxis=dict(tickangle=-60), height=460, legend_title="model")
     return fig
-
-
-def report_html(title: str, sections: List[tuple]) -> str:
-    """A self-contained HTML page: `sections` are (heading, html text, figure or None); plotly.js inlined once."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "th:first-child,td:first-child{text-align:left}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    first = True
-    for heading, text, fig in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>{text}")
-        if fig is not None:
-            parts.append(pio.to_html(fig, full_html=False, include_plotlyjs="inline" if first else False))
-            first = False
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def table_html(rows: Dict[str, Dict[str, str]], columns: Sequence[str], first: str = "method") -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in [first, *columns])
-    body = "".join("<tr><td>" + html.escape(r) + "</td>" + "".join(f"<td>{html.escape(v.get(c, ''))}</td>" for c in columns)
-                   + "</tr>" for r, v in rows.items())
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def score_heatmap(values: Dict[str, Dict[str, float]], metric: str, title: Optional[str] = None) -> go.Figure:
@@ -475,8 +462,6 @@ def shots_figure(shots: Sequence[int], cells: Dict[str, Sequence[dict]], title: 
     fig.update_layout(title=title, yaxis_title=y_title, height=440, legend=dict(orientation="h", y=-0.22))
     return fig
 
-
-GROUP_COLOURS = {"base": "#1f77b4", "new": "#ff7f0e"}     # base and new classes, in every figure that splits them
 
 
 def class_shift_figure(moved: Dict[str, float], groups: Dict[str, Sequence[str]], title: str) -> go.Figure:

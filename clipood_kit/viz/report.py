@@ -1,7 +1,11 @@
-"""The bench's HTML report and its text table: results keyed by data turned into labelled rows (display only)."""
+"""The HTML reports (a self-contained page, its tables) and the text table: results keyed by data turned into
+labelled rows (display only)."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+import html
+from typing import Dict, List, Optional, Sequence
+
+import plotly.io as pio
 
 from clipood_kit.viz import figures
 from clipood_kit.engine.experiment import Setup
@@ -11,6 +15,30 @@ OOD_SECTIONS = {                # the report's OOD sections: the shifts of one k
     "near": "near-OOD: new classes in the training domains, each with a sibling of its family among the base classes",
     "far": "far-OOD: images of no class and no relative of one (the world's glyphs and textures; --ood-data folders)",
 }
+
+
+def report_html(title: str, sections: List[tuple]) -> str:
+    """A self-contained HTML page: `sections` are (heading, html text, figure or None); plotly.js inlined once."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "th:first-child,td:first-child{text-align:left}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    first = True
+    for heading, text, fig in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>{text}")
+        if fig is not None:
+            parts.append(pio.to_html(fig, full_html=False, include_plotlyjs="inline" if first else False))
+            first = False
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def table_html(rows: Dict[str, Dict[str, str]], columns: Sequence[str], first: str = "method") -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in [first, *columns])
+    body = "".join("<tr><td>" + html.escape(r) + "</td>" + "".join(f"<td>{html.escape(v.get(c, ''))}</td>" for c in columns)
+                   + "</tr>" for r, v in rows.items())
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def display_rows(summary: dict, columns: Sequence[Sequence[str]]) -> Dict[str, Dict[str, dict]]:
@@ -81,7 +109,7 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
              f"positive), near-OOD (new classes there) and far-OOD kept apart; FPR95 by the '{exp['fpr_rule']}' threshold rule. Run time "
              f"{results['seconds']:.0f} s.</p>")
     accuracy_labels = [label(*c) for c in columns if c[0] != "ood"]
-    sections = [("Accuracy per method", intro + figures.table_html(text_rows, labels),
+    sections = [("Accuracy per method", intro + table_html(text_rows, labels),
                  figures.accuracy_bars(rows, accuracy_labels, seeds=seeds))]
     for kind, what in OOD_SECTIONS.items():
         table = ood_kind_table(summary, kind)
@@ -93,7 +121,7 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
         sections.append((f"Which OOD score after which method: {kind}-OOD",
                          f"<p>{what}. Every score, mean over seeds and over the {kind} sets ({', '.join(shifts)}). "
                          "Table: FPR at 95 % TPR (%, lower is better); heatmap: AUROC (%).</p>"
-                         + figures.table_html(fpr, list(next(iter(fpr.values())))),
+                         + table_html(fpr, list(next(iter(fpr.values())))),
                          figures.score_heatmap(auroc, f"AUROC (%), {kind}-OOD")))
     first_runs = {m: r[0] for m, r in results["runs"].items()}
     sections.append(("Training loss", "", figures.history_figure({m: r["history"] for m, r in first_runs.items()})))
@@ -119,7 +147,7 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
                              figures.embedding_figure(umap_data["coords"], umap_data["labels"], umap_data["domains"],
                                                       setup.dataset.classes, setup.dataset.domains, colour_by,
                                                       umap_data.get("moved"))))
-    return figures.report_html(results["config"]["title"], sections)
+    return report_html(results["config"]["title"], sections)
 
 
 def budget_rows(results: dict) -> Dict[str, Dict[str, str]]:
@@ -159,7 +187,7 @@ def study_report(results: dict) -> str:
     if budgets:
         sections.append(("Training budgets: steps per shot count (all seeds)", "<p>The few-shot methods train "
                          "with their official schedules (epochs by shot count); full fine-tuning takes the study "
-                         "experiment's steps.</p>" + figures.table_html(budgets, list(next(iter(budgets.values())))),
+                         "experiment's steps.</p>" + table_html(budgets, list(next(iter(budgets.values())))),
                          None))
 
     def curves(get) -> Dict[str, list]:
@@ -177,4 +205,4 @@ def study_report(results: dict) -> str:
                  for m, row in table.items()}
         sections.append((f"Every score after every method, {kind}-OOD, {k} shots", "",
                          figures.score_heatmap(auroc, "AUROC (%)", f"AUROC (%), {kind}-OOD, {k} shots")))
-    return figures.report_html(f"clipood-kit study: {results['study']}", sections)
+    return report_html(f"clipood-kit study: {results['study']}", sections)
