@@ -64,7 +64,9 @@ def _solutions(instructor: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def students(tmp_path_factory):
+def students(tmp_path_factory, fast_lessons):
+    """The student versions; the session's store already holds every fast lesson's results (`fast_lessons`), so the
+    student notebooks read them as a class does, instead of training each again."""
     return student_versions(tmp_path_factory.mktemp("student"), NOTEBOOKS, autograder=True)
 
 
