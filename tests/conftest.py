@@ -31,18 +31,32 @@ def world_tree(tmp_path_factory):
     return export_world(tmp_path_factory.mktemp("export") / "world", per_cell=3, seed=5)
 
 
-# Lessons: every notebook in its fast setting runs once per worker, into the session's result store, and the tests
-# that read an executed notebook or the store share it (test_notebooks.py, test_lessons.py).
+# Lessons: every notebook in its fast setting runs once per test run (under xdist, the first worker to need it
+# prepares it and the other waits for it), into a store of its own, and the tests that read an executed notebook
+# or the store share it (test_notebooks.py, test_lessons.py).
+
+
+def run_folder(tmp_path_factory) -> "Path":
+    """A folder every xdist worker of this test run shares (the base temp's parent under xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
 def fast_lessons(tmp_path_factory):
     """(the result store, the folder of executed notebooks): every lesson run once in its fast setting
-    (`test_notebooks.FAST`) by `lessons.build.prepare_store`, into the session's store."""
-    from pathlib import Path
+    (`test_notebooks.FAST`) by `lessons.build.prepare_store`, into a store of the run's own."""
+    import json
+    import shutil
+    from filelock import FileLock
     from clipood_kit.lessons.build import prepare_store
     from test_notebooks import FAST, NOTEBOOKS
-    store, executed = Path(os.environ["CLIPOOD_KIT_CACHE"]), tmp_path_factory.mktemp("executed-lessons")
-    times = prepare_store(store, NOTEBOOKS, parameters=FAST, progress=False, keep=executed)
-    assert sorted(times) == sorted(FAST)
+    root = run_folder(tmp_path_factory) / "fast-lessons"
+    store, executed, done = root / "store", root / "executed", root / "done.json"
+    with FileLock(f"{root}.lock"):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)        # what a worker that died half-way left
+            times = prepare_store(store, NOTEBOOKS, parameters=FAST, progress=False, keep=executed)
+            assert sorted(times) == sorted(FAST)
+            done.write_text(json.dumps(times))
     return store, executed

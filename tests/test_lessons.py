@@ -64,9 +64,7 @@ def _solutions(instructor: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def students(tmp_path_factory, fast_lessons):
-    """The student versions; the session's store already holds every fast lesson's results (`fast_lessons`), so the
-    student notebooks read them as a class does, instead of training each again."""
+def students(tmp_path_factory):
     return student_versions(tmp_path_factory.mktemp("student"), NOTEBOOKS, autograder=True)
 
 
@@ -96,11 +94,13 @@ def test_student_versions_strip_the_solutions(students):
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
-def test_a_student_notebook_runs_and_its_checks_fail_until_solved(students, name, tmp_path):
+def test_a_student_notebook_runs_and_its_checks_fail_until_solved(students, fast_lessons, name, tmp_path):
+    store = fast_lessons[0]
     student = next(p for p in students if p.name == name)
     work = tmp_path / name
     work.write_text(student.read_text())
-    ran = _execute(work, tmp_path / "out.ipynb", FAST[name])
+    in_class = {"CLIPOOD_KIT_CACHE": str(store), "CLIPOOD_KIT_NO_TRAINING": "1"}     # as a class runs it
+    ran = _execute(work, tmp_path / "out.ipynb", FAST[name], env=in_class)
     errors = [o for c in ran["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert not errors, errors[:1]
     before = _check_outputs(ran)
@@ -114,7 +114,7 @@ def test_a_student_notebook_runs_and_its_checks_fail_until_solved(students, name
         cell["source"] = "\n".join(line.replace("  # SOLUTION", "") for line in solution.splitlines()
                                    if "BEGIN SOLUTION" not in line and "END SOLUTION" not in line)
     work.write_text(json.dumps(nb))
-    after = _check_outputs(_execute(work, tmp_path / "solved.ipynb", FAST[name]))
+    after = _check_outputs(_execute(work, tmp_path / "solved.ipynb", FAST[name], env=in_class))
     assert after == {q: True for q in before}, after
 
 
