@@ -33,7 +33,7 @@ lab: setup
 # app versions Voila serves. STORE may be any folder the students' kernels can read.
 STORE ?= runs/classroom-store
 classroom: setup
-	$(VENV)/bin/clipood-kit lessons prepare --cache $(STORE)
+	$(VENV)/bin/clipood-kit lessons prepare --cache $(STORE) --workers 2
 	$(VENV)/bin/clipood-kit lessons student --out runs/handout --overwrite
 	$(VENV)/bin/clipood-kit lessons app --out runs/apps --overwrite
 

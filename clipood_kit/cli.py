@@ -461,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "student notebooks (otter-grader) into --out; app: write the app versions (exercises "
                         "removed) of the lessons served with Voila into --out, and install their Voila template")
     p.add_argument("--cache", default="runs/lessons-cache", help="prepare: the result store to fill")
+    p.add_argument("--workers", type=int, default=1, help="prepare: lessons run at once, each in its own kernel "
+                                                          "(2 on 2 idle cores)")
     p.add_argument("--out", default=None, help="student: where the student notebooks go (default runs/student); "
                                                 "app: where the app notebooks go (default runs/apps)")
     p.add_argument("--autograder", action="store_true", help="student: also write autograder versions (solutions "
@@ -495,7 +497,7 @@ def cmd_lessons(args) -> int:
             print(path)
         print(f"serve one as an app: voila {paths[0]}")
     elif args.action == "prepare":
-        times = prepare_store(Path(args.cache), args.notebooks)
+        times = prepare_store(Path(args.cache), args.notebooks, workers=args.workers)
         for name, seconds in times.items():
             print(f"{name}: {seconds:.1f} s")
         print(f"the lessons' results are in {args.cache}: set CLIPOOD_KIT_CACHE={args.cache} for the students "

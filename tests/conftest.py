@@ -56,7 +56,7 @@ def fast_lessons(tmp_path_factory):
     with FileLock(f"{root}.lock"):
         if not done.exists():
             shutil.rmtree(root, ignore_errors=True)        # what a worker that died half-way left
-            times = prepare_store(store, NOTEBOOKS, parameters=FAST, progress=False, keep=executed)
+            times = prepare_store(store, NOTEBOOKS, parameters=FAST, progress=False, keep=executed, workers=2)
             assert sorted(times) == sorted(FAST)
             done.write_text(json.dumps(times))
     return store, executed

@@ -100,7 +100,7 @@ def classroom(tmp_path_factory):
         return Path(given)
     cache = tmp_path_factory.mktemp("classroom-store")
     ARTIFACTS.mkdir(exist_ok=True)
-    times = prepare_store(cache, ROOT / "notebooks", progress=False)
+    times = prepare_store(cache, ROOT / "notebooks", progress=False, workers=2)
     _record("prepare (default setting, computing)", times)
     return cache
 

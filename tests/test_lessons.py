@@ -218,7 +218,9 @@ def test_a_broken_assignment_writes_no_student_notebook(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_a_lesson_that_raises_is_named_with_its_cell(tmp_path):
+def test_a_lesson_that_raises_is_named_with_its_cell_also_among_lessons_run_at_once(tmp_path):
+    """One lesson, then two run at once (`workers=2`): the one that raises is named with its cell; the other ran
+    and its executed notebook was kept."""
     from clipood_kit.lessons.build import LessonFailed
     folder = tmp_path / "lessons"
     folder.mkdir()
@@ -227,6 +229,13 @@ def test_a_lesson_that_raises_is_named_with_its_cell(tmp_path):
                    folder / "01_raises.ipynb")
     with pytest.raises(LessonFailed, match=r"lesson 01_raises.ipynb failed in cell 2: ValueError: boom"):
         prepare_store(tmp_path / "cache", folder, progress=False)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time; time.sleep(2); y = 2")]),
+                   folder / "00_fine.ipynb")
+    with pytest.raises(LessonFailed, match=r"lesson 01_raises.ipynb failed in cell 2: ValueError: boom"):
+        prepare_store(tmp_path / "cache", folder, progress=False, workers=2, keep=tmp_path / "kept")
+    assert (tmp_path / "kept" / "00_fine.ipynb").exists() and not (tmp_path / "kept" / "01_raises.ipynb").exists()
+    with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
+        prepare_store(tmp_path / "cache", folder, progress=False, workers=0)
 
 
 def test_a_store_that_cannot_be_written_is_refused_before_any_lesson_runs(tmp_path):

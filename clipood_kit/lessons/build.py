@@ -174,11 +174,32 @@ def _same_notebook(a: Path, b: Path) -> bool:
     return content(a) == content(b)
 
 
-def prepare_store(cache: Path, notebooks: Optional[Path] = None, parameters: Optional[Dict[str, dict]] = None,
-                  progress: bool = True, keep: Optional[Path] = None) -> Dict[str, float]:
-    """Run every lesson once (its default setting, or `parameters[name]`) with the result store at `cache`;
-    returns each notebook's run time in seconds. `keep`: a folder for the executed notebooks (with outputs)."""
+def _run_lesson(nb: Path, parameters: dict, keep: Optional[Path]) -> float:
+    """Run one lesson with papermill (the store is the environment's `CLIPOOD_KIT_CACHE`); its run time in s."""
     import papermill
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="clipood-kit-prepare-") as tmp:
+        try:
+            papermill.execute_notebook(str(nb), str(Path(tmp) / nb.name), cwd=str(nb.parent), parameters=parameters,
+                                       progress_bar=False, kernel_name="python3")
+        except papermill.PapermillExecutionError as e:
+            raise LessonFailed(f"lesson {nb.name} failed in cell {e.exec_count}: {e.ename}: "
+                               f"{str(e.evalue).splitlines()[0][:300] if e.evalue else ''}; open it in "
+                               f"JupyterLab to see the cell (the store keeps what ran before)") from None
+        if keep is not None:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(tmp) / nb.name, Path(keep) / nb.name)
+    return round(time.perf_counter() - start, 1)
+
+
+def prepare_store(cache: Path, notebooks: Optional[Path] = None, parameters: Optional[Dict[str, dict]] = None,
+                  progress: bool = True, keep: Optional[Path] = None, workers: int = 1) -> Dict[str, float]:
+    """Run every lesson once (its default setting, or `parameters[name]`) with the result store at `cache`;
+    returns each notebook's run time in seconds. `keep`: a folder for the executed notebooks (with outputs).
+    `workers`: how many lessons run at once, each in a kernel of its own (the store writes each entry atomically:
+    two lessons that compute the same entry write the same bytes)."""
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     lessons = _notebooks(notebooks)
     cache = check_writable_folder(cache, "--cache", "the lessons' result store")
     cache.mkdir(parents=True, exist_ok=True)
@@ -186,21 +207,27 @@ def prepare_store(cache: Path, notebooks: Optional[Path] = None, parameters: Opt
     previous = os.environ.get("CLIPOOD_KIT_CACHE")
     os.environ["CLIPOOD_KIT_CACHE"] = str(cache.resolve())       # the kernels inherit it
     try:
-        for nb in tqdm(lessons, desc="lessons", disable=not progress):
-            start = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix="clipood-kit-prepare-") as tmp:
-                try:
-                    papermill.execute_notebook(str(nb), str(Path(tmp) / nb.name), cwd=str(nb.parent),
-                                               parameters=(parameters or {}).get(nb.name, {}), progress_bar=False,
-                                               kernel_name="python3")
-                except papermill.PapermillExecutionError as e:
-                    raise LessonFailed(f"lesson {nb.name} failed in cell {e.exec_count}: {e.ename}: "
-                                       f"{str(e.evalue).splitlines()[0][:300] if e.evalue else ''}; open it in "
-                                       f"JupyterLab to see the cell (the store keeps what ran before)") from None
-                if keep is not None:
-                    Path(keep).mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(Path(tmp) / nb.name, Path(keep) / nb.name)
-            times[nb.name] = round(time.perf_counter() - start, 1)
+        jobs = [(nb, (parameters or {}).get(nb.name, {}), keep) for nb in lessons]
+        bar = tqdm(total=len(jobs), desc="lessons", disable=not progress)
+        if workers == 1:
+            for job in jobs:
+                times[job[0].name] = _run_lesson(*job)
+                bar.update()
+        else:
+            import multiprocessing
+            from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_run_lesson, *job): job[0].name for job in jobs}
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    if future.done() and future.exception() is not None:
+                        for other in futures:
+                            other.cancel()
+                        raise future.exception()
+                for future in futures:
+                    times[futures[future]] = future.result()
+                    bar.update()
+        bar.close()
     finally:
         if previous is None:
             os.environ.pop("CLIPOOD_KIT_CACHE", None)
