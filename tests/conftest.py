@@ -1,9 +1,11 @@
 """Shared fixtures. The suite runs offline: open_clip's hub downloads fail at once instead of retrying.
 
-Under pytest-xdist (`pytest -n 2 --dist loadfile`, not `make test`'s default: two tests that compare a subprocess's
-run with the test process's bit for bit failed there, in different runs) each worker and the notebook kernels it
-starts use one thread."""
+`make test` runs on two pytest-xdist workers (`-n 2 --dist loadfile`: a file's tests stay on one worker, so its
+module fixtures run once); each worker and the notebook kernels it starts use one thread. Tests that compare runs
+bit for bit across processes compare fresh processes (a long-lived worker's earlier work once changed a last bit
+of its in-process run)."""
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -36,7 +38,7 @@ def world_tree(tmp_path_factory):
 # or the store share it (test_notebooks.py, test_lessons.py).
 
 
-def run_folder(tmp_path_factory) -> "Path":
+def run_folder(tmp_path_factory) -> Path:
     """A folder every xdist worker of this test run shares (the base temp's parent under xdist)."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
