@@ -32,7 +32,7 @@ def main():
         accuracy += [(abs(v - b["accuracy"][g][c]), m, g, c) for g, cells in a["accuracy"].items() for c, v in cells.items()]
         auroc += [(abs(x["AUROC"] - b["ood"][sh][n]["AUROC"]), m, sh, n) for sh, sc in a["ood"].items()
                   for n, x in sc.items()]
-    print(json.dumps({"benchmark": "eval_precision", "eval_images": len(setup.eval_idx),
+    print(json.dumps({"benchmark": "eval_precision", "eval_images": len(setup.split.eval_idx),
                       "fp32_s": round(seconds["no"], 3), "bf16_s": round(seconds["bf16"], 3),
                       "ratio": round(seconds["bf16"] / seconds["no"], 3),
                       "accuracy_max_diff_points": round(max(accuracy)[0], 3), "worst_cell": max(accuracy)[1:],

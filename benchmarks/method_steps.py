@@ -59,7 +59,7 @@ def main():
             evaluate_state(setup, states[n])
             scoring[n].append(time.perf_counter() - start)
     score_median = {n: statistics.median(v) for n, v in scoring.items()}
-    images = len(setup.eval_idx) + sum(len(s) for s in setup.ood_sets.values())
+    images = len(setup.split.eval_idx) + sum(len(s) for s in setup.ood_sets.values())
     print(json.dumps({"benchmark": "method_steps", "threads": torch.get_num_threads(), "batch_size": 32,
                       "ms_per_step": {n: round(1000 * m, 2) for n, m in median.items()},
                       "ratio_to_ce": {n: round(m / median["ce"], 3) for n, m in median.items()},

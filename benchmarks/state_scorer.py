@@ -28,8 +28,8 @@ def main():
     args = ap.parse_args()
     exp = demo_experiment()
     setup = prepare(exp)
-    names = [f"visual.{n}" for n, _ in setup.loaded.model.visual.named_parameters()]
-    traj = Trajectory(exp.train.steps).start(setup.zero_shot_state, names)
+    names = [f"visual.{n}" for n, _ in setup.zero_shot.loaded.model.visual.named_parameters()]
+    traj = Trajectory(exp.train.steps).start(setup.zero_shot.state, names)
     run_method(setup.for_method(compose("clipood"), exp.train), progress=False, on_step=traj.recorder())
     t = time.perf_counter()
     scorer = StateScorer(setup)
@@ -53,7 +53,7 @@ def main():
     exact_traj = traj
     snapshot_error = {}
     for every in (5, 20):
-        sparse = Trajectory(exp.train.steps, every).start(setup.zero_shot_state, names)
+        sparse = Trajectory(exp.train.steps, every).start(setup.zero_shot.state, names)
         sparse.steps, sparse.rows = [], []
         for t in list(range(0, exp.train.steps + 1, every)) + ([exp.train.steps] if exp.train.steps % every else []):
             k = exact_traj.steps.index(t)

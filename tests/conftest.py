@@ -62,3 +62,73 @@ def fast_lessons(tmp_path_factory):
             assert sorted(times) == sorted(FAST)
             done.write_text(json.dumps(times))
     return store, executed
+
+
+@pytest.fixture(scope="session")
+def prepared_world():
+    """A factory of prepared experiments (`engine.experiment.prepare`), one per distinct spec in a worker's session:
+    `prepared_world(ExperimentConfig(per_cell=4))`. A prepared setup is shared, never modified (a method gets its
+    own model: `Setup.prepare_method`, `Setup.for_method`)."""
+    import json
+    from clipood_kit.engine.experiment import prepare
+    made = {}
+
+    def make(spec):
+        key = json.dumps(spec.to_dict(), sort_keys=True, default=str)
+        if key not in made:
+            made[key] = prepare(spec)
+        return made[key]
+    return make
+
+
+# The browser tests' class-room store (every lesson in its DEFAULT setting, about 6 minutes of one core) is the
+# suite's longest job. Under xdist the controller, idle otherwise, starts it in a process of its own as soon as a
+# worker has collected a browser test, and the browser tests run last, so the store is built while the workers run
+# everything else (a serial run builds it in the fixture, as before).
+CLASSROOM_BUILD = """
+import json, sys, traceback
+from pathlib import Path
+from clipood_kit.lessons.build import prepare_store
+folder, notebooks = Path(sys.argv[1]), Path(sys.argv[2])
+try:
+    times = prepare_store(folder / "store", notebooks, progress=False)
+except BaseException:
+    (folder / "failed.txt").write_text(traceback.format_exc())
+    raise
+(folder / "done.json").write_text(json.dumps(times))
+"""
+_classroom_build = {}
+
+
+def classroom_folder(root: Path) -> Path:
+    """Where the class-room store of a test run is built in the background (`CLASSROOM_BUILD`)."""
+    return root / "classroom-background"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The browser tests last: their store is built while every other test runs."""
+    items.sort(key=lambda item: Path(str(item.fspath)).name == "test_browser.py")
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """Controller: start the class-room store's build once, when a worker has collected a browser test."""
+    if _classroom_build or not any("test_browser.py::test_" in i for i in ids):
+        return
+    import subprocess
+    import sys
+    folder = classroom_folder(node.config._tmp_path_factory.getbasetemp())
+    folder.mkdir(parents=True, exist_ok=True)
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    env = dict(os.environ, OMP_NUM_THREADS="1")           # one core's worth, beside the two workers
+    log = open(folder / "build.log", "w")
+    _classroom_build["process"] = subprocess.Popen([sys.executable, "-c", CLASSROOM_BUILD, str(folder), str(notebooks)],
+                                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+    (folder / "started").write_text(str(_classroom_build["process"].pid))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Controller: a background build still running when the session ends (browser tests deselected) is stopped."""
+    process = _classroom_build.get("process")
+    if process is not None and process.poll() is None:
+        process.terminate()
+        process.wait(timeout=30)

@@ -48,7 +48,7 @@ def train(out_file, method_name):
     from clipood_kit.engine.training import accelerator_settings, fine_tune
     exp = experiment(method_name)
     setup = prepare(exp)
-    setup.loaded.model.double()
+    setup.zero_shot.loaded.model.double()
     method = Method(exp.method)
     accelerator = Accelerator(**accelerator_settings(torch.device("cpu"), exp.train.precision,
                                                      method.every_parameter_every_step))
@@ -75,8 +75,8 @@ def evaluate(out_file):
     from clipood_kit.engine.scoring import evaluate_state
     import json
     setup = prepare(ExperimentConfig(per_cell=3, eval_batch_size=7))
-    enc = encode(setup, setup.zero_shot_state)
-    scores = evaluate_state(setup, setup.zero_shot_state)
+    enc = encode(setup, setup.zero_shot.state)
+    scores = evaluate_state(setup, setup.zero_shot.state)
     if PartialState().is_main_process:
         save_weights(out_file, {k: v for k, v in enc.items()})
         with open(f"{out_file}.json", "w") as f:

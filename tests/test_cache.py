@@ -18,17 +18,17 @@ def entries(folder):
 def test_zero_shot_features_and_text_classifiers_are_cached_and_reused(tmp_path):
     exp = ExperimentConfig(per_cell=2, cache_dir=str(tmp_path))
     setup = prepare(exp)
-    first = encode(setup, setup.zero_shot_state)
+    first = encode(setup, setup.zero_shot.state)
     assert setup.cache.misses == 2 and setup.cache.hits == 0          # text classifier and images
     again = prepare(exp)                                                # another method, seed or command
-    second = encode(again, again.zero_shot_state)
+    second = encode(again, again.zero_shot.state)
     assert again.cache.hits == 2 and again.cache.misses == 0
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    assert torch.equal(setup.text_features, again.text_features)
+    assert torch.equal(setup.zero_shot.text_features, again.zero_shot.text_features)
     fresh = prepare(replace(exp, cache_dir="off"))
-    uncached = encode(fresh, fresh.zero_shot_state)
+    uncached = encode(fresh, fresh.zero_shot.state)
     assert all(torch.equal(first[k], uncached[k]) for k in first)      # the cache changes no number
-    encode(setup, dict(setup.zero_shot_state))                           # another state object is never cached
+    encode(setup, dict(setup.zero_shot.state))                           # another state object is never cached
     assert setup.cache.misses == 2 and setup.cache.hits == 0
 
 
@@ -36,11 +36,11 @@ def test_zero_shot_features_and_text_classifiers_are_cached_and_reused(tmp_path)
 def test_changing_any_key_part_misses(tmp_path, change):
     exp = ExperimentConfig(per_cell=2, cache_dir=str(tmp_path / "cache"))
     setup = prepare(exp)
-    encode(setup, setup.zero_shot_state)
+    encode(setup, setup.zero_shot.state)
     before = entries(tmp_path / "cache")
     if change == "weights":
         from clipood_kit.core.io import save_weights
-        state = {k: v.clone() for k, v in setup.loaded.model.state_dict().items()}
+        state = {k: v.clone() for k, v in setup.zero_shot.loaded.model.state_dict().items()}
         state["visual.attnpool.c_proj.bias"] = state["visual.attnpool.c_proj.bias"] + 0.01
         save_weights(tmp_path / "other.safetensors", state)
         other = replace(exp, pretrained=str(tmp_path / "other.safetensors"))
@@ -53,8 +53,8 @@ def test_changing_any_key_part_misses(tmp_path, change):
     setup2 = prepare(other)
     if change == "transform":
         import torchvision.transforms.v2 as T
-        setup2.loaded.preprocess = T.Compose([setup2.loaded.preprocess, T.Identity()])
-    encode(setup2, setup2.zero_shot_state)
+        setup2.zero_shot.loaded.preprocess = T.Compose([setup2.zero_shot.loaded.preprocess, T.Identity()])
+    encode(setup2, setup2.zero_shot.state)
     new = set(entries(tmp_path / "cache")) - set(before)
     expected = {"templates": {"text"}, "weights": {"text", "zero-shot-images"},
                 "transform": {"zero-shot-images"}}.get(change, {"zero-shot-images"})

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from clipood_kit.evaluation import features as evaluation
-from clipood_kit.engine.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.methods import Batch, Method, RunContext, compose
 from clipood_kit.engine.runs import run_method
 from clipood_kit.engine.settings import set_method_fields
@@ -11,12 +11,12 @@ from clipood_kit.engine.training import TrainConfig
 
 
 @pytest.fixture(scope="module")
-def setup():
-    return prepare(ExperimentConfig(per_cell=4))
+def setup(prepared_world):
+    return prepared_world(ExperimentConfig(per_cell=4))
 
 
 def test_context_classifier_is_the_normalised_class_mean_per_template(setup):
-    model, tok = setup.loaded.model, setup.loaded.tokenizer
+    model, tok = setup.zero_shot.loaded.model, setup.zero_shot.loaded.tokenizer
     ctx = evaluation.context_classifier(model, tok, ["star", "heart", "ring"], ["a sketch of a {}.", "a {}."])
     with torch.no_grad():
         f = F.normalize(model.encode_text(tok(["a sketch of a star.", "a sketch of a heart.", "a sketch of a ring."])), dim=-1)
@@ -28,13 +28,13 @@ def test_context_kl_is_zero_at_step_zero_and_positive_after_a_change(setup):
     method = Method(compose("car-ft"))
     method.prepare(setup.method_context(method))
     part = method.regularisers[0]
-    names = [setup.dataset.classes[i] for i in setup.train_class_ids]
-    expected = evaluation.context_classifier(setup.loaded.model, setup.loaded.tokenizer, names, setup.templates)
+    names = [setup.dataset.classes[i] for i in setup.split.train_class_ids]
+    expected = evaluation.context_classifier(setup.zero_shot.loaded.model, setup.zero_shot.loaded.tokenizer, names, setup.zero_shot.templates)
     assert torch.allclose(part.context_features, expected)        # prepare builds the experiment's classifier
     model = setup.model()
     encoder = model.image_features
-    method.setup(RunContext(model, setup.text_features, setup.logit_scale, 10, 0, torch.device("cpu")))
-    images = torch.stack([setup.loaded.preprocess(setup.dataset[i][0]) for i in range(8)])
+    method.setup(RunContext(model, setup.zero_shot.text_features, setup.zero_shot.logit_scale, 10, 0, torch.device("cpu")))
+    images = torch.stack([setup.zero_shot.loaded.preprocess(setup.dataset[i][0]) for i in range(8)])
     labels = torch.zeros(8, dtype=torch.long)
     with torch.no_grad():
         kl, metrics = part.penalty(Batch(0, encoder(images), labels, images))
@@ -59,5 +59,5 @@ def test_car_ft_combines_with_mms_and_bma(setup):
     r = run_method(setup.for_method(compose("car-ft-clipood"), TrainConfig(steps=3, batch_size=8, lr=1e-4)), progress=False)
     assert r["primary"] == "bma" and set(r["models"]) == {"last", "bma"}
     with pytest.raises(ValueError, match=r"needs context features .* call method.prepare\(setup\)"):
-        Method(compose("car-ft")).setup(RunContext(setup.model(), setup.text_features, 10.0, 5, 0,
+        Method(compose("car-ft")).setup(RunContext(setup.model(), setup.zero_shot.text_features, 10.0, 5, 0,
                                                    torch.device("cpu")))

@@ -109,7 +109,7 @@ def test_only_the_low_rank_pairs_train_starting_at_clip():
     model.eval()
     with torch.no_grad():                  # B = 0: the adapted model is CLIP
         assert torch.allclose(F.normalize(model.class_features(), dim=-1),
-                              F.normalize(setup.text_features.to(model.frozen_class_features.dtype), dim=-1), atol=1e-4)
+                              F.normalize(setup.zero_shot.text_features.to(model.frozen_class_features.dtype), dim=-1), atol=1e-4)
     r = run_method(setup, progress=False)
     last = r["states"]["last"]
     assert all(k.startswith("parts.clip-lora.") for k in last)

@@ -6,14 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from clipood_kit.engine.builder import build_experiment
-from clipood_kit.engine.experiment import prepare
 from clipood_kit.engine.runs import run_method
 from clipood_kit.methods import Method
 
 
 @pytest.fixture(scope="module")
-def setup():
-    return prepare(build_experiment(per_cell=3, cache_dir="off", steps=4, batch_size=8, lr=2e-3, method="cocoop",
+def setup(prepared_world):
+    return prepared_world(build_experiment(per_cell=3, cache_dir="off", steps=4, batch_size=8, lr=2e-3, method="cocoop",
                                     settings=["far_ood_sets="]))
 
 
@@ -42,15 +41,15 @@ def test_the_batched_scores_equal_the_official_per_image_loop(setup):
     with torch.no_grad():
         for p in module.meta_net.parameters():                  # away from the init, so the token matters
             p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        f = F.normalize(torch.randn(5, setup.text_features.shape[1], generator=g, dtype=torch.float64), dim=-1)
-        ours = setup.logit_scale * model.cosines(f)
-        expected = official_logits(module, model.text, f, setup.logit_scale)
+        f = F.normalize(torch.randn(5, setup.zero_shot.text_features.shape[1], generator=g, dtype=torch.float64), dim=-1)
+        ours = setup.zero_shot.logit_scale * model.cosines(f)
+        expected = official_logits(module, model.text, f, setup.zero_shot.logit_scale)
     assert torch.allclose(ours, expected, atol=1e-8)
     # the meta-net is the official one: D -> D // 16 -> W, with biases; the context starts at 'a photo of a'
-    d, w = setup.text_features.shape[1], module.ctx.shape[1]
+    d, w = setup.zero_shot.text_features.shape[1], module.ctx.shape[1]
     assert [tuple(module.meta_net[i].weight.shape) for i in (0, 2)] == [(d // 16, d), (w, d // 16)]
     assert module.meta_net[0].bias is not None and module.meta_net[2].bias is not None
-    start = setup.loaded.model.token_embedding(setup.loaded.tokenizer(["a photo of a"]))[0, 1:5].double()
+    start = setup.zero_shot.loaded.model.token_embedding(setup.zero_shot.loaded.tokenizer(["a photo of a"]))[0, 1:5].double()
     assert torch.allclose(Method(setup.cfg.method).cfg.loss.build().model_module(setup.method_context()).ctx.double(),
                           start, atol=1e-6)
     # the class features differ per image: two images, two classifiers

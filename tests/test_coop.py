@@ -26,8 +26,8 @@ def test_initialised_from_a_photo_of_a_it_is_clip_s_own_prompt():
     model = setup.prepare_method(method)
     ours = F.normalize(model.class_features(), dim=-1)
     with torch.no_grad():
-        clip = setup.loaded.model
-        direct = F.normalize(clip.encode_text(setup.loaded.tokenizer(
+        clip = setup.zero_shot.loaded.model
+        direct = F.normalize(clip.encode_text(setup.zero_shot.loaded.tokenizer(
             [f"a photo of a {c}." for c in setup.dataset.classes])).float(), dim=-1)
     assert torch.allclose(ours, direct, atol=1e-5)
     assert model.parts["coop"].ctx.shape == (4, clip.token_embedding.weight.shape[1])
@@ -58,7 +58,7 @@ def test_only_the_context_trains_and_new_classes_use_it():
     zero = setup.prepare_method(method).trained_state()
     assert not torch.equal(zero["parts.coop.ctx"], last["parts.coop.ctx"])
     moved, start = state_classifier(setup, last), state_classifier(setup, zero)
-    assert not torch.allclose(moved[setup.new_ids], start[setup.new_ids])   # the new classes' prompts moved too
+    assert not torch.allclose(moved[setup.split.new_ids], start[setup.split.new_ids])   # the new classes' prompts moved too
     assert evaluate_state(setup, last) == r["models"]["last"]
 
 
@@ -88,7 +88,7 @@ def test_the_learned_context_is_read_against_its_start_and_the_vocabulary():
     still = F.normalize(state_classifier(setup, {**state, "parts.coop.ctx": start}), dim=-1)
     expected = (1 - (moved * still).sum(-1)).tolist()
     assert list(report["class_moved"].values()) == pytest.approx(expected, abs=1e-6)
-    assert report["base"] == [setup.dataset.classes[i] for i in setup.base_ids]
+    assert report["base"] == [setup.dataset.classes[i] for i in setup.split.base_ids]
     small = learned_context(setup, state, nearest=2, max_words=10, near=3)
     assert len(report["vocabulary"]) > 10 and len(small["vocabulary"]) < len(report["vocabulary"])
     assert {w["word"] for row in small["nearest_after"] for w in row[:2]} <= set(small["vocabulary"])

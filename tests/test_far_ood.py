@@ -117,9 +117,9 @@ def small(tmp_path_factory):
     from clipood_kit.engine.experiment import prepare
     from clipood_kit.engine.scoring import ood_sets
     base = prepare(build_experiment("tiny-world", per_cell=5, cache_dir="off", settings=["far_ood_sets="]))
-    in_dist = ood_sets(base, base.dataset.labels[base.eval_idx], base.dataset.domain_ids[base.eval_idx])["ID"]
+    in_dist = ood_sets(base, base.dataset.labels[base.split.eval_idx], base.dataset.domain_ids[base.split.eval_idx])["ID"]
     folder = tmp_path_factory.mktemp("ood") / "own-id-images"
-    _write(folder, base.dataset.images[base.eval_idx[in_dist]])
+    _write(folder, base.dataset.images[base.split.eval_idx[in_dist]])
     exp = build_experiment("tiny-world", per_cell=5, cache_dir="off", ood_data=[f"near:{folder}"])
     with pytest.raises(ValueError, match="shares .* image"):
         prepare(exp)
@@ -153,10 +153,10 @@ def test_a_far_set_auroc_equals_an_independent_computation(small):
     """AUROC of MCM on the glyphs = the share of (ID, OOD) pairs an ID image wins, by brute force over pairs."""
     from clipood_kit.engine.encoding import encode, encode_ood_set
     from clipood_kit.engine.scoring import ood_sets, zero_shot_scores
-    state = small.zero_shot_state
+    state = small.zero_shot.state
     enc = encode(small, state)
     in_dist = ood_sets(small, enc["labels"], enc["domains"])["ID"]
-    t = small.text_features[small.base_ids]
+    t = small.zero_shot.text_features[small.split.base_ids]
     mcm = lambda f: torch.softmax((f @ t.T).double(), 1).max(1).values      # noqa: E731  (T = 1)
     a, b = mcm(enc["features"][in_dist]), mcm(encode_ood_set(small, state, "glyphs")["features"])
     wins = (a[:, None] > b[None]).double() + 0.5 * (a[:, None] == b[None]).double()
@@ -167,7 +167,7 @@ def test_a_far_set_auroc_equals_an_independent_computation(small):
 
 def test_the_fast_scorer_scores_the_ood_sets_as_the_full_path(small):
     from clipood_kit.engine.scoring import StateScorer, evaluate_state
-    fast, full = StateScorer(small)(small.zero_shot_state), evaluate_state(small, small.zero_shot_state)
+    fast, full = StateScorer(small)(small.zero_shot.state), evaluate_state(small, small.zero_shot.state)
     for shift in ("glyphs", "textures", "own-id-images"):
         for score, m in full["ood"][shift].items():
             assert fast["ood"][shift][score]["AUROC"] == pytest.approx(m["AUROC"], abs=1e-4), (shift, score)
@@ -175,6 +175,6 @@ def test_the_fast_scorer_scores_the_ood_sets_as_the_full_path(small):
 
 def test_ood_score_sets_hold_every_shift(small):
     from clipood_kit.engine.scoring import ood_score_sets
-    sets = ood_score_sets(small, small.zero_shot_state)
+    sets = ood_score_sets(small, small.zero_shot.state)
     assert set(sets) == {"ID", "semantic", "covariate", "both", "glyphs", "textures", "own-id-images"}
     assert len(sets["glyphs"]["MCM"]) == len(small.ood_sets["glyphs"])

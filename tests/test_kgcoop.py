@@ -59,7 +59,7 @@ def test_the_learnt_classes_stay_nearer_clip_than_coops():
         model = setup.scratch_for(r["states"]["last"])
         with torch.no_grad():
             learnt = F.normalize(model.class_features().float(), dim=-1)
-        return (learnt * F.normalize(setup.text_features.float(), dim=-1)).sum(-1).mean(), r["states"]["last"]
+        return (learnt * F.normalize(setup.zero_shot.text_features.float(), dim=-1)).sum(-1).mean(), r["states"]["last"]
     coop, coop_state = trained("coop")
     kg, _ = trained("kgcoop")
     assert 1 - kg < 0.5 * (1 - coop), (float(kg), float(coop))     # less than half of CoOp's drift

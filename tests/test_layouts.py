@@ -75,11 +75,11 @@ def test_few_shot_picks_and_base_new_halves_follow_dassl(tmp_path, shots, seed):
     from clipood_kit.engine.experiment import ExperimentConfig, prepare
     setup = prepare(ExperimentConfig(data=f"dtd:{tmp_path}", protocol="base-to-new", shots=shots, split_seed=seed,
                                      **REAL))
-    assert sorted(_paths(data, setup.train_idx)) == sorted(i.impath for i in base_train)
-    assert _paths(data, setup.eval_idx) == [i.impath for i in test]
-    assert sorted(_paths(data, [i for i in setup.eval_idx.tolist() if int(data.labels[i]) in new])) == \
+    assert sorted(_paths(data, setup.split.train_idx)) == sorted(i.impath for i in base_train)
+    assert _paths(data, setup.split.eval_idx) == [i.impath for i in test]
+    assert sorted(_paths(data, [i for i in setup.split.eval_idx.tolist() if int(data.labels[i]) in new])) == \
         sorted(i.impath for i in new_test)
-    assert setup.templates == ["{} texture."]
+    assert setup.zero_shot.templates == ["{} texture."]
 
 
 def test_a_few_shot_file_is_read_and_a_foreign_one_refused(tmp_path):
@@ -185,9 +185,9 @@ def test_domainbed_reads_as_imagefolder_and_holds_out_with_domainbeds_split(tmp_
     from clipood_kit.engine.experiment import ExperimentConfig, prepare
     setup = prepare(ExperimentConfig(data=f"pacs:{tmp_path}", protocol="domain-shift", source_domains=data.domains[:3],
                                      **REAL))
-    assert sorted(setup.train_idx.tolist()) == sorted(lists["train"].tolist())
-    assert setup.eval_idx.tolist() == sorted(lists["val"].tolist() + lists["test"].tolist())
-    assert setup.templates == ["a photo of a {}."]
+    assert sorted(setup.split.train_idx.tolist()) == sorted(lists["train"].tolist())
+    assert setup.split.eval_idx.tolist() == sorted(lists["val"].tolist() + lists["test"].tolist())
+    assert setup.zero_shot.templates == ["a photo of a {}."]
 
 
 def test_domainbed_open_classes_follow_clipood_in_the_wild(tmp_path):
@@ -300,12 +300,12 @@ def test_imagenet_variants_are_scored_with_imagenets_classifier_among_their_clas
         prepare(ExperimentConfig(eval_data=[f"imagenet-r:{tmp_path}"], **dict(cfg, data=f"imagenet-r:{tmp_path}")))
     setup = prepare(ExperimentConfig(eval_data=[f"imagenet-r:{tmp_path}"], **cfg))
     data = setup.dataset
-    assert data.domains == ["imagenet", "imagenet-r"] and setup.source_ids == [0] and setup.target_ids == [1]
+    assert data.domains == ["imagenet", "imagenet-r"] and setup.split.source_ids == [0] and setup.split.target_ids == [1]
     r = (data.domain_ids == 1).nonzero().flatten()
     assert [trees.WNIDS[y] for y in data.labels[r].tolist()] == [Path(data.paths[i]).parent.name for i in r.tolist()]
-    assert data.domain_classes == {1: [2, 3, 4]} and set(r.tolist()) <= set(setup.eval_idx.tolist())
+    assert data.domain_classes == {1: [2, 3, 4]} and set(r.tolist()) <= set(setup.split.eval_idx.tolist())
     # cosines whose best class over all six is outside -R's three, and whose best among -R's is the label
-    idx = setup.eval_idx
+    idx = setup.split.eval_idx
     labels, domains = data.labels[idx], data.domain_ids[idx]
     cosines = torch.zeros(len(idx), 6)
     cosines[torch.arange(len(idx)), labels] = 0.5

@@ -17,6 +17,7 @@ import pytest
 
 from clipood_kit.core import store
 from clipood_kit.lessons.build import prepare_store, student_versions
+from notebook_outputs import error_outputs
 from test_notebooks import FAST, NOTEBOOKS
 
 
@@ -101,7 +102,7 @@ def test_a_student_notebook_runs_and_its_checks_fail_until_solved(students, fast
     work.write_text(student.read_text())
     in_class = {"CLIPOOD_KIT_CACHE": str(store), "CLIPOOD_KIT_NO_TRAINING": "1"}     # as a class runs it
     ran = _execute(work, tmp_path / "out.ipynb", FAST[name], env=in_class)
-    errors = [o for c in ran["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+    errors = error_outputs(ran)
     assert not errors, errors[:1]
     before = _check_outputs(ran)
     assert before and not any(before.values()), before
@@ -135,7 +136,7 @@ def test_with_the_classroom_store_no_notebook_trains(prepared, name, tmp_path):
     before = _listing(prepared)
     nb = _execute(NOTEBOOKS / name, tmp_path / name, FAST[name],
                   env={"CLIPOOD_KIT_CACHE": str(prepared), "CLIPOOD_KIT_NO_TRAINING": "1"})
-    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+    errors = error_outputs(nb)
     assert not errors, errors[:1]
     assert _listing(prepared) == before
 

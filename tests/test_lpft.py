@@ -36,11 +36,11 @@ def test_probe_trains_the_head_alone_then_both_and_the_state_carries_the_head(tm
     r = run_method(setup, run_dir=tmp_path / "run", progress=False, on_step=on_step)
     assert [row["probing"] for row in r["history"]] == [1, 1, 1, 0, 0, 0]
     visual = [k for k in seen[1] if k.startswith("visual.") and seen[1][k].is_floating_point()]
-    head0 = setup.text_features[setup.train_class_ids]
+    head0 = setup.zero_shot.text_features[setup.split.train_class_ids]
     for step in (1, 2, 3):                                   # the probe: the image tower rests, the head moves
-        assert all(torch.equal(seen[step][k], setup.zero_shot_state[k]) for k in visual)
+        assert all(torch.equal(seen[step][k], setup.zero_shot.state[k]) for k in visual)
         assert not torch.allclose(seen[step]["parts.lp-ft.weight"], head0)
-    assert any(not torch.equal(seen[6][k], setup.zero_shot_state[k]) for k in visual)
+    assert any(not torch.equal(seen[6][k], setup.zero_shot.state[k]) for k in visual)
     last = r["states"]["last"]
     assert set(k.split(".")[0] for k in last) == {"visual", "parts"}
     # the saved run holds the trained state, which scores as the run scored it
@@ -60,7 +60,7 @@ def test_at_step_zero_lp_ft_is_the_zero_shot_model():
     # the classifier is the zero-shot one up to the head's renormalisation of already unit rows (float noise,
     # which near-tied OOD scores such as entropy can turn into a rank swap, so OOD is compared through it)
     from clipood_kit.engine.encoding import state_classifier
-    assert torch.allclose(state_classifier(setup, zero), setup.text_features, atol=1e-6)
+    assert torch.allclose(state_classifier(setup, zero), setup.zero_shot.text_features, atol=1e-6)
 
 
 def test_lp_ft_is_one_registry_line():

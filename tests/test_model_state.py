@@ -58,14 +58,14 @@ def test_scoring_computes_the_classifier_from_the_state(trained):
     setup, result, _ = trained
     last = result["states"]["last"]
     classifier = state_classifier(setup, last)
-    assert not torch.allclose(classifier, setup.text_features)
+    assert not torch.allclose(classifier, setup.zero_shot.text_features)
     # independently: the text tower of the state, encoded by hand (prompt ensemble) on a fresh CLIP
     clip = load_clip(setup.cfg.model, setup.cfg.pretrained).model
     clip.load_state_dict({k[len("text.clip."):]: v for k, v in last.items() if k.startswith("text.clip.")},
                          strict=False)
     with torch.no_grad():
-        per_template = torch.stack([F.normalize(clip.encode_text(setup.loaded.tokenizer(
-            [t.format(c) for c in setup.dataset.classes])).float(), dim=-1) for t in setup.templates])
+        per_template = torch.stack([F.normalize(clip.encode_text(setup.zero_shot.loaded.tokenizer(
+            [t.format(c) for c in setup.dataset.classes])).float(), dim=-1) for t in setup.zero_shot.templates])
     by_hand = F.normalize(per_template.mean(0), dim=-1)
     assert torch.allclose(classifier, by_hand, atol=1e-5)
     enc = encode(setup, last)

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from notebook_outputs import error_outputs
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FAST = {
     "01_world_and_zero_shot.ipynb": {"PER_CELL": 3},
@@ -30,8 +32,7 @@ def test_notebook_runs_without_errors(name, fast_lessons):
     """The notebook as papermill ran it top to bottom in its fast setting (conftest `fast_lessons`, shared with
     test_lessons.py): no error output, and at least one figure."""
     nb = json.loads((fast_lessons[1] / name).read_text())
-    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = error_outputs(nb)
     assert not errors
     figures = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
                if any(k.startswith("application/vnd.plotly") or k.startswith("application/vnd.jupyter.widget")

@@ -24,12 +24,12 @@ def prompt_ogen(**settings):
 
 
 def run_context(setup, text, steps=10):
-    return RunContext(setup.model(), text, setup.logit_scale, steps, 0, torch.device("cpu"))
+    return RunContext(setup.model(), text, setup.zero_shot.logit_scale, steps, 0, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
-def setup():
-    return prepare(ExperimentConfig(per_cell=4))
+def setup(prepared_world):
+    return prepared_world(ExperimentConfig(per_cell=4))
 
 
 def test_generator_is_norm_of_mlp_of_query_plus_attention():
@@ -88,7 +88,7 @@ def test_neighbours_and_unknown_names_follow_the_rule(setup, rule):
     method = Method(ogen(**{"ogen.neighbours": rule}))
     method.prepare(setup.method_context(method))
     part = method.regularisers[0]
-    text = setup.text_features[setup.train_class_ids]
+    text = setup.zero_shot.text_features[setup.split.train_class_ids]
     method.setup(run_context(setup, text))
     mean = part.class_feature_mean
     if rule == "cosine":
@@ -96,11 +96,11 @@ def test_neighbours_and_unknown_names_follow_the_rule(setup, rule):
     for c in range(len(text)):
         sims = [(float(mean[c] @ mean[j]), j) for j in range(len(text)) if j != c]
         assert set(part.neighbours[c].tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
-        unknown = setup.text_features[part.unknown_class_ids]
+        unknown = setup.zero_shot.text_features[part.unknown_class_ids]
         sims = [(float(text[c] @ u), j) for j, u in enumerate(unknown)]
         nearest = nearest_unknown(text[c:c + 1], unknown, 3)[0]
         assert set(nearest.tolist()) == {j for _, j in sorted(sims, reverse=True)[:3]}
-    assert part.unknown_class_ids == list(setup.new_ids)
+    assert part.unknown_class_ids == list(setup.split.new_ids)
     std = part.class_feature_std
     assert std.shape == text.shape and (std >= 0).all() and std.max() > 0
 
@@ -126,10 +126,10 @@ def test_warm_up_trains_only_the_generator_then_distillation_starts_at_zero(setu
     h = r["history"]
     assert [row["warm_up"] for row in h] == [1, 1, 1, 0, 0, 0]
     for step in (1, 2, 3):                            # the encoder is still the zero-shot one
-        assert all(torch.equal(v, setup.zero_shot_state[k]) for k, v in snapshots[step][0].items())
+        assert all(torch.equal(v, setup.zero_shot.state[k]) for k, v in snapshots[step][0].items())
     assert not all(torch.equal(snapshots[1][1][k], v) for k, v in snapshots[3][1].items())   # the generator learns
     assert "distillation" not in h[2] and abs(h[3]["distillation"]) < 1e-6   # teacher == student at the first step
-    assert any(not torch.equal(v, setup.zero_shot_state[k]) for k, v in snapshots[4][0].items())
+    assert any(not torch.equal(v, setup.zero_shot.state[k]) for k, v in snapshots[4][0].items())
     assert h[5]["distillation"] > 0
     assert set(r["models"]) == {"last", "teacher"} and r["primary"] == "last"
 
@@ -144,7 +144,7 @@ def test_the_generator_learns_to_synthesise_held_out_class_features():
     acc = [row["generated_accuracy"] for row in r["history"]]
     reg = [row["regression"] for row in r["history"]]
     early, late = sum(acc[:10]) / 10, sum(acc[-10:]) / 10
-    assert late > early + 0.12 and late > 3 / len(setup.train_class_ids), acc
+    assert late > early + 0.12 and late > 3 / len(setup.split.train_class_ids), acc
     assert sum(reg[-5:]) < 0.6 * sum(reg[:5]), reg
 
 
@@ -174,7 +174,7 @@ def test_missing_inputs_are_named(setup):
     with pytest.raises(ValueError, match="needs held-out class names"):
         Method(compose("ogen")).check(domain_shift.method_context())
     with pytest.raises(ValueError, match=r"call method.prepare\(setup\) first"):
-        Method(compose("ogen")).setup(run_context(setup, setup.text_features))
+        Method(compose("ogen")).setup(run_context(setup, setup.zero_shot.text_features))
     method = Method(compose("ogen"))
     part = method.regularisers[0]
     text = F.normalize(torch.randn(3, 128), dim=1)
@@ -185,7 +185,7 @@ def test_missing_inputs_are_named(setup):
     cocoop = Method(compose("cocoop+ogen"))
     model = setup.prepare_method(cocoop)
     with pytest.raises(ValueError, match="per image"):
-        cocoop.setup(RunContext(model, setup.text_features[setup.train_class_ids], setup.logit_scale, 5, 0,
+        cocoop.setup(RunContext(model, setup.zero_shot.text_features[setup.split.train_class_ids], setup.zero_shot.logit_scale, 5, 0,
                                 torch.device("cpu")))
 
 
@@ -242,7 +242,7 @@ def test_prompt_ogen_loss_equals_the_official_transcription(setup, step):
     model = setup.prepare_method(method)
     context = setup.method_context()
     train_ids, new_ids = context.train_class_ids, context.unknown_class_ids
-    text = setup.text_features[train_ids].double()
+    text = setup.zero_shot.text_features[train_ids].double()
     method.setup(RunContext(model.double(), text, 30.0, 10, 0, torch.device("cpu"),
                             torch.tensor(train_ids)))
     part, dim = method.regularisers[0], text.shape[1]
@@ -297,5 +297,5 @@ def test_prompt_ogen_trains_the_context_and_the_generator_only(setup):
     assert set(r["states"]["last"]) == set(r["states"]["teacher"]) == {"parts.coop.ctx", "parts.coop.tokens"}
     model = setup.scratch_for(r["states"]["last"])
     with torch.no_grad():
-        new = model.class_features()[setup.new_ids]
-    assert not torch.allclose(new, setup.text_features[setup.new_ids], atol=1e-3)
+        new = model.class_features()[setup.split.new_ids]
+    assert not torch.allclose(new, setup.zero_shot.text_features[setup.split.new_ids], atol=1e-3)

@@ -85,8 +85,8 @@ def test_local_features_of_a_vit_tower_and_gl_mcm_in_the_protocol(world_tree):
     from clipood_kit.engine.experiment import ExperimentConfig, prepare
     from clipood_kit.engine.scoring import zero_shot_scores
     setup = prepare(ExperimentConfig(model="ViT-S-32", pretrained=None, data=str(world_tree), eval_batch_size=64))
-    visual = setup.loaded.model.visual.eval()
-    images = torch.stack([setup.loaded.preprocess(setup.dataset[i][0]) for i in range(3)])
+    visual = setup.zero_shot.loaded.model.visual.eval()
+    images = torch.stack([setup.zero_shot.loaded.preprocess(setup.dataset[i][0]) for i in range(3)])
     with torch.no_grad():
         pooled, local = evaluation.local_image_features(visual, images)
         assert torch.allclose(pooled, visual(images), atol=1e-5)      # the hand-run trunk is the tower's own

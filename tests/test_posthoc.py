@@ -73,12 +73,12 @@ def test_a_run_s_trajectory_gives_its_bma_and_the_fast_scorer_equals_evaluation(
     setup = prepare(ExperimentConfig(per_cell=3))
     train = TrainConfig(steps=6, batch_size=8, lr=1e-4, seed=2)
     method = compose("clipood")
-    names = [f"visual.{n}" for n, _ in setup.loaded.model.visual.named_parameters()]
-    traj = Trajectory(train.steps).start(setup.zero_shot_state, names)
+    names = [f"visual.{n}" for n, _ in setup.zero_shot.loaded.model.visual.named_parameters()]
+    traj = Trajectory(train.steps).start(setup.zero_shot.state, names)
     r = run_method(setup.for_method(method, train), progress=False, on_step=traj.recorder())
     for k, v in r["states"]["bma"].items():
         assert torch.allclose(traj.bma(0.5, 0.5)[k].float(), v.float(), atol=1e-6), k
-    assert traj.nbytes == 7 * 4 * sum(p.numel() for p in setup.loaded.model.visual.parameters())
+    assert traj.nbytes == 7 * 4 * sum(p.numel() for p in setup.zero_shot.loaded.model.visual.parameters())
     scorer = StateScorer(setup)
     fast, slow = scorer(r["states"]["bma"]), evaluate_state(setup, r["states"]["bma"])
     for group in ("train", "unseen"):
@@ -86,15 +86,15 @@ def test_a_run_s_trajectory_gives_its_bma_and_the_fast_scorer_equals_evaluation(
             assert fast["accuracy"][group][cell] == pytest.approx(value, abs=1e-4)
     assert fast["ood"]["semantic"]["MCM"]["AUROC"] == pytest.approx(slow["ood"]["semantic"]["MCM"]["AUROC"], abs=1e-3)
     with pytest.raises(ValueError, match="incomplete"):
-        Trajectory(5).start(setup.zero_shot_state, names).bma(0.5, 0.5)
+        Trajectory(5).start(setup.zero_shot.state, names).bma(0.5, 0.5)
 
 
 def test_the_bma_grid_keeps_every_pair_s_exact_average():
     from clipood_kit.engine.settings import set_method_fields
     setup = prepare(ExperimentConfig(per_cell=3))
     train = TrainConfig(steps=5, batch_size=8, lr=1e-4, seed=4)
-    names = [f"visual.{n}" for n, _ in setup.loaded.model.visual.named_parameters()]
-    traj = Trajectory(train.steps).start(setup.zero_shot_state, names)
+    names = [f"visual.{n}" for n, _ in setup.zero_shot.loaded.model.visual.named_parameters()]
+    traj = Trajectory(train.steps).start(setup.zero_shot.state, names)
     method = set_method_fields(compose("clipood-grid"), {"bma-grid.alphas": (0.5, 2.0), "bma-grid.betas": (0.1,)})
     r = run_method(setup.for_method(method, train), progress=False, on_step=traj.recorder())
     assert r["primary"] == "bma@0.5,0.1" and set(r["models"]) == {"last", "bma@0.5,0.1", "bma@2,0.1"}

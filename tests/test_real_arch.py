@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from clipood_kit.core.io import save_weights
+from notebook_outputs import error_outputs
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NEW_METHODS = ("coop", "cocoop", "clip-adapter", "tip-adapter", "tip-adapter-f", "flyp", "lp-ft")
@@ -45,7 +46,7 @@ def test_every_new_method_trains_and_scores_on_vit_b32(real):
     ckpt, data, ood = real
     setup = prepare(build_experiment(model="ViT-B-32", pretrained=str(ckpt), data=str(data), steps=1, batch_size=4,
                                      lr=1e-3, cache_dir="off", eval_batch_size=16, ood_data=[str(ood)]))
-    assert setup.loaded.model_id.startswith("ViT-B-32/file:vit_b32_random")
+    assert setup.zero_shot.loaded.model_id.startswith("ViT-B-32/file:vit_b32_random")
     assert list(setup.ood_sets) == ["far-set"] and setup.ood_sets["far-set"].kind == "far"
     for name in NEW_METHODS:
         r = run_method(setup.for_method(compose(name)), progress=False)
@@ -99,8 +100,7 @@ def test_the_prompt_learning_notebook_runs_on_vit_b32(real, tmp_path):
                                            "OOD_DATA": [str(ood)], "STEPS": 1, "SHOTS": [1]},
                                cwd=str(NOTEBOOKS), progress_bar=False, execution_timeout=900)
     nb = json.loads(out.read_text())
-    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = error_outputs(nb)
     assert not errors, errors
     text = " ".join("".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"]
                     if c["cell_type"] == "code" for o in c.get("outputs", []))

@@ -8,15 +8,15 @@ import sys
 import pytest
 import torch
 
-from clipood_kit.engine.experiment import ExperimentConfig, prepare
+from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.methods import MMSConfig, class_margins, compose, mms_loss
 from clipood_kit.engine.runs import run_method
 from clipood_kit.engine.training import NonFiniteLossError, TrainConfig
 
 
 @pytest.fixture(scope="module")
-def setup():
-    return prepare(ExperimentConfig(per_cell=2))
+def setup(prepared_world):
+    return prepared_world(ExperimentConfig(per_cell=2))
 
 
 @pytest.mark.parametrize("lr", [math.inf, math.nan, -1e-4, 0.0])

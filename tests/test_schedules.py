@@ -39,8 +39,8 @@ def test_a_budget_in_epochs_runs_epochs_times_the_epoch_at_dassls_rates_with_sgd
     train = TrainConfig(steps=1, batch_size=8, lr=2e-3, epochs=3, schedule="dassl", optimizer="sgd",
                         weight_decay=5e-4)
     setup.cfg.train = train
-    per_epoch = dassl_steps_per_epoch(len(setup.train_idx), 8)
-    assert effective_train(train, setup).steps == 3 * per_epoch
+    per_epoch = dassl_steps_per_epoch(len(setup.split.train_idx), 8)
+    assert effective_train(train, setup.split).steps == 3 * per_epoch
     r = run_method(setup, progress=False)
     assert [row["lr"] for row in r["history"]] == [dassl_epoch_lr(s // per_epoch, 3, 2e-3, 1e-5)
                                                    for s in range(3 * per_epoch)]

@@ -193,10 +193,9 @@ def test_segments_close_where_the_official_trainer_evaluates(steps, every):
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(prepared_world):
     from clipood_kit.engine.builder import build_experiment
-    from clipood_kit.engine.experiment import prepare
-    return prepare(build_experiment(per_cell=4, steps=12, batch_size=8, lr=1e-3, cache_dir="off", method="swad",
+    return prepared_world(build_experiment(per_cell=4, steps=12, batch_size=8, lr=1e-3, cache_dir="off", method="swad",
                                     settings=["swad.every=3", "far_ood_sets="]))
 
 

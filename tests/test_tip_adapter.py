@@ -41,10 +41,9 @@ def test_the_cache_scores_equal_the_official_rule():
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(prepared_world):
     from clipood_kit.engine.builder import build_experiment
-    from clipood_kit.engine.experiment import prepare
-    return prepare(build_experiment("tiny-world", per_cell=6, shots=2, steps=6, batch_size=8, lr=1e-3,
+    return prepared_world(build_experiment("tiny-world", per_cell=6, shots=2, steps=6, batch_size=8, lr=1e-3,
                                     cache_dir="off", settings=["far_ood_sets="]))
 
 
@@ -57,7 +56,7 @@ def test_training_free_tip_adapter_builds_its_cache_and_trains_nothing(setup):
     assert r["history"] == [] and r["primary"] == "last"
     assert r["train_config"] is None and "trains nothing" in r["notes"][0]      # not recorded as applied
     state = r["states"]["last"]
-    train = encode(setup, setup.zero_shot_state, indices=setup.train_idx)
+    train = encode(setup, setup.zero_shot.state, indices=setup.split.train_idx)
     assert torch.allclose(state["parts.tip-adapter.keys"], F.normalize(train["features"], dim=-1), atol=1e-6)
     assert torch.equal(state["parts.tip-adapter.values"].argmax(1), train["labels"])
     assert not any(k.startswith("visual.") for k in state)           # the towers are frozen
@@ -65,10 +64,10 @@ def test_training_free_tip_adapter_builds_its_cache_and_trains_nothing(setup):
     # new classes have no cache entries: classified among the new classes, nothing moves
     assert tip["accuracy"]["train"]["new"] == zs["accuracy"]["train"]["new"]
     from clipood_kit.engine.encoding import state_cosines
-    f = encode(setup, setup.zero_shot_state)["features"]
-    before, after = f @ setup.text_features.T, state_cosines(setup, state, f)
-    assert torch.allclose(after[:, setup.new_ids], before[:, setup.new_ids], atol=1e-6)
-    assert (after[:, setup.base_ids] > before[:, setup.base_ids]).all()       # the cache only adds (exp > 0)
+    f = encode(setup, setup.zero_shot.state)["features"]
+    before, after = f @ setup.zero_shot.text_features.T, state_cosines(setup, state, f)
+    assert torch.allclose(after[:, setup.split.new_ids], before[:, setup.split.new_ids], atol=1e-6)
+    assert (after[:, setup.split.base_ids] > before[:, setup.split.base_ids]).all()       # the cache only adds (exp > 0)
 
 
 def test_tip_adapter_f_trains_its_keys_from_the_cache(setup):

@@ -1,5 +1,6 @@
 """Adding a method: one module (tests/toy_method.py) plus one registry line, then it runs end to end through the
 API and the CLI, with its own settings."""
+from dataclasses import replace
 import json
 
 import pytest
@@ -36,8 +37,9 @@ def test_a_new_loss_is_one_module_and_one_registry_line(registered, tmp_path, ca
 def test_focal_at_gamma_zero_trains_exactly_as_cross_entropy(registered):
     """In float64: AdamW turns float32 rounding in near-zero gradients into lr-sized steps (tests/dist_worker.py)."""
     setup = prepare(ExperimentConfig(per_cell=3))
-    setup.loaded.model.double()
-    setup.zero_shot_state = {k: v.double() if v.is_floating_point() else v for k, v in setup.zero_shot_state.items()}
+    setup.zero_shot.loaded.model.double()
+    setup.zero_shot = replace(setup.zero_shot, state={k: v.double() if v.is_floating_point() else v
+                                                      for k, v in setup.zero_shot.state.items()})
     train = TrainConfig(steps=3, batch_size=8, lr=1e-4, seed=1)
     focal = run_method(setup.for_method(set_method_fields(compose("focal-bma"), {"focal.gamma": 0.0}), train), progress=False)
     ce = run_method(setup.for_method(compose("bma"), train), progress=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import torch
@@ -83,3 +84,25 @@ def k_shot(labels: torch.Tensor, k: int, seed: int, indices: torch.Tensor | None
     if short:
         warnings.warn(f"class id(s) {short} have fewer than {k} samples; all of theirs are used")
     return torch.cat(picked).sort().values
+
+
+@dataclass(frozen=True)
+class Split:
+    """What a protocol decided about a dataset's images (`engine.experiment.prepare`): which train and which are
+    held out for evaluation, and which domains and classes each side has. Indices are dataset positions."""
+
+    train_idx: torch.Tensor              # the training images (source domains x training classes)
+    eval_idx: torch.Tensor               # the evaluation images: held-out source images and the target domains
+    domain_pools: List[torch.Tensor]     # train_idx positions of each source domain (per-domain batches)
+    source_ids: List[int]
+    target_ids: List[int]
+    base_ids: List[int]
+    new_ids: List[int]
+    train_class_ids: List[int]           # the classes trained on (the base classes)
+
+    def held_out(self, labels: torch.Tensor, domain_ids: torch.Tensor) -> torch.Tensor:
+        """The evaluation images of the source domains and the training classes (in-distribution test images),
+        given the dataset's labels and domain ids."""
+        inside = (torch.isin(domain_ids[self.eval_idx], torch.tensor(self.source_ids))
+                  & torch.isin(labels[self.eval_idx], torch.tensor(self.train_class_ids)))
+        return self.eval_idx[inside]

@@ -2,15 +2,16 @@
 features read from the feature cache."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Protocol
+from typing import Dict, Optional, Protocol
 
 import torch
 
 from clipood_kit.core.cache import FeatureCache, tensor_digest
 from clipood_kit.data import DomainDataset, TransformedSubset
+from clipood_kit.data.splits import Split
 from clipood_kit.evaluation import features as evaluation
 from clipood_kit.models.adapted import AdaptedCLIP
-from clipood_kit.models.loader import LoadedCLIP
+from clipood_kit.models.loader import ZeroShot
 
 
 class EncodingSetup(Protocol):
@@ -19,12 +20,9 @@ class EncodingSetup(Protocol):
 
     cfg: object                                 # its `eval_batch_size`
     dataset: DomainDataset
-    eval_idx: torch.Tensor
-    base_ids: List[int]
+    split: Split                                # the evaluation images, the base classes
     ood_sets: Dict[str, DomainDataset]
-    loaded: LoadedCLIP
-    text_features: torch.Tensor                 # C x D, the frozen zero-shot classifier
-    zero_shot_state: Dict[str, torch.Tensor]
+    zero_shot: ZeroShot                         # CLIP, its frozen classifier, its image state
     inputs: Dict[str, str]                      # the identity of the model and the data (cache keys)
     cache: Optional[FeatureCache]
 
@@ -46,10 +44,10 @@ def encode(setup: EncodingSetup, state: Dict[str, torch.Tensor], indices: Option
     Under k processes (`accelerate launch`) each process encodes every k-th image and the shards are gathered,
     in order, on every process: the result equals one process's (tests/test_training.py). The zero-shot
     state's features come from the setup's feature cache (`cache.FeatureCache`) when they were computed before."""
-    subset = setup.eval_idx if indices is None else indices
-    if state is setup.zero_shot_state and setup.cache is not None:
+    subset = setup.split.eval_idx if indices is None else indices
+    if state is setup.zero_shot.state and setup.cache is not None:
         key = {"model": setup.inputs["model"], "data": setup.dataset.describe(), "data_files": setup.inputs["data"],
-               "indices": tensor_digest(subset), "n": len(subset), "transform": repr(setup.loaded.preprocess),
+               "indices": tensor_digest(subset), "n": len(subset), "transform": repr(setup.zero_shot.loaded.preprocess),
                "precision": setup.eval_precision}
         return setup.cache.get("zero-shot-images", key, lambda: _encode(setup, state, subset, progress))
     return _encode(setup, state, subset, progress)
@@ -60,8 +58,8 @@ def encode_ood_set(setup: EncodingSetup, state: Dict[str, torch.Tensor], name: s
     folders) under a model state, as `encode` gives them for the dataset's images (sharded, cached at zero-shot)."""
     data = setup.ood_sets[name]
     indices = torch.arange(len(data))
-    if state is setup.zero_shot_state and setup.cache is not None:
-        key = {"model": setup.inputs["model"], "ood_set": data.fingerprint(), "transform": repr(setup.loaded.preprocess),
+    if state is setup.zero_shot.state and setup.cache is not None:
+        key = {"model": setup.inputs["model"], "ood_set": data.fingerprint(), "transform": repr(setup.zero_shot.loaded.preprocess),
                "precision": setup.eval_precision}
         return setup.cache.get("zero-shot-ood-set", key, lambda: _encode(setup, state, indices, progress, data))
     return _encode(setup, state, indices, progress, data)
@@ -70,7 +68,7 @@ def encode_ood_set(setup: EncodingSetup, state: Dict[str, torch.Tensor], name: s
 def classifier_of(setup: EncodingSetup, model: AdaptedCLIP) -> torch.Tensor:
     """C x D normalised class features of a scratch model: the setup's frozen ones when nothing acts on them."""
     if model.classifier_is_frozen:
-        return setup.text_features
+        return setup.zero_shot.text_features
     with torch.no_grad():
         return torch.nn.functional.normalize(model.class_features().float(), dim=-1).cpu()
 
@@ -79,7 +77,7 @@ def state_classifier(setup: EncodingSetup, state: Dict[str, torch.Tensor]) -> to
     """C x D class features under a model state: computed from the state when it holds a text tower or parts'
     modules, else the setup's frozen zero-shot classifier (computed once)."""
     if not any(k.startswith(("text.", "parts.")) for k in state):
-        return setup.text_features
+        return setup.zero_shot.text_features
     return classifier_of(setup, setup.scratch_for(state))
 
 
@@ -102,13 +100,13 @@ def _encode(setup: EncodingSetup, state: Dict[str, torch.Tensor], subset: torch.
     from accelerate import PartialState
     from accelerate.utils import gather_object
     model = setup.scratch_for(state)
-    local = classifier_of(setup, model)[setup.base_ids] if evaluation.has_local_features(model.visual) else None
+    local = classifier_of(setup, model)[setup.split.base_ids] if evaluation.has_local_features(model.visual) else None
     adapt = model.adapt_image if model.adapts_images else None
     dist = PartialState()
     world, rank = dist.num_processes, dist.process_index
     shard = subset[rank::world] if world > 1 else subset
     dataset = setup.dataset if dataset is None else dataset
-    out = evaluation.encode_images(model.visual, TransformedSubset(dataset, shard, setup.loaded.preprocess),
+    out = evaluation.encode_images(model.visual, TransformedSubset(dataset, shard, setup.zero_shot.loaded.preprocess),
                                    setup.cfg.eval_batch_size, setup.device, progress=progress and rank == 0,
                                    local_classifier=local, adapt=adapt, precision=setup.eval_precision
                                    ) if len(shard) else None

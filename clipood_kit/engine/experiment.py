@@ -23,9 +23,10 @@ import torch
 from clipood_kit.evaluation import features as evaluation, ood
 from clipood_kit.core.cache import FeatureCache
 from clipood_kit.data import WORLD, DomainDataset, TransformedSubset, far_ood, open_dataset, splits, world
+from clipood_kit.data.splits import Split
 from clipood_kit.methods import Method, MethodConfig, MethodContext, compose, method_from_dict
 from clipood_kit.models.adapted import AdaptedCLIP, PartModule, part_states, tokenize_prompts
-from clipood_kit.models.loader import TINY_NAME, LoadedCLIP, load_clip
+from clipood_kit.models.loader import TINY_NAME, ZeroShot, load_clip
 from clipood_kit.engine.encoding import encode
 from clipood_kit.engine.training import TrainConfig
 from clipood_kit.evaluation.zeroshot import default_templates
@@ -145,22 +146,14 @@ def inputs_identity(cfg: ExperimentConfig, loaded=None, dataset=None) -> dict:
 
 @dataclass
 class Setup:
-    """Everything a protocol fixes before training: data, splits, classes, the zero-shot model."""
+    """Everything a protocol fixes before training, in typed pieces: the spec, the dataset, its `Split` (data.splits)
+    and the `ZeroShot` model (models.loader); the identity of the inputs, the feature cache and the OOD sets. A
+    function that needs one piece takes that piece."""
 
     cfg: ExperimentConfig
-    loaded: LoadedCLIP                       # the zero-shot CLIP (shared; never modified)
     dataset: DomainDataset
-    train_idx: torch.Tensor
-    eval_idx: torch.Tensor
-    domain_pools: List[torch.Tensor]         # train_idx positions of each source domain
-    source_ids: List[int]
-    target_ids: List[int]
-    base_ids: List[int]
-    new_ids: List[int]
-    train_class_ids: List[int]
-    text_features: torch.Tensor              # all classes, C x D
-    templates: List[str]
-    zero_shot_state: Dict[str, torch.Tensor]     # the image tower's zero-shot entries ('visual.*'): a model state
+    split: Split                             # which images train and which are held out; domains and classes
+    zero_shot: ZeroShot                      # CLIP, its classifier of every class, the templates, its image state
     inputs: dict = field(default_factory=dict)   # inputs_identity(cfg): the weights and data behind the config
     cache: Optional[FeatureCache] = field(default=None, repr=False)
     ood_sets: Dict[str, far_ood.OODSet] = field(default_factory=dict)   # OOD sets beside the dataset, by name
@@ -170,16 +163,12 @@ class Setup:
     @property
     def device(self) -> torch.device:
         """Where the model and evaluation live (the experiment's device, 'auto' resolved)."""
-        return next(self.loaded.model.parameters()).device
+        return self.zero_shot.device
 
     @property
     def eval_precision(self) -> str:
         """The autocast of evaluation: the spec's `eval_precision`, else the training precision."""
         return self.cfg.eval_precision or self.cfg.train.precision
-
-    @property
-    def logit_scale(self) -> float:
-        return self.loaded.logit_scale
 
     def for_method(self, method: Optional[MethodConfig] = None, train: Optional[TrainConfig] = None) -> "Setup":
         """This setup with another method or training config in its spec (the data, splits and model are shared,
@@ -193,27 +182,23 @@ class Setup:
         cheap (a bench checks every method on it before any trains)."""
         features = None
         if method is not None and method.reads_training_features:
-            features = encode(self, self.zero_shot_state, indices=self.train_idx)
-        return MethodContext(class_names=list(self.dataset.classes), train_class_ids=list(self.train_class_ids),
-                             text_features=self.text_features, templates=list(self.templates),
-                             protocol=self.cfg.protocol, clip=self.loaded, seed=self.cfg.train.seed,
-                             held_out=TransformedSubset(self.dataset, self.held_out_idx, self.loaded.preprocess),
+            features = encode(self, self.zero_shot.state, indices=self.split.train_idx)
+        zero, data = self.zero_shot, self.dataset
+        held_out = self.split.held_out(data.labels, data.domain_ids)
+        return MethodContext(class_names=list(data.classes), train_class_ids=list(self.split.train_class_ids),
+                             text_features=zero.text_features, templates=list(zero.templates),
+                             protocol=self.cfg.protocol, clip=zero.loaded, seed=self.cfg.train.seed,
+                             held_out=TransformedSubset(data, held_out, zero.loaded.preprocess),
                              training_features=features)
-
-    @property
-    def held_out_idx(self) -> torch.Tensor:
-        """The held-out images of the source domains and the training classes (in-distribution test images)."""
-        labels, domains = self.dataset.labels[self.eval_idx], self.dataset.domain_ids[self.eval_idx]
-        return self.eval_idx[torch.isin(domains, torch.tensor(self.source_ids))
-                             & torch.isin(labels, torch.tensor(self.train_class_ids))]
 
     def model(self, towers=("image",), parts: Optional[Dict[str, PartModule]] = None) -> AdaptedCLIP:
         """A fresh model at the zero-shot weights (`models.adapted.AdaptedCLIP`) on the setup's device; the text
         tower, when it trains, holds the experiment's prompts of every class."""
         tokens = None
         if "text" in towers:
-            tokens = tokenize_prompts(self.loaded.tokenizer, self.dataset.classes, self.templates).to(self.device)
-        return AdaptedCLIP.build(self.loaded.model, self.text_features, towers, tokens, parts)
+            tokens = tokenize_prompts(self.zero_shot.loaded.tokenizer, self.dataset.classes,
+                                      self.zero_shot.templates).to(self.device)
+        return AdaptedCLIP.build(self.zero_shot.loaded.model, self.zero_shot.text_features, towers, tokens, parts)
 
     def prepare_method(self, method: Method) -> AdaptedCLIP:
         """`method` checked and prepared on this experiment's context, and the model it trains: the towers its
@@ -240,18 +225,20 @@ class Setup:
                 modules[kind] = cls.from_state(sub)
             self._scratch[key] = self.model(("image", "text") if has_text else ("image",), modules).eval()
         model = self._scratch[key]
-        model.load_trained_state({**self.zero_shot_state, **state})
+        model.load_trained_state({**self.zero_shot.state, **state})
         return model
 
     def describe(self) -> dict:
-        d = self.dataset
+        d, split = self.dataset, self.split
         return {
             "dataset": d.describe(), "protocol": self.cfg.protocol,
-            "source_domains": [d.domains[i] for i in self.source_ids],
-            "target_domains": [d.domains[i] for i in self.target_ids],
-            "base_classes": [d.classes[i] for i in self.base_ids], "new_classes": [d.classes[i] for i in self.new_ids],
-            "train_images": len(self.train_idx), "eval_images": len(self.eval_idx), "templates": self.templates,
-            "model_id": self.loaded.model_id, "logit_scale": self.logit_scale,
+            "source_domains": [d.domains[i] for i in split.source_ids],
+            "target_domains": [d.domains[i] for i in split.target_ids],
+            "base_classes": [d.classes[i] for i in split.base_ids],
+            "new_classes": [d.classes[i] for i in split.new_ids],
+            "train_images": len(split.train_idx), "eval_images": len(split.eval_idx),
+            "templates": self.zero_shot.templates,
+            "model_id": self.zero_shot.loaded.model_id, "logit_scale": self.zero_shot.logit_scale,
             "ood_sets": {name: s.describe() for name, s in self.ood_sets.items()},
         }
 
@@ -339,10 +326,10 @@ def prepare(cfg: ExperimentConfig) -> Setup:
                      lambda: {"text": evaluation.text_classifier(loaded.model, loaded.tokenizer, dataset.classes,
                                                                  templates).cpu()})["text"]
     zero_shot = {f"visual.{k}": v.detach().clone() for k, v in loaded.model.visual.state_dict().items()}
-    return Setup(cfg=cfg, loaded=loaded, dataset=dataset, train_idx=train_idx, eval_idx=eval_idx, domain_pools=pools,
-                 source_ids=source_ids, target_ids=target_ids, base_ids=base_ids, new_ids=new_ids,
-                 train_class_ids=base_ids, text_features=text, templates=templates, zero_shot_state=zero_shot,
+    split = Split(train_idx=train_idx, eval_idx=eval_idx, domain_pools=pools, source_ids=source_ids,
+                  target_ids=target_ids, base_ids=base_ids, new_ids=new_ids, train_class_ids=base_ids)
+    return Setup(cfg=cfg, dataset=dataset, split=split, zero_shot=ZeroShot(loaded, text, templates, zero_shot),
                  inputs=inputs, cache=cache, ood_sets=ood_sets)
 
 
-__all__ = ["ExperimentConfig", "Setup", "prepare", "PROTOCOLS"]
+__all__ = ["ExperimentConfig", "Setup", "Split", "ZeroShot", "prepare", "PROTOCOLS"]

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from clipood_kit.data import TransformedSubset
+from clipood_kit.data.splits import Split
 from clipood_kit.engine.experiment import ExperimentConfig, Setup, prepare
 from clipood_kit.core.schedules import dassl_steps_per_epoch
 from clipood_kit.core.io import check_writable_folder, save_weights, write_json
@@ -40,7 +41,7 @@ def run_identity(setup: Setup) -> dict:
     for key in ("train", *RESUMABLE_CHANGES["experiment"]):
         exp.pop(key, None)
     train_d = {k: v for k, v in asdict(setup.cfg.train).items() if k not in RESUMABLE_CHANGES["train"]}
-    return {"experiment": exp, "train": train_d, "data": setup.dataset.describe(), "model": setup.loaded.model_id}
+    return {"experiment": exp, "train": train_d, "data": setup.dataset.describe(), "model": setup.zero_shot.loaded.model_id}
 
 
 def _staging(run_dir: Path, what: str) -> Path:
@@ -82,12 +83,12 @@ def build_task(setup: Setup, method: Method, train: Optional[TrainConfig] = None
     trains (`Setup.prepare_method`), the training images with the training transform, the training classes' rows
     and frozen text features."""
     label_map = torch.full((len(setup.dataset.classes),), -1, dtype=torch.long)
-    label_map[torch.tensor(setup.train_class_ids)] = torch.arange(len(setup.train_class_ids))
-    return TrainTask(model=setup.prepare_method(method), train_set=TransformedSubset(setup.dataset, setup.train_idx),
-                     domain_pools=setup.domain_pools, text_features=setup.text_features[setup.train_class_ids],
-                     class_rows=torch.tensor(setup.train_class_ids, dtype=torch.long), logit_scale=setup.logit_scale,
-                     label_map=label_map, transform=setup.loaded.train_transform(), method=method,
-                     config=train or effective_train(setup.cfg.train, setup))
+    label_map[torch.tensor(setup.split.train_class_ids)] = torch.arange(len(setup.split.train_class_ids))
+    return TrainTask(model=setup.prepare_method(method), train_set=TransformedSubset(setup.dataset, setup.split.train_idx),
+                     domain_pools=setup.split.domain_pools, text_features=setup.zero_shot.text_features[setup.split.train_class_ids],
+                     class_rows=torch.tensor(setup.split.train_class_ids, dtype=torch.long), logit_scale=setup.zero_shot.logit_scale,
+                     label_map=label_map, transform=setup.zero_shot.loaded.train_transform(), method=method,
+                     config=train or effective_train(setup.cfg.train, setup.split))
 
 
 def check_methods(setup: Setup, methods) -> None:
@@ -97,13 +98,13 @@ def check_methods(setup: Setup, methods) -> None:
         Method(method).check(context)
 
 
-def effective_train(train: TrainConfig, setup: Setup) -> TrainConfig:
+def effective_train(train: TrainConfig, split: Split) -> TrainConfig:
     """The training config as it runs: `batch_per_domain` x the source domains becomes the global batch, and a
     budget in `epochs` becomes epochs x `dassl_steps_per_epoch`(training images, batch) steps."""
     if train.batch_per_domain is not None:
-        train = replace(train, batch_size=train.batch_per_domain * len(setup.domain_pools))
+        train = replace(train, batch_size=train.batch_per_domain * len(split.domain_pools))
     if train.epochs is not None:
-        train = replace(train, steps=train.epochs * dassl_steps_per_epoch(len(setup.train_idx), train.batch_size))
+        train = replace(train, steps=train.epochs * dassl_steps_per_epoch(len(split.train_idx), train.batch_size))
     return train
 
 
@@ -148,9 +149,9 @@ def run_method(setup: Setup, run_dir: Optional[Path] = None, resume: bool = Fals
     check_training_allowed(method_cfg.name)
     if run_dir is not None and not checked:
         check_run_dir(run_dir, resume, overwrite)
-    train = effective_train(setup.cfg.train, setup)
+    train = effective_train(setup.cfg.train, setup.split)
     method = Method(method_cfg)
-    note = method.cost_note(train.batch_size, len(setup.train_class_ids))
+    note = method.cost_note(train.batch_size, len(setup.split.train_class_ids))
     if note:
         warnings.warn(note, stacklevel=2)
     task = build_task(setup, method, train)
@@ -219,7 +220,7 @@ def trained_state_metadata(setup: Setup, method: str, model: str) -> dict:
     return {"format": TRAINED_STATE_FORMAT, "architecture": setup.cfg.model,
             "base": str(setup.cfg.pretrained) if setup.cfg.pretrained is not None else "none",
             "base_digest": weights_digest(setup.cfg.model, setup.cfg.pretrained),
-            "base_id": setup.loaded.model_id, "method": method, "model": model}
+            "base_id": setup.zero_shot.loaded.model_id, "method": method, "model": model}
 
 
 def _write_staged(setup: Setup, result: dict, run_dir: Path, staging: Path, old: Path) -> None:

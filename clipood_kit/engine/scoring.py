@@ -72,7 +72,7 @@ def lookup(scores: dict, path: Tuple[str, ...]) -> float:
 
 
 def _cells(setup: Setup, cosines: torch.Tensor, labels: torch.Tensor, in_group: torch.Tensor) -> Dict[str, float]:
-    classes = {"base": setup.base_ids, "new": setup.new_ids, "all": list(range(len(setup.dataset.classes)))}
+    classes = {"base": setup.split.base_ids, "new": setup.split.new_ids, "all": list(range(len(setup.dataset.classes)))}
     cells = {}
     for cname, cls_ids in classes.items():
         if not cls_ids:
@@ -110,7 +110,7 @@ def score(setup: Setup, cosines: torch.Tensor, labels: torch.Tensor, domains: to
     `encoding.state_cosines`); `local_mcm` (ViT towers) adds GL-MCM; `ood_sets_scored` ({set name: {'cosines',
     optional 'local_mcm'}}) adds the OOD sets beside the dataset. FPR95's threshold rule and the scores'
     parameters come from the experiment."""
-    groups = {"train": setup.source_ids, "unseen": setup.target_ids}
+    groups = {"train": setup.split.source_ids, "unseen": setup.split.target_ids}
     out = {"accuracy": {}, "by_domain": {}}
     held = held_classes_only(setup.dataset, cosines, domains)
     for gname, dom_ids in groups.items():
@@ -132,8 +132,8 @@ def ood_sets(setup: Setup, labels: torch.Tensor, domains: torch.Tensor) -> Dict[
     domains, covariate = base classes in unseen domains, both = new classes in unseen domains)."""
     out = {}
     for name, (where, classes) in {"ID": ("source", "base"), **OOD_SHIFTS}.items():
-        dom_ids = setup.source_ids if where == "source" else setup.target_ids
-        cls_ids = setup.base_ids if classes == "base" else setup.new_ids
+        dom_ids = setup.split.source_ids if where == "source" else setup.split.target_ids
+        cls_ids = setup.split.base_ids if classes == "base" else setup.split.new_ids
         if dom_ids and cls_ids:
             m = torch.isin(domains, torch.tensor(dom_ids)) & torch.isin(labels, torch.tensor(cls_ids))
             if m.any():
@@ -150,15 +150,15 @@ def ood_detection(setup: Setup, cosines: torch.Tensor, labels: torch.Tensor, dom
     in_dist = sets.pop("ID", None)
     if in_dist is None:
         return {}
-    cos = cosines[:, setup.base_ids]
+    cos = cosines[:, setup.split.base_ids]
     out = {}
     for shift, m in sets.items():
         local = (None, None) if local_mcm is None else (local_mcm[in_dist], local_mcm[m])
-        out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.logit_scale, *local, fpr_rule=setup.cfg.fpr_rule,
+        out[shift] = ood.evaluate(cos[in_dist], cos[m], setup.zero_shot.logit_scale, *local, fpr_rule=setup.cfg.fpr_rule,
                                   params=setup.cfg.ood_params)
     for name, scored in (ood_sets_scored or {}).items():
         local = (None, None) if local_mcm is None else (local_mcm[in_dist], scored["local_mcm"])
-        out[name] = ood.evaluate(cos[in_dist], scored["cosines"][:, setup.base_ids], setup.logit_scale, *local,
+        out[name] = ood.evaluate(cos[in_dist], scored["cosines"][:, setup.split.base_ids], setup.zero_shot.logit_scale, *local,
                                  fpr_rule=setup.cfg.fpr_rule, params=setup.cfg.ood_params)
     return out
 
@@ -179,7 +179,7 @@ def ood_score_sets(setup: Setup, state: Dict[str, torch.Tensor]) -> Dict[str, Di
     enc = encode(setup, state)
 
     def scores_of(cosines, local):
-        return ood.all_scores(cosines[:, setup.base_ids], setup.logit_scale, local, setup.cfg.ood_params)
+        return ood.all_scores(cosines[:, setup.split.base_ids], setup.zero_shot.logit_scale, local, setup.cfg.ood_params)
     scores = scores_of(state_cosines(setup, state, enc["features"]), enc.get("local_mcm"))
     out = {name: {score: values[m] for score, values in scores.items()}
            for name, m in ood_sets(setup, enc["labels"], enc["domains"]).items()}
@@ -198,7 +198,7 @@ def evaluate_state(setup: Setup, state: Dict[str, torch.Tensor], progress: bool 
 
 
 def zero_shot_scores(setup: Setup) -> dict:
-    return evaluate_state(setup, setup.zero_shot_state)
+    return evaluate_state(setup, setup.zero_shot.state)
 
 
 def headline(protocol: str, scores: dict) -> Dict[str, Dict[str, float]]:
@@ -223,7 +223,7 @@ class StateScorer:
 
     def __init__(self, setup: Setup, indices: Optional[torch.Tensor] = None, batch_size: int = 512):
         self.setup, self.batch_size = setup, batch_size
-        idx = setup.eval_idx if indices is None else indices
+        idx = setup.split.eval_idx if indices is None else indices
         self.indices = idx
         self.images = self._transformed(setup.dataset, idx)
         self.labels = setup.dataset.labels[idx]
@@ -231,7 +231,7 @@ class StateScorer:
         self.ood_images = {name: self._transformed(s, torch.arange(len(s))) for name, s in setup.ood_sets.items()}
 
     def _transformed(self, dataset, idx: torch.Tensor) -> torch.Tensor:
-        subset = TransformedSubset(dataset, idx, self.setup.loaded.preprocess)
+        subset = TransformedSubset(dataset, idx, self.setup.zero_shot.loaded.preprocess)
         return torch.stack([subset[i][0] for i in range(len(subset))])
 
     def features(self, state: Dict[str, torch.Tensor], images: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -245,7 +245,7 @@ class StateScorer:
         return torch.cat(out)
 
     def __call__(self, state: Dict[str, torch.Tensor]) -> dict:
-        if evaluation.has_local_features(self.setup.loaded.model.visual):      # GL-MCM needs the patch tokens
+        if evaluation.has_local_features(self.setup.zero_shot.loaded.model.visual):      # GL-MCM needs the patch tokens
             return evaluate_state(self.setup, state, indices=self.indices)
         sets = {name: {"cosines": state_cosines(self.setup, state, self.features(state, images))}
                 for name, images in self.ood_images.items()}

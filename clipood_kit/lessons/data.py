@@ -15,8 +15,9 @@ import torch
 
 from clipood_kit.core import store
 from clipood_kit.data import DomainDataset, TransformedSubset
+from clipood_kit.data.splits import Split
 from clipood_kit.evaluation import features as evaluation
-from clipood_kit.engine.experiment import ExperimentConfig, Setup, inputs_identity, prepare
+from clipood_kit.engine.experiment import ExperimentConfig, inputs_identity, prepare
 from clipood_kit.methods import Method, compose
 from clipood_kit.models.adapted import AdaptedCLIP
 from clipood_kit.studies.projection import umap_projection
@@ -30,12 +31,12 @@ def _cached(kind: str, exp: ExperimentConfig, params: dict, compute: Callable[[]
     return store.cached(f"lesson-{kind}", payload, compute)
 
 
-def cell_images(setup: Setup) -> dict:
+def cell_images(dataset: DomainDataset, split: Split) -> dict:
     """How many evaluation images each cell (domain group x class group) is scored on: one image is 100 / n
     points of accuracy there."""
-    labels, domains = setup.dataset.labels[setup.eval_idx], setup.dataset.domain_ids[setup.eval_idx]
-    source = torch.isin(domains, torch.tensor(setup.source_ids))
-    base = torch.isin(labels, torch.tensor(setup.base_ids))
+    labels, domains = dataset.labels[split.eval_idx], dataset.domain_ids[split.eval_idx]
+    source = torch.isin(domains, torch.tensor(split.source_ids))
+    base = torch.isin(labels, torch.tensor(split.base_ids))
     return {group: {"base": int((inside & base).sum()), "new": int((inside & ~base).sum())}
             for group, inside in (("train", source), ("unseen", ~source))}
 
@@ -43,7 +44,8 @@ def cell_images(setup: Setup) -> dict:
 def eval_cell_images(exp: ExperimentConfig) -> dict:
     """`cell_images` of the experiment's evaluation set (stored: reading it back builds nothing)."""
     def compute() -> dict:
-        return cell_images(prepare(exp))
+        setup = prepare(exp)
+        return cell_images(setup.dataset, setup.split)
     return _cached("cell-images", exp, {}, compute)
 
 
@@ -67,11 +69,11 @@ def chosen_image(exp: ExperimentConfig, index: int) -> ChosenImage:
     setup = prepare(exp)
     if not 0 <= index < len(setup.dataset):
         raise ValueError(f"image index {index} is outside the dataset's {len(setup.dataset)} images")
-    loaded = setup.loaded
+    loaded = setup.zero_shot.loaded
     feature = evaluation.encode_images(loaded.model.visual, TransformedSubset(setup.dataset, [index],
                                                                               loaded.preprocess))["features"][0]
     image, label, domain = setup.dataset[index]
-    return ChosenImage(setup.dataset, setup.text_features, setup.logit_scale, index, image, feature, int(label),
+    return ChosenImage(setup.dataset, setup.zero_shot.text_features, setup.zero_shot.logit_scale, index, image, feature, int(label),
                        setup.dataset.domains[int(domain)])
 
 
@@ -96,10 +98,10 @@ def bma_lesson(exp: ExperimentConfig, grid: Sequence[float], every: int, alpha: 
         run = record_run(setup, every=1, progress=progress)
         traj = run["trajectory"]
         scorer = StateScorer(setup)
-        return {"zero_shot": scorer(setup.zero_shot_state), "last": run["result"]["models"]["last"],
+        return {"zero_shot": scorer(setup.zero_shot.state), "last": run["result"]["models"]["last"],
                 "grid": bma_grid(traj, scorer, grid, grid, progress=progress),
                 "over_training": bma_over_training(traj, scorer, alpha, beta, every=every),
-                "eval_images": len(scorer.labels), "cell_images": cell_images(setup),
+                "eval_images": len(scorer.labels), "cell_images": cell_images(setup.dataset, setup.split),
                 "trajectory_mb": traj.nbytes / 1e6}
     return _cached("bma", exp, {"grid": list(grid), "every": every, "alpha": alpha, "beta": beta}, compute)
 
@@ -138,7 +140,7 @@ def features_lesson(exp: ExperimentConfig, points: int, seed: int = 0) -> dict:
         setup = prepare(exp)
         ce = run_method(setup.for_method(compose("ce")), progress=False)
         clipood = run_method(setup.for_method(compose("clipood")), progress=False)
-        states = {"zero-shot": setup.zero_shot_state, "CE": ce["states"]["last"],
+        states = {"zero-shot": setup.zero_shot.state, "CE": ce["states"]["last"],
                   "CLIPood (BMA)": clipood["states"]["bma"]}
         return umap_projection(setup, states, points, seed=seed)
     return _cached("features", exp, {"points": points, "seed": seed}, compute)
@@ -152,14 +154,14 @@ def ood_lesson(exp: ExperimentConfig, methods: Sequence[str]) -> dict:
     def compute() -> dict:
         setup = prepare(exp)
         check_methods(setup, [compose(m) for m in methods])
-        sets = {"zero-shot": ood_score_sets(setup, setup.zero_shot_state)}
+        sets = {"zero-shot": ood_score_sets(setup, setup.zero_shot.state)}
         for name in methods:
             result = run_method(setup.for_method(compose(name)), progress=False)
             sets[f"{name} ({result['primary']})"] = ood_score_sets(setup, result["states"][result["primary"]])
-        t = setup.text_features[setup.base_ids]
+        t = setup.zero_shot.text_features[setup.split.base_ids]
         cos = t @ t.T
         off = cos[~torch.eye(len(t), dtype=torch.bool)]
-        return {"score_sets": sets, "shift_kinds": shift_kinds(setup), "logit_scale": setup.logit_scale,
+        return {"score_sets": sets, "shift_kinds": shift_kinds(setup), "logit_scale": setup.zero_shot.logit_scale,
                 "text_cosine_mean": float(off.mean())}
     return _cached("ood", exp, {"methods": list(methods)}, compute)
 
@@ -202,7 +204,7 @@ def prompt_lesson(exp: ExperimentConfig, shots: Sequence[int], methods: Sequence
                 if m == "coop" and k == max(shots):
                     learned = (setup, result["states"][result["primary"]])
         out = {"cells": cells, "shots": [int(k) for k in shots], "methods": list(methods),
-               "cell_images": cell_images(setup)}
+               "cell_images": cell_images(setup.dataset, setup.split)}
         if learned is not None:
             out["context"] = learned_context(*learned, nearest=nearest)
         return out

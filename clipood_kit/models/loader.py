@@ -87,6 +87,25 @@ class LoadedCLIP:
         return self.model.token_embedding(tokens.to(self.device)).float().cpu()
 
 
+@dataclass(frozen=True)
+class ZeroShot:
+    """The zero-shot model an experiment starts from: CLIP (shared, never modified), its classifier of every class,
+    the prompt templates behind that classifier, and the image tower's weights as a model state ('visual.*')."""
+
+    loaded: LoadedCLIP
+    text_features: torch.Tensor               # every class x D, normalised
+    templates: List[str]
+    state: Dict[str, torch.Tensor]
+
+    @property
+    def logit_scale(self) -> float:
+        return self.loaded.logit_scale
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+
 def _short_reason(e: Exception) -> str:
     """One line for a load failure: key mismatches counted (torch lists every key), other errors' first line."""
     text = str(e)

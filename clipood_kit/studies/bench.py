@@ -96,7 +96,7 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, runner: Option
     setup0 = prepare(with_seed(cfg.experiment, seeds[0]))
     umap_data = None
     if cfg.umap_points and "ce" in kept and "clipood" in kept:
-        umap_data = umap_projection(setup0, {"zero-shot": setup0.zero_shot_state, "CE (last)": kept["ce"]["last"],
+        umap_data = umap_projection(setup0, {"zero-shot": setup0.zero_shot.state, "CE (last)": kept["ce"]["last"],
                                              "CLIPood (BMA)": kept["clipood"]["bma"]}, cfg.umap_points, seeds[0])
     results = {"config": {"title": cfg.title, "seeds": list(cfg.seeds), "columns": [list(c) for c in cfg.columns],
                           "methods": {k: m.to_dict() for k, m in cfg.methods.items()}, "settings": cfg.settings,

@@ -144,7 +144,7 @@ def study_job(cfg: StudyConfig, method: str, seed: int) -> List[dict]:
             scores, primary, seconds = result["models"][result["primary"]], result["primary"], result["seconds"]
         steps = (result.get("train_config") or {}).get("steps", 0) if method != ZERO_SHOT else 0
         out.append({"method": method, "shots": shots, "seed": seed, "model": primary, "scores": scores,
-                    "train_images": len(setup.train_idx), "train_steps": steps, "train_seconds": seconds})
+                    "train_images": len(setup.split.train_idx), "train_steps": steps, "train_seconds": seconds})
     return out
 
 

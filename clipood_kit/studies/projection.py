@@ -23,15 +23,15 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
     import numpy as np
     import umap
     gen = torch.Generator().manual_seed(seed)
-    domains = setup.dataset.domain_ids[setup.eval_idx]
+    domains = setup.dataset.domain_ids[setup.split.eval_idx]
     per_domain = max(1, points // max(1, len(domains.unique())))
     pick = []
     for d in domains.unique().tolist():
-        pool = setup.eval_idx[domains == d]
+        pool = setup.split.eval_idx[domains == d]
         pick.append(pool[torch.randperm(len(pool), generator=gen)[:per_domain]])
     pick = torch.cat(pick).sort().values
     names = list(states)
-    text = setup.text_features
+    text = setup.zero_shot.text_features
     # what the classifier reads: each image's cosines to the class text features (C numbers, not the D-dim
     # feature, whose other directions (the shape's colour and size) dominate a UMAP of raw features)
     features = [encode(setup, states[n], pick)["features"] for n in names]
@@ -41,7 +41,7 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
     n = len(pick)
     coords = {name: joint[i * n:(i + 1) * n] for i, name in enumerate(names)}
     labels, domains = setup.dataset.labels[pick].numpy(), setup.dataset.domain_ids[pick].numpy()
-    unseen = np.isin(domains, setup.target_ids)
+    unseen = np.isin(domains, setup.split.target_ids)
     # how far each model moved the images' features from the first model's (in the features, not in UMAP's
     # layout, whose distances are not to be read): mean 1 - cos(f_model, f_first), per group of domains and per
     # class; and the scale to judge it by: how far apart two images of one class, and of two classes, are

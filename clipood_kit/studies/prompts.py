@@ -35,9 +35,9 @@ def learned_context(setup: Setup, state: State, nearest: int = 3, max_words: int
     if key not in state:
         raise ValueError(f"the state holds no CoOp context ({key}); its entries start {sorted(state)[:3]}")
     start, end = setup.prepare_method(method).trained_state()[key], state[key]
-    ids, words = vocabulary_of(setup.loaded.tokenizer)
+    ids, words = vocabulary_of(setup.zero_shot.loaded.tokenizer)
     with torch.no_grad():
-        embeddings = setup.loaded.model.token_embedding.weight[ids].float().cpu()
+        embeddings = setup.zero_shot.loaded.model.token_embedding.weight[ids].float().cpu()
     features = lambda s: F.normalize(setup.scratch_for(s).class_features().detach().float(), dim=-1)  # noqa: E731
     before, after = features({**state, key: start}), features(state)
     moved = (1 - (before * after).sum(-1)).tolist()
@@ -52,7 +52,7 @@ def learned_context(setup: Setup, state: State, nearest: int = 3, max_words: int
             "nearest_after": nearest_words(end, embeddings, words, nearest),
             "ctx_moved": (1 - F.cosine_similarity(start.double(), end.double(), dim=-1)).tolist(),
             "class_moved": {names[i]: moved[i] for i in range(len(names))},
-            "base": [names[i] for i in setup.base_ids], "new": [names[i] for i in setup.new_ids],
+            "base": [names[i] for i in setup.split.base_ids], "new": [names[i] for i in setup.split.new_ids],
             "ctx": end.tolist(), "ctx_init": start.tolist()}
 
 

@@ -147,7 +147,7 @@ def run_sweep(kind: str, exp: ExperimentConfig, values: Sequence[float], betas: 
         setup = prepare(exp)
         run = record_run(setup, progress=progress)
         scorer = StateScorer(setup)
-        result.update(zero_shot=scorer(setup.zero_shot_state), last=run["result"]["models"]["last"])
+        result.update(zero_shot=scorer(setup.zero_shot.state), last=run["result"]["models"]["last"])
         zero, last = cells_of(result["zero_shot"]), cells_of(result["last"])
         refs = {"zero-shot": zero[label], "last step": last[label]}
         if kind == "bma":

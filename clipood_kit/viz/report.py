@@ -136,7 +136,7 @@ def bench_report(results: dict, setup: Setup, umap_data: Optional[dict]) -> str:
     if mms is not None:
         sections.append(("Class-adaptive margins", "<p>MMS margin lambda * (1 - cos(t_i, t_j)) between class text "
                          "features: similar classes get small margins.</p>",
-                         figures.margin_heatmap(setup.text_features, setup.dataset.classes, mms["margin_lambda"],
+                         figures.margin_heatmap(setup.zero_shot.text_features, setup.dataset.classes, mms["margin_lambda"],
                                                 setup.dataset.families)))
     if umap_data is not None:
         for colour_by in ("class", "domain"):

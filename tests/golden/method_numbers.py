@@ -8,6 +8,7 @@ them to 1e-6. float64, so the comparison is not at the mercy of float32 summatio
 
     python tests/golden/method_numbers.py OUT.json
 """
+from dataclasses import replace
 import json
 import sys
 
@@ -36,8 +37,8 @@ def method_numbers(names=None):
     # the golden numbers predate the far-OOD sets (issue 18): the experiment renders none, and the results' new
     # key naming the shifts' kinds is left out below
     setup = prepare(exp)
-    setup.loaded.model.double()
-    setup.zero_shot_state = {k: v.double() for k, v in setup.zero_shot_state.items()}
+    setup.zero_shot.loaded.model.double()
+    setup.zero_shot = replace(setup.zero_shot, state={k: v.double() for k, v in setup.zero_shot.state.items()})
     out = {}
     for name in names or METHODS:
         r = run_method(setup.for_method(compose(RENAMED.get(name, name))), progress=False)
