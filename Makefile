@@ -24,7 +24,7 @@ demo: setup
 	$(VENV)/bin/clipood-kit demo --out $(OUT) --overwrite
 
 test: setup browser
-	$(PY) -m pytest -n 2 --dist loadfile -q -ra --durations=20
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -ra --durations=20
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

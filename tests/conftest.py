@@ -105,14 +105,24 @@ def classroom_folder(root: Path) -> Path:
     return root / "classroom-background"
 
 
+# The order files are handed to the two workers (`make test` keeps it: --no-loadscope-reorder): the longest first,
+# the files that wait for a shared store after the ones that build it, and the browser files last, by which time
+# the class-room store is built; every other file in alphabetical order between them.
+FIRST = ("test_lessons.py", "test_real_arch.py", "test_fanout.py", "test_bench.py", "test_training.py")
+LAST = ("test_notebooks.py", "test_browser.py", "test_browser_voila.py")
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """The browser tests last: their store is built while every other test runs."""
-    items.sort(key=lambda item: Path(str(item.fspath)).name == "test_browser.py")
+    """Order the files (`FIRST`, then the others, then `LAST`); the tests within a file keep their order."""
+    def rank(item):
+        name = Path(str(item.fspath)).name
+        return (0, FIRST.index(name)) if name in FIRST else (2, LAST.index(name)) if name in LAST else (1, 0)
+    items.sort(key=rank)
 
 
 def pytest_xdist_node_collection_finished(node, ids):
     """Controller: start the class-room store's build once, when a worker has collected a browser test."""
-    if _classroom_build or not any("test_browser.py::test_" in i for i in ids):
+    if _classroom_build or not any("test_browser.py::test_" in i or "test_browser_voila.py::test_" in i for i in ids):
         return
     import subprocess
     import sys
@@ -132,3 +142,46 @@ def pytest_sessionfinish(session, exitstatus):
     if process is not None and process.poll() is None:
         process.terminate()
         process.wait(timeout=30)
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"     # screenshots and timings.json
+
+
+def record_timing(key: str, values: dict) -> None:
+    """Add `values` under `key` in test-artifacts/timings.json (two workers may write at once: locked, atomic)."""
+    import json
+    from filelock import FileLock
+    from clipood_kit.core.io import write_json
+    ARTIFACTS.mkdir(exist_ok=True)
+    record = ARTIFACTS / "timings.json"
+    with FileLock(f"{record}.lock"):
+        data = json.loads(record.read_text()) if record.exists() else {}
+        data.setdefault(key, {}).update(values)
+        write_json(record, data)
+
+
+@pytest.fixture(scope="session")
+def classroom(tmp_path_factory):
+    """The result store of every notebook's DEFAULT setting, prepared once per run (as a lecturer would before
+    class): under xdist the controller builds it in the background (`pytest_xdist_node_collection_finished`)
+    and the browser tests wait for it; a serial run builds it here."""
+    import json
+    import time
+    from clipood_kit.lessons.build import prepare_store
+    given = os.environ.get("CLIPOOD_KIT_CLASSROOM_STORE")     # a store `clipood-kit lessons prepare` made (soak runs)
+    if given:
+        return Path(given)
+    background = classroom_folder(run_folder(tmp_path_factory))
+    if (background / "started").exists():
+        deadline = time.time() + 1800
+        while not (background / "done.json").exists():
+            failed = background / "failed.txt"
+            assert not failed.exists(), f"the class-room store's build failed:\n{failed.read_text()[-3000:]}"
+            assert time.time() < deadline, f"the class-room store's build took over 30 minutes: {background}"
+            time.sleep(2)
+        record_timing("prepare (default setting, computing)", json.loads((background / "done.json").read_text()))
+        return background / "store"
+    cache = tmp_path_factory.mktemp("classroom-store")
+    times = prepare_store(cache, Path(__file__).resolve().parents[1] / "notebooks", progress=False, workers=2)
+    record_timing("prepare (default setting, computing)", times)
+    return cache
