@@ -120,20 +120,32 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=rank)
 
 
-def pytest_xdist_node_collection_finished(node, ids):
-    """Controller: start the class-room store's build once, when a worker has collected a browser test."""
-    if _classroom_build or not any("test_browser.py::test_" in i or "test_browser_voila.py::test_" in i for i in ids):
-        return
-    import subprocess
-    import sys
-    folder = classroom_folder(node.config._tmp_path_factory.getbasetemp())
-    folder.mkdir(parents=True, exist_ok=True)
-    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
-    env = dict(os.environ, OMP_NUM_THREADS="1")           # one core's worth, beside the two workers
-    log = open(folder / "build.log", "w")
-    _classroom_build["process"] = subprocess.Popen([sys.executable, "-c", CLASSROOM_BUILD, str(folder), str(notebooks)],
-                                                   env=env, stdout=log, stderr=subprocess.STDOUT)
-    (folder / "started").write_text(str(_classroom_build["process"].pid))
+class ClassroomInBackground:
+    """Registered on the xdist controller only (`pytest_configure`): a run without xdist builds the store in the
+    `classroom` fixture."""
+
+    @staticmethod
+    def pytest_xdist_node_collection_finished(node, ids):
+        """Start the class-room store's build once, when a worker has collected a browser test."""
+        if _classroom_build or not any("test_browser.py::test_" in i or "test_browser_voila.py::test_" in i
+                                       for i in ids):
+            return
+        import subprocess
+        import sys
+        folder = classroom_folder(node.config._tmp_path_factory.getbasetemp())
+        folder.mkdir(parents=True, exist_ok=True)
+        notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+        env = dict(os.environ, OMP_NUM_THREADS="1")           # one core's worth, beside the two workers
+        log = open(folder / "build.log", "w")
+        _classroom_build["process"] = subprocess.Popen(
+            [sys.executable, "-c", CLASSROOM_BUILD, str(folder), str(notebooks)], env=env, stdout=log,
+            stderr=subprocess.STDOUT)
+        (folder / "started").write_text(str(_classroom_build["process"].pid))
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist") and not os.environ.get("PYTEST_XDIST_WORKER"):
+        config.pluginmanager.register(ClassroomInBackground(), "clipood-kit-classroom-in-background")
 
 
 def pytest_sessionfinish(session, exitstatus):
