@@ -105,19 +105,21 @@ def classroom_folder(root: Path) -> Path:
     return root / "classroom-background"
 
 
-# The order files are handed to the two workers (`make test` keeps it: --no-loadscope-reorder): the longest first,
-# the files that wait for a shared store after the ones that build it, and the browser files last, by which time
-# the class-room store is built; every other file in alphabetical order between them.
-FIRST = ("test_lessons.py", "test_real_arch.py", "test_fanout.py", "test_bench.py", "test_training.py")
+# The order files are handed to the two workers (`make test` keeps it: --no-loadscope-reorder): files with more tests
+# first (xdist's own default order, which balanced the two workers best of the orders measured), then the files
+# that read a shared store after the ones that build it, and the browser files last, by which time the class-room
+# store is built (a browser file handed out earlier would wait for it with its worker idle).
 LAST = ("test_notebooks.py", "test_browser.py", "test_browser_voila.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Order the files (`FIRST`, then the others, then `LAST`); the tests within a file keep their order."""
-    def rank(item):
-        name = Path(str(item.fspath)).name
-        return (0, FIRST.index(name)) if name in FIRST else (2, LAST.index(name)) if name in LAST else (1, 0)
-    items.sort(key=rank)
+    """Order the files: by their number of tests (most first), then `LAST`; a file's tests keep their order."""
+    from collections import Counter
+    names = [Path(str(item.fspath)).name for item in items]
+    counts = Counter(names)
+    rank = {id(item): (name in LAST, LAST.index(name) if name in LAST else -counts[name], name)
+            for item, name in zip(items, names)}
+    items.sort(key=lambda item: rank[id(item)])
 
 
 class ClassroomInBackground:
