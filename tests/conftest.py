@@ -16,6 +16,8 @@ os.environ["CLIPOOD_KIT_CACHE"] = __import__("tempfile").mkdtemp(prefix="clipood
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]              # the repository: notebooks/, test-artifacts/
+
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
@@ -136,7 +138,7 @@ class ClassroomInBackground:
         import sys
         folder = classroom_folder(node.config._tmp_path_factory.getbasetemp())
         folder.mkdir(parents=True, exist_ok=True)
-        notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+        notebooks = ROOT / "notebooks"
         env = dict(os.environ, OMP_NUM_THREADS="1")           # one core's worth, beside the two workers
         log = open(folder / "build.log", "w")
         _classroom_build["process"] = subprocess.Popen(
@@ -158,7 +160,7 @@ def pytest_sessionfinish(session, exitstatus):
         process.wait(timeout=30)
 
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"     # screenshots and timings.json
+ARTIFACTS = ROOT / "test-artifacts"     # screenshots and timings.json
 
 
 def record_timing(key: str, values: dict) -> None:
@@ -196,6 +198,6 @@ def classroom(tmp_path_factory):
         record_timing("prepare (default setting, computing)", json.loads((background / "done.json").read_text()))
         return background / "store"
     cache = tmp_path_factory.mktemp("classroom-store")
-    times = prepare_store(cache, Path(__file__).resolve().parents[1] / "notebooks", progress=False, workers=2)
+    times = prepare_store(cache, ROOT / "notebooks", progress=False, workers=2)
     record_timing("prepare (default setting, computing)", times)
     return cache

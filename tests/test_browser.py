@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ARTIFACTS, record_timing
+from conftest import ARTIFACTS, ROOT, record_timing
 from test_notebooks import FAST
 
 # the first browser test waits for the class-room store (every lesson cold, about 6 minutes of one core; conftest)
 pytestmark = pytest.mark.timeout(1800)
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SLIDER_FIGURE = {"02_margins.ipynb": "Trained with lambda", "03_beta_moving_average.ipynb": "BMA model",

@@ -215,18 +215,17 @@ def prepare_store(cache: Path, notebooks: Optional[Path] = None, parameters: Opt
                 bar.update()
         else:
             import multiprocessing
-            from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+            from concurrent.futures import ProcessPoolExecutor, as_completed
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = {pool.submit(_run_lesson, *job): job[0].name for job in jobs}
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                for future in futures:
-                    if future.done() and future.exception() is not None:
+                for future in as_completed(futures):         # the bar moves as each lesson ends
+                    if future.exception() is not None:
                         for other in futures:
                             other.cancel()
                         raise future.exception()
-                for future in futures:
                     times[futures[future]] = future.result()
                     bar.update()
+            times = {nb.name: times[nb.name] for nb in lessons}     # in the lessons' order
         bar.close()
     finally:
         if previous is None:
