@@ -3,8 +3,8 @@
 - Student versions (otter assign): solutions stripped, checks kept; a student notebook runs top to bottom without
   an error and every check in it fails; with the instructor's answers filled in, every check passes.
 - Class-room mode: `prepare_store` fills a result store; with the store read-only and training switched off,
-  every notebook runs (so nothing trains); with an empty store the same switch refuses to train and says how
-  to fill it.
+  every student notebook runs, unsolved and solved, and leaves the store as it was (so nothing trains); with an
+  empty store the same switch refuses to train and says how to fill it.
 """
 import json
 import os
@@ -94,13 +94,24 @@ def test_student_versions_strip_the_solutions(students):
         assert (path.parent / "autograder" / path.name).exists()
 
 
+def _listing(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
 @pytest.mark.parametrize("name", sorted(FAST))
-def test_a_student_notebook_runs_and_its_checks_fail_until_solved(students, fast_lessons, name, tmp_path):
+def test_a_student_notebook_runs_from_the_store_and_its_checks_fail_until_solved(students, fast_lessons, name,
+                                                                                 tmp_path):
+    """As a class runs it: the store of the fast setting (conftest `fast_lessons`, prepared once per run) and
+    training switched off (a run would raise). Unsolved, the notebook runs without an error and every check
+    fails; with the instructor's answers pasted in (then every code cell is the instructor's), every check
+    passes. Both runs leave the store exactly as it was: every result was read, none computed (so a read-only
+    store serves; as root here, write bits would not show it)."""
     store = fast_lessons[0]
+    before_store = _listing(store)
     student = next(p for p in students if p.name == name)
     work = tmp_path / name
     work.write_text(student.read_text())
-    in_class = {"CLIPOOD_KIT_CACHE": str(store), "CLIPOOD_KIT_NO_TRAINING": "1"}     # as a class runs it
+    in_class = {"CLIPOOD_KIT_CACHE": str(store), "CLIPOOD_KIT_NO_TRAINING": "1"}
     ran = _execute(work, tmp_path / "out.ipynb", FAST[name], env=in_class)
     errors = error_outputs(ran)
     assert not errors, errors[:1]
@@ -115,30 +126,12 @@ def test_a_student_notebook_runs_and_its_checks_fail_until_solved(students, fast
         cell["source"] = "\n".join(line.replace("  # SOLUTION", "") for line in solution.splitlines()
                                    if "BEGIN SOLUTION" not in line and "END SOLUTION" not in line)
     work.write_text(json.dumps(nb))
-    after = _check_outputs(_execute(work, tmp_path / "solved.ipynb", FAST[name], env=in_class))
-    assert after == {q: True for q in before}, after
-
-
-@pytest.fixture(scope="module")
-def prepared(fast_lessons):
-    """The class-room store of the fast setting (conftest `fast_lessons`: prepared once per run)."""
-    return fast_lessons[0]
-
-
-def _listing(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
-
-
-@pytest.mark.parametrize("name", sorted(FAST))
-def test_with_the_classroom_store_no_notebook_trains(prepared, name, tmp_path):
-    """Training is switched off (a run would raise), and the store is left exactly as it was: every result
-    was read, none computed (so a read-only store serves; as root here, write bits would not show it)."""
-    before = _listing(prepared)
-    nb = _execute(NOTEBOOKS / name, tmp_path / name, FAST[name],
-                  env={"CLIPOOD_KIT_CACHE": str(prepared), "CLIPOOD_KIT_NO_TRAINING": "1"})
-    errors = error_outputs(nb)
+    solved = _execute(work, tmp_path / "solved.ipynb", FAST[name], env=in_class)
+    errors = error_outputs(solved)
     assert not errors, errors[:1]
-    assert _listing(prepared) == before
+    after = _check_outputs(solved)
+    assert after == {q: True for q in before}, after
+    assert _listing(store) == before_store
 
 
 def test_without_the_store_training_is_refused_and_the_fix_named(tmp_path):

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -46,6 +47,35 @@ def _notebooks(folder: Optional[Path]) -> List[Path]:
     return found
 
 
+# `otter assign` for every notebook in one Python process: otter's import is most of one assignment's time (about
+# 2.5 of 3 s), so one process, not one per notebook. A process of its own all the same: otter changes the working
+# directory while it assigns.
+_ASSIGN = """
+import sys
+from pathlib import Path
+from otter.assign import main as assign
+staging, lessons = Path(sys.argv[1]), sys.argv[2:]
+for nb in lessons:
+    try:
+        assign(nb, str(staging / Path(nb).stem))
+    except BaseException as e:
+        print(f"FAILED {Path(nb).name}\\t{type(e).__name__}: {e}".replace("\\n", " "), file=sys.stderr)
+        sys.exit(1)
+"""
+
+
+def _otter_assign(lessons: List[Path], staging: Path, out: Path) -> None:
+    """Run `otter assign NOTEBOOK staging/STEM` for every lesson (`_ASSIGN`); the first failure raises, naming its
+    notebook and otter's message."""
+    proc = subprocess.run([sys.executable, "-c", _ASSIGN, str(staging), *map(str, lessons)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED ")]
+        name, message = failed[-1][len("FAILED "):].split("\t", 1) if failed else ("a notebook", proc.stderr.strip()[-300:])
+        raise ValueError(f"otter assign failed on {name}: {message or 'no message'}; fix its assignment config or "
+                         f"questions (nothing was written to {out})")
+
+
 def student_versions(out: Path, notebooks: Optional[Path] = None, autograder: bool = False,
                      overwrite: bool = False) -> List[Path]:
     """`out/NAME.ipynb` for every lesson: solutions stripped, checks kept (and `out/autograder/NAME.ipynb`, with
@@ -54,21 +84,15 @@ def student_versions(out: Path, notebooks: Optional[Path] = None, autograder: bo
     All or none: every notebook is assigned into a staging folder first, and only when all succeeded are they
     moved into `out`. A notebook already in `out` that differs from the new one (a lecturer's edits) is replaced
     only with `overwrite`."""
-    otter = Path(sys.executable).parent / "otter"
-    if not otter.exists():
-        raise FileNotFoundError(f"otter-grader is not installed in this environment ({otter} is missing): "
-                                f"pip install -e '.[notebooks]'")
+    if importlib.util.find_spec("otter") is None:
+        raise FileNotFoundError("otter-grader is not installed in this environment: pip install -e '.[notebooks]'")
     out = check_writable_folder(out, "--out", "the student notebooks")
     lessons = _notebooks(notebooks)
     with tempfile.TemporaryDirectory(prefix="clipood-kit-assign-") as staging:
+        _otter_assign(lessons, Path(staging), out)
         made: List[tuple] = []                      # (staged file, target)
         for nb in lessons:
             tmp = Path(staging) / nb.stem
-            proc = subprocess.run([str(otter), "assign", str(nb), str(tmp)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-                raise ValueError(f"otter assign failed on {nb.name}: {lines[-1] if lines else 'no message'}; fix "
-                                 f"its assignment config or questions (nothing was written to {out})")
             made.append((tmp / "student" / nb.name, out / nb.name))
             if autograder:
                 made.append((tmp / "autograder" / nb.name, out / "autograder" / nb.name))
