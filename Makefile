@@ -9,9 +9,7 @@ OUT ?= runs/demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -e '.[notebooks,test]'
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1 -e '.[notebooks,test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -23,7 +21,9 @@ browser:
 demo: setup
 	$(VENV)/bin/clipood-kit demo --out $(OUT) --overwrite
 
-test: setup browser
+# the venv and Debian's chromium are set up at once (pip unpacks from the local disk while apt downloads)
+test:
+	$(MAKE) -j2 setup browser
 	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -ra --durations=20
 
 lab: setup

@@ -98,38 +98,55 @@ def _listing(folder: Path) -> dict:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
 
 
+def _one_kernel(notebooks: list, params: dict, work: Path, env: dict) -> list:
+    """Run `notebooks` one after the other in one kernel, each from a clean namespace (`%reset -f` between them;
+    imported modules stay loaded, which is what saves a kernel's start) and with `params` injected after its
+    parameters cell as papermill does; returns each notebook with its outputs."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+    parts = []
+    for i, nb in enumerate(notebooks):
+        path = work.with_name(f"part{i}-{work.name}")
+        path.write_text(json.dumps(nb))
+        parts.append(parameterize_notebook(load_notebook_node(str(path)), params))    # as papermill's execute does
+    combined, starts = parts[0], [0]
+    for part in parts[1:]:
+        combined.cells.append(nbformat.v4.new_code_cell("%reset -f"))
+        starts.append(len(combined.cells))
+        combined.cells.extend(part.cells)
+    nbformat.write(combined, work)
+    ran = _execute(work, work.with_name("ran-" + work.name), None, env=env)
+    ends = [s - 1 for s in starts[1:]] + [len(ran["cells"])]
+    return [dict(ran, cells=ran["cells"][a:b]) for a, b in zip(starts, ends)]
+
+
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_a_student_notebook_runs_from_the_store_and_its_checks_fail_until_solved(students, fast_lessons, name,
                                                                                  tmp_path):
     """As a class runs it: the store of the fast setting (conftest `fast_lessons`, prepared once per run) and
     training switched off (a run would raise). Unsolved, the notebook runs without an error and every check
     fails; with the instructor's answers pasted in (then every code cell is the instructor's), every check
-    passes. Both runs leave the store exactly as it was: every result was read, none computed (so a read-only
-    store serves; as root here, write bits would not show it)."""
+    passes. The two run in one kernel, each from a clean namespace (`_one_kernel`), and leave the store exactly
+    as it was: every result was read, none computed (so a read-only store serves; as root here, write bits would
+    not show it)."""
     store = fast_lessons[0]
     before_store = _listing(store)
-    student = next(p for p in students if p.name == name)
-    work = tmp_path / name
-    work.write_text(student.read_text())
-    in_class = {"CLIPOOD_KIT_CACHE": str(store), "CLIPOOD_KIT_NO_TRAINING": "1"}
-    ran = _execute(work, tmp_path / "out.ipynb", FAST[name], env=in_class)
-    errors = error_outputs(ran)
-    assert not errors, errors[:1]
-    before = _check_outputs(ran)
-    assert before and not any(before.values()), before
-    # the instructor's answers, pasted into the answer cells: every check passes
-    nb = json.loads(student.read_text())
-    answers = [c for c in nb["cells"] if "otter_answer_cell" in c["metadata"].get("tags", [])]
+    unsolved = json.loads(next(p for p in students if p.name == name).read_text())
+    # the instructor's answers, pasted into the answer cells
+    solved = json.loads(json.dumps(unsolved))
+    answers = [c for c in solved["cells"] if "otter_answer_cell" in c["metadata"].get("tags", [])]
     solutions = _solutions(NOTEBOOKS / name)
     assert len(answers) == len(solutions)
     for cell, solution in zip(answers, solutions):
         cell["source"] = "\n".join(line.replace("  # SOLUTION", "") for line in solution.splitlines()
                                    if "BEGIN SOLUTION" not in line and "END SOLUTION" not in line)
-    work.write_text(json.dumps(nb))
-    solved = _execute(work, tmp_path / "solved.ipynb", FAST[name], env=in_class)
-    errors = error_outputs(solved)
-    assert not errors, errors[:1]
-    after = _check_outputs(solved)
+    in_class = {"CLIPOOD_KIT_CACHE": str(store), "CLIPOOD_KIT_NO_TRAINING": "1"}
+    ran, ran_solved = _one_kernel([unsolved, solved], FAST[name], tmp_path / name, in_class)
+    for nb in (ran, ran_solved):
+        errors = error_outputs(nb)
+        assert not errors, errors[:1]
+    before, after = _check_outputs(ran), _check_outputs(ran_solved)
+    assert before and not any(before.values()), before
     assert after == {q: True for q in before}, after
     assert _listing(store) == before_store
 
