@@ -9,6 +9,7 @@ OUT ?= runs/demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1 -e '.[notebooks,test]'
 	touch $(STAMP)
 
