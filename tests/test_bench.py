@@ -7,6 +7,7 @@ from clipood_kit.studies.bench import BenchConfig, run_bench
 from clipood_kit.engine.presets import demo_experiment
 from clipood_kit.studies.bench import DEMO_COLUMNS, bench_methods
 from clipood_kit.engine.scoring import lookup
+from cli_in_process import run_cli
 
 
 def test_demo_writes_results_and_a_report_with_every_figure(tmp_path):
@@ -36,10 +37,10 @@ def test_demo_writes_results_and_a_report_with_every_figure(tmp_path):
     assert "<script src=" not in html and html.count("Plotly.register") <= 2 and len(html) > 1_000_000
 
 
-def test_cli_finetune_writes_a_run_folder(tmp_path):
+def test_cli_finetune_writes_a_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--method", "bma", "--steps", "4",
-                           "--batch-size", "8", "--per-cell", "3", "--out", str(out)], capture_output=True, text=True)
+    proc = run_cli(["finetune", "--method", "bma", "--steps", "4", "--batch-size", "8", "--per-cell", "3", "--out",
+                    str(out)], capsys)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
     assert result["method"] == "bma" and result["primary"] == "bma"
@@ -50,14 +51,14 @@ def test_cli_finetune_writes_a_run_folder(tmp_path):
     assert loaded.model_id.startswith("tiny-clip-world/file:model_bma.safetensors")
 
 
-def test_cli_finetune_rejects_an_unknown_target(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--target", "clay", "--per-cell", "1",
-                           "--out", str(tmp_path / "r")], capture_output=True, text=True)
+def test_cli_finetune_rejects_an_unknown_target(tmp_path, capsys):
+    proc = run_cli(["finetune", "--target", "clay", "--per-cell", "1", "--out", str(tmp_path / "r")], capsys)
     assert proc.returncode == 2 and "target domain(s) ['clay'] not in the dataset" in proc.stderr
 
 
 def test_cli_finetune_in_bf16_keeps_fp32_weights(tmp_path):
     out = tmp_path / "bf16"
+    # a process of its own: accelerate's state is one per process, and another precision cannot follow in it
     proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--method", "clipood", "--steps", "3",
                            "--batch-size", "8", "--per-cell", "3", "--precision", "bf16", "--out", str(out)],
                           capture_output=True, text=True)
@@ -68,10 +69,9 @@ def test_cli_finetune_in_bf16_keeps_fp32_weights(tmp_path):
     assert all(v.dtype == torch.float32 for k, v in weights.items() if k.startswith("visual.") and v.is_floating_point())
 
 
-def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
+def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path, capsys):
     out = tmp_path / "cmp"
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "compare", "--fast", "--seeds", "0",
-                           "--out", str(out)], capture_output=True, text=True)
+    proc = run_cli(["compare", "--fast", "--seeds", "0", "--out", str(out)], capsys)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     from clipood_kit.studies.bench import COMPARE_COLUMNS, COMPARE_METHODS
@@ -92,7 +92,7 @@ def test_cli_compare_fast_writes_every_method_and_the_ood_columns(tmp_path):
     assert "AUROC (MCM, near: semantic)" in proc.stdout       # the CLI table names its columns by data
 
 
-def test_compare_ablation_runs_each_variant_with_its_settings(tmp_path):
+def test_compare_ablation_runs_each_variant_with_its_settings(tmp_path, capsys):
     from clipood_kit.studies.bench import ABLATIONS, compare_bench
     cfg = compare_bench((0,), fast=True, ablation="ogen-ft")
     results = run_bench(cfg, tmp_path, progress=False)
@@ -104,6 +104,5 @@ def test_compare_ablation_runs_each_variant_with_its_settings(tmp_path):
     assert {p["ogen"]["synthetic"] for p in parts.values()} == {0.0, 1.0}
     assert parts["ogen-ft, no distillation"]["self-distill"]["weight"] == 0.0
     assert parts["ogen-ft, no warm-up"]["ogen"]["warmup"] == 0.0 == parts["ogen-ft, no warm-up"]["self-distill"]["start"]
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "compare", "--ablation", "nope", "--fast",
-                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    proc = run_cli(["compare", "--ablation", "nope", "--fast", "--out", str(tmp_path / "x")], capsys)
     assert proc.returncode == 2 and "unknown ablation 'nope'" in proc.stderr

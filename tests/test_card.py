@@ -1,7 +1,5 @@
 """The CLIP-likeness card: its numbers against an independent computation, and the shipped model's targets."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ from clipood_kit.evaluation.card import clip_card, format_card, run_card
 from clipood_kit.data import WorldDataset, world
 from clipood_kit.models import load_clip
 from clipood_kit.models.loader import file_digest, tiny_weights_path
+from cli_in_process import run_cli
 
 
 def _unit(x):
@@ -94,10 +93,9 @@ def test_shipped_pretraining_was_in_budget_and_its_model_card_holds_the_card():
     assert "CLIP-likeness card" in tiny_weights_path().with_suffix(".md").read_text()
 
 
-def test_cli_clip_card_on_a_folder_prints_the_table_and_writes_json(world_tree, tmp_path):
+def test_cli_clip_card_on_a_folder_prints_the_table_and_writes_json(world_tree, tmp_path, capsys):
     out = tmp_path / "card.json"
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "clip-card", "--data", str(world_tree),
-                           "--json", str(out)], capture_output=True, text=True)
+    proc = run_cli(["clip-card", "--data", str(world_tree), "--json", str(out)], capsys)
     assert proc.returncode == 0, proc.stderr
     card = json.loads(out.read_text())
     assert card["family_cosine"] is None        # a folder carries no taxonomy

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cli_in_process
 from clipood_kit import cli
 from clipood_kit.core.io import save_weights
 from clipood_kit.models.loader import tiny_weights_path
@@ -21,13 +22,9 @@ FAST = ["--per-cell", "2", "--steps", "2", "--batch-size", "4"]
 
 
 def run_cli(argv, capsys):
-    """(exit code, stdout, stderr) of the CLI in this process; an uncaught exception fails the test."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:             # argparse's own errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    """(exit code, stdout, stderr) of the CLI in this process (`cli_in_process`)."""
+    done = cli_in_process.run_cli(argv, capsys)
+    return done.returncode, done.stdout, done.stderr
 
 
 def make_tree(root: Path, layout: dict) -> Path:

@@ -110,9 +110,11 @@ def _one_kernel(notebooks: list, params: dict, work: Path, env: dict) -> list:
         path.write_text(json.dumps(nb))
         parts.append(parameterize_notebook(load_notebook_node(str(path)), params))    # as papermill's execute does
     combined, starts = parts[0], [0]
-    for part in parts[1:]:
+    for i, part in enumerate(parts[1:], start=1):
         combined.cells.append(nbformat.v4.new_code_cell("%reset -f"))
         starts.append(len(combined.cells))
+        for cell in part.cells:
+            cell.id = f"p{i}-{cell.id}"[:64]             # ids stay unique in the combined notebook
         combined.cells.extend(part.cells)
     nbformat.write(combined, work)
     ran = _execute(work, work.with_name("ran-" + work.name), None, env=env)

@@ -12,6 +12,7 @@ from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.methods import MMSConfig, class_margins, compose, mms_loss
 from clipood_kit.engine.runs import run_method
 from clipood_kit.engine.training import NonFiniteLossError, TrainConfig
+from cli_in_process import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +48,18 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_writes_nothing(s
     assert not list(run.glob("*.safetensors"))
 
 
-def test_cli_diverging_lr_is_one_line_exit_2_and_no_results(tmp_path):
+def test_cli_diverging_lr_is_one_line_exit_2_and_no_results(tmp_path, capsys):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--method", "ce", "--per-cell", "2",
-                           "--steps", "6", "--batch-size", "8", "--lr", "1e30", "--out", str(out)],
-                          capture_output=True, text=True)
+    proc = run_cli(["finetune", "--method", "ce", "--per-cell", "2", "--steps", "6", "--batch-size", "8", "--lr",
+                    "1e30", "--out", str(out)], capsys)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.strip().splitlines() if "it/s" not in line and "%|" not in line]
     assert lines[-1].startswith("clipood-kit finetune: error: step") and "not finite" in lines[-1]
     assert "Traceback" not in proc.stderr and not (out / "results.json").exists()
 
 
-def test_cli_refuses_an_infinite_lambda_before_printing_the_config(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--set", "mms.margin_lambda=inf",
-                           "--out", str(tmp_path / "run")], capture_output=True, text=True)
+def test_cli_refuses_an_infinite_lambda_before_printing_the_config(tmp_path, capsys):
+    proc = run_cli(["finetune", "--set", "mms.margin_lambda=inf", "--out", str(tmp_path / "run")], capsys)
     assert proc.returncode == 2 and proc.stdout == "" and "mms.margin_lambda=inf: expected a finite float" in proc.stderr
     assert not (tmp_path / "run").exists()
 

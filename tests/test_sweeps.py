@@ -10,6 +10,7 @@ from clipood_kit.engine.experiment import ExperimentConfig
 from clipood_kit.methods import compose
 from clipood_kit.studies.sweeps import lambda_sweep
 from clipood_kit.engine.training import TrainConfig
+from cli_in_process import run_cli
 
 
 def test_the_lambda_sweep_is_cached_by_every_setting(tmp_path):
@@ -39,12 +40,10 @@ def test_the_lambda_sweep_is_cached_by_every_setting(tmp_path):
 @pytest.mark.parametrize("kind, extra", [("bma", ["--values", "0.1", "0.5", "--betas", "0.5"]),
                                          ("wise", ["--values", "0", "0.5", "1"]),
                                          ("lambda", ["--values", "0", "0.3"])])
-def test_cli_sweep_writes_every_point_and_a_report(kind, extra, tmp_path):
-    import subprocess
-    import sys
+def test_cli_sweep_writes_every_point_and_a_report(kind, extra, tmp_path, capsys):
     out = tmp_path / kind
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "sweep", kind, *extra, "--per-cell", "2",
-                           "--steps", "4", "--batch-size", "4", "--out", str(out)], capture_output=True, text=True)
+    proc = run_cli(["sweep", kind, *extra, "--per-cell", "2", "--steps", "4", "--batch-size", "4", "--out",
+                    str(out)], capsys)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads((out / "results.json").read_text())
     points = {"bma": lambda: [s for row in r["grid"] for s in row], "wise": lambda: r["points"],

@@ -1,12 +1,11 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from clipood_kit.evaluation import features as evaluation
 from clipood_kit.evaluation.zeroshot import ZeroShotConfig, run_zeroshot
+from cli_in_process import run_cli
 
 
 def test_shipped_model_meets_the_zero_shot_target():
@@ -41,10 +40,9 @@ def test_accuracy_by_domain_and_restricted_classes():
     assert evaluation.classify(feats, clf, class_ids=[1, 2]).tolist() == [1, 1, 2]
 
 
-def test_cli_zeroshot_on_a_folder_writes_json(world_tree, tmp_path):
+def test_cli_zeroshot_on_a_folder_writes_json(world_tree, tmp_path, capsys):
     out = tmp_path / "zs.json"
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "zeroshot", "--data", str(world_tree),
-                           "--json", str(out)], capture_output=True, text=True)
+    proc = run_cli(["zeroshot", "--data", str(world_tree), "--json", str(out)], capsys)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert set(result["accuracy"]) == {"cartoon", "neon", "painting", "photo", "sketch", "mean"}
@@ -52,8 +50,7 @@ def test_cli_zeroshot_on_a_folder_writes_json(world_tree, tmp_path):
     assert "mean" in proc.stdout
 
 
-def test_cli_reports_a_bad_folder_as_one_clear_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "zeroshot", "--data", str(tmp_path / "x")],
-                          capture_output=True, text=True)
+def test_cli_reports_a_bad_folder_as_one_clear_line(tmp_path, capsys):
+    proc = run_cli(["zeroshot", "--data", str(tmp_path / "x")], capsys)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("clipood-kit zeroshot: error:") and "does not exist" in proc.stderr
