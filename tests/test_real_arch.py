@@ -3,8 +3,6 @@
 new method trains a step and is scored; the CLI runs one; the prompt-learning notebook runs on them (papermill)."""
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import papermill
@@ -12,6 +10,7 @@ import pytest
 import torch
 
 from clipood_kit.core.io import save_weights
+from cli_in_process import run_cli
 from notebook_outputs import error_outputs
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -78,13 +77,12 @@ def test_ogen_in_its_own_setting_trains_and_scores_on_vit_b32(real):
     assert set(r["models"]["last"]["ood"]["far-set"]) >= {"MCM", "GL-MCM"}
 
 
-def test_the_cli_runs_cocoop_on_vit_b32_with_an_ood_folder(real, tmp_path):
+def test_the_cli_runs_cocoop_on_vit_b32_with_an_ood_folder(real, tmp_path, capsys):
     ckpt, data, ood = real
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "clipood_kit.cli", "finetune", "--model", "ViT-B-32", "--pretrained",
-                           str(ckpt), "--data", str(data), "--method", "cocoop", "--steps", "1", "--batch-size", "4",
-                           "--set", "cache_dir=off", "--ood-data", f"far:textures-like={ood}", "--set",
-                           "eval_batch_size=16", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    proc = run_cli(["finetune", "--model", "ViT-B-32", "--pretrained", str(ckpt), "--data", str(data), "--method",
+                    "cocoop", "--steps", "1", "--batch-size", "4", "--set", "cache_dir=off", "--ood-data",
+                    f"far:textures-like={ood}", "--set", "eval_batch_size=16", "--out", str(out)], capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["experiment"]["ood_data"] == [f"far:textures-like={ood}"]
