@@ -103,3 +103,23 @@ def test_no_jobs_run_nothing_and_show_no_progress_bar(capsys):
 
 def _boom_if_called(*args):
     raise AssertionError("no job should run")
+
+
+UMAP_THEN_THREADS = """
+import numpy, torch, umap
+from clipood_kit.studies.projection import fit_umap
+torch.set_num_threads(1)
+fit_umap(umap.UMAP(n_neighbors=5, random_state=0, n_jobs=1), numpy.random.default_rng(0).random((60, 8)))
+print(torch.get_num_threads())
+"""
+
+
+def test_umap_leaves_torchs_thread_count_as_it_was():
+    """A job held to one thread stays on one after a UMAP (`projection.fit_umap`): numba's OpenMP layer, started
+    by the UMAP in this fresh process, sets every core, and torch shares the setting."""
+    import os
+    import subprocess
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")          # more than the job's one, on any machine
+    proc = subprocess.run([sys.executable, "-c", UMAP_THEN_THREADS], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == "1"

@@ -14,6 +14,19 @@ def mean_displacement(reference: torch.Tensor, moved: torch.Tensor) -> float:
     return float((1 - torch.nn.functional.cosine_similarity(reference.double(), moved.double(), dim=-1)).mean())
 
 
+def fit_umap(reducer, data):
+    """`reducer.fit_transform(data)`, with torch's thread count left as it was. UMAP's nearest-neighbour search runs
+    on numba, whose OpenMP threading layer sets the process's OpenMP threads to NUMBA_NUM_THREADS (every core) when
+    it starts, and torch reads the same setting: a fan-out job or a test worker held to one thread would run every
+    later torch op on every core (seen: a test worker's next test, 10 s of CPU alone, took 170 s of CPU beside
+    other processes)."""
+    threads = torch.get_num_threads()
+    try:
+        return reducer.fit_transform(data)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], points: int, seed: int) -> dict:
     """The same `points` evaluation images (as many from every domain, seeded) under each encoder state, as the
     classifier reads them (their cosines to the class text features), projected by one UMAP fitted on every
@@ -37,7 +50,7 @@ def umap_projection(setup: Setup, states: Dict[str, Dict[str, torch.Tensor]], po
     features = [encode(setup, states[n], pick)["features"] for n in names]
     evidence = [(f @ text.T).numpy() for f in features]
     reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="euclidean", random_state=seed, n_jobs=1)
-    joint = reducer.fit_transform(np.concatenate(evidence))
+    joint = fit_umap(reducer, np.concatenate(evidence))
     n = len(pick)
     coords = {name: joint[i * n:(i + 1) * n] for i, name in enumerate(names)}
     labels, domains = setup.dataset.labels[pick].numpy(), setup.dataset.domain_ids[pick].numpy()
