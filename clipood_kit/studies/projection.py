@@ -15,11 +15,12 @@ def mean_displacement(reference: torch.Tensor, moved: torch.Tensor) -> float:
 
 
 def fit_umap(reducer, data):
-    """`reducer.fit_transform(data)`, with torch's thread count left as it was. UMAP's nearest-neighbour search runs
-    on numba, whose OpenMP threading layer sets the process's OpenMP threads to NUMBA_NUM_THREADS (every core) when
-    it starts, and torch reads the same setting: a fan-out job or a test worker held to one thread would run every
-    later torch op on every core (seen: a test worker's next test, 10 s of CPU alone, took 170 s of CPU beside
-    other processes)."""
+    """`reducer.fit_transform(data)`, with torch's thread count left as it was. UMAP sets numba's threads to its
+    n_jobs and afterwards back to numba's own count, NUMBA_NUM_THREADS, every core (umap-learn 0.5 `umap_.py`,
+    `fit`: `numba.set_num_threads(self.n_jobs)` ... `numba.set_num_threads(self._original_n_threads)`); under
+    numba's OpenMP threading layer that sets the process's OpenMP threads, which torch reads too. A fan-out job
+    or a test worker held to one thread then ran every later torch op on every core (seen: a test worker's next
+    test, 10 s of CPU alone, took 170 s of CPU beside other processes)."""
     threads = torch.get_num_threads()
     try:
         return reducer.fit_transform(data)
