@@ -7,10 +7,13 @@ from dataclasses import dataclass
 
 @dataclass
 class Completed:
-    """Named as `subprocess.CompletedProcess` names them."""
+    """Named as `subprocess.CompletedProcess` names them; unpacks as (code, out, err)."""
     returncode: int
     stdout: str
     stderr: str
+
+    def __iter__(self):
+        return iter((self.returncode, self.stdout, self.stderr))
 
 
 def run_cli(argv, capsys) -> Completed:

@@ -115,8 +115,9 @@ print(torch.get_num_threads())
 
 
 def test_umap_leaves_torchs_thread_count_as_it_was():
-    """A job held to one thread stays on one after a UMAP (`projection.fit_umap`): numba's OpenMP layer, started
-    by the UMAP in this fresh process, sets every core, and torch shares the setting."""
+    """A job held to one thread stays on one after a UMAP (`projection.fit_umap`): UMAP sets numba's threads back
+    to NUMBA_NUM_THREADS when it ends, and under numba's OpenMP layer torch shares that setting (a fresh process, so
+    the UMAP here is the process's first)."""
     import os
     import subprocess
     env = dict(os.environ, NUMBA_NUM_THREADS="2")          # more than the job's one, on any machine

@@ -13,18 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli_in_process
+from cli_in_process import run_cli
 from clipood_kit import cli
 from clipood_kit.core.io import save_weights
 from clipood_kit.models.loader import tiny_weights_path
 
 FAST = ["--per-cell", "2", "--steps", "2", "--batch-size", "4"]
-
-
-def run_cli(argv, capsys):
-    """(exit code, stdout, stderr) of the CLI in this process (`cli_in_process`)."""
-    done = cli_in_process.run_cli(argv, capsys)
-    return done.returncode, done.stdout, done.stderr
 
 
 def make_tree(root: Path, layout: dict) -> Path:

@@ -70,8 +70,8 @@ def _otter_assign(lessons: List[Path], staging: Path, out: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", _ASSIGN, str(staging), *map(str, lessons)], capture_output=True,
                           text=True)
     if proc.returncode != 0:
-        failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED ")]
-        name, message = failed[-1][len("FAILED "):].split("\t", 1) if failed else ("a notebook", proc.stderr.strip()[-300:])
+        failed = [line[len("FAILED "):] for line in proc.stderr.splitlines() if line.startswith("FAILED ")]
+        name, message = failed[-1].split("\t", 1) if failed else ("a notebook", proc.stderr.strip()[-300:])
         raise ValueError(f"otter assign failed on {name}: {message or 'no message'}; fix its assignment config or "
                          f"questions (nothing was written to {out})")
 
