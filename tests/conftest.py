@@ -85,15 +85,19 @@ def prepared_world():
 
 # The browser tests' class-room store (every lesson in its DEFAULT setting, about 6 minutes of one core) is the
 # suite's longest job. Under xdist the controller, idle otherwise, starts it in a process of its own as soon as a
-# worker has collected a browser test, and the browser tests run last, so the store is built while the workers run
-# everything else (a serial run builds it in the fixture, as before).
-CLASSROOM_BUILD = """
+# worker has collected a browser test, two lessons at a time, the longest (`LONGEST_LESSON`) first. One worker runs
+# the browser tests from the start (`BROWSER_FILES`, one work unit: `BrowserTestsTogether`), each as soon as its
+# lesson is stored (`classroom_lesson`): their waits for the page and the kernel leave cores to the store's build and
+# the other worker, instead of idling both cores at the end (a serial run builds the store in the fixture, as before).
+LONGEST_LESSON = "07_prompt_learning.ipynb"
+CLASSROOM_BUILD = f"""
 import json, sys, traceback
 from pathlib import Path
 from clipood_kit.lessons.build import prepare_store
 folder, notebooks = Path(sys.argv[1]), Path(sys.argv[2])
 try:
-    times = prepare_store(folder / "store", notebooks, progress=False)
+    times = prepare_store(folder / "store", notebooks, progress=False, keep=folder / "executed", workers=2,
+                          first=[{LONGEST_LESSON!r}])
 except BaseException:
     (folder / "failed.txt").write_text(traceback.format_exc())
     raise
@@ -107,26 +111,44 @@ def classroom_folder(root: Path) -> Path:
     return root / "classroom-background"
 
 
-# The order files are handed to the two workers (`make test` keeps it: --no-loadscope-reorder): files with more tests
-# first (xdist's own default order, which balanced the two workers best of the orders measured), then the files
-# that read a shared store after the ones that build it, and the browser files last, by which time the class-room
-# store is built (a browser file handed out earlier would wait for it with its worker idle).
-LAST = ("test_notebooks.py", "test_browser.py", "test_browser_voila.py")
+# The order files are handed to the two workers (`make test` keeps it: --no-loadscope-reorder): the browser tests first
+# (see above), then files with more tests first (xdist's own default order, which balanced the two workers best of
+# the orders measured), and the files that read the fast lessons' store after the one that builds it.
+BROWSER_FILES = ("test_browser.py", "test_browser_voila.py")
+LAST = ("test_notebooks.py",)
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Order the files: by their number of tests (most first), then `LAST`; a file's tests keep their order."""
+    """Order the files: `BROWSER_FILES`, then by their number of tests (most first), then `LAST`; a file's tests
+    keep their order."""
     from collections import Counter
     names = [Path(str(item.fspath)).name for item in items]
     counts = Counter(names)
-    rank = {id(item): (name in LAST, LAST.index(name) if name in LAST else -counts[name], name)
-            for item, name in zip(items, names)}
-    items.sort(key=lambda item: rank[id(item)])
+
+    def rank(name):
+        if name in BROWSER_FILES:
+            return (0, BROWSER_FILES.index(name), name)
+        return (2, 0, name) if name in LAST else (1, -counts[name], name)
+    ranks = {id(item): rank(name) for item, name in zip(items, names)}
+    items.sort(key=lambda item: ranks[id(item)])
 
 
 class ClassroomInBackground:
     """Registered on the xdist controller only (`pytest_configure`): a run without xdist builds the store in the
     `classroom` fixture."""
+
+    @staticmethod
+    def pytest_xdist_make_scheduler(config, log):
+        """`--dist loadfile`, but the `BROWSER_FILES` are one work unit, run by one worker (`BrowserTestsTogether`)."""
+        if config.getvalue("dist") != "loadfile":
+            return None
+        from xdist.scheduler import LoadFileScheduling
+
+        class BrowserTestsTogether(LoadFileScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                scope = super()._split_scope(nodeid)
+                return "browser tests" if Path(scope).name in BROWSER_FILES else scope
+        return BrowserTestsTogether(config, log)
 
     @staticmethod
     def pytest_xdist_node_collection_finished(node, ids):
@@ -153,11 +175,17 @@ def pytest_configure(config):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Controller: a background build still running when the session ends (browser tests deselected) is stopped."""
+    """Controller: a background build still running when the session ends (browser tests deselected) is stopped;
+    a finished one's lesson times are recorded."""
+    import json
     process = _classroom_build.get("process")
     if process is not None and process.poll() is None:
         process.terminate()
         process.wait(timeout=30)
+    if process is not None:
+        done = classroom_folder(session.config._tmp_path_factory.getbasetemp()) / "done.json"
+        if done.exists():
+            record_timing("prepare (default setting, computing)", json.loads(done.read_text()))
 
 
 ARTIFACTS = ROOT / "test-artifacts"     # screenshots and timings.json
@@ -179,25 +207,36 @@ def record_timing(key: str, values: dict) -> None:
 @pytest.fixture(scope="session")
 def classroom(tmp_path_factory):
     """The result store of every notebook's DEFAULT setting, prepared once per run (as a lecturer would before
-    class): under xdist the controller builds it in the background (`pytest_xdist_node_collection_finished`)
-    and the browser tests wait for it; a serial run builds it here."""
-    import json
-    import time
+    class): under xdist the controller builds it in the background (`pytest_xdist_node_collection_finished`) and
+    a test waits for its lesson (`classroom_lesson`); a serial run builds it here."""
     from clipood_kit.lessons.build import prepare_store
     given = os.environ.get("CLIPOOD_KIT_CLASSROOM_STORE")     # a store `clipood-kit lessons prepare` made (soak runs)
     if given:
         return Path(given)
     background = classroom_folder(run_folder(tmp_path_factory))
     if (background / "started").exists():
-        deadline = time.time() + 1800
-        while not (background / "done.json").exists():
-            failed = background / "failed.txt"
-            assert not failed.exists(), f"the class-room store's build failed:\n{failed.read_text()[-3000:]}"
-            assert time.time() < deadline, f"the class-room store's build took over 30 minutes: {background}"
-            time.sleep(2)
-        record_timing("prepare (default setting, computing)", json.loads((background / "done.json").read_text()))
         return background / "store"
     cache = tmp_path_factory.mktemp("classroom-store")
     times = prepare_store(cache, ROOT / "notebooks", progress=False, workers=2)
     record_timing("prepare (default setting, computing)", times)
     return cache
+
+
+@pytest.fixture(scope="session")
+def classroom_lesson(tmp_path_factory, classroom):
+    """`classroom_lesson(name)` returns once lesson `name` is in the class-room store: at once for a store built in
+    the fixture or given; for the background build, when it has kept the lesson's executed notebook (written after
+    the lesson's every entry). A failed build fails the test with its traceback."""
+    import time
+    background = classroom_folder(run_folder(tmp_path_factory))
+    if os.environ.get("CLIPOOD_KIT_CLASSROOM_STORE") or not (background / "started").exists():
+        return lambda name: None
+
+    def wait(name: str) -> None:
+        deadline = time.time() + 1800
+        while not (background / "executed" / name).exists():
+            failed = background / "failed.txt"
+            assert not failed.exists(), f"the class-room store's build failed:\n{failed.read_text()[-3000:]}"
+            assert time.time() < deadline, f"{name} was not in the class-room store after 30 minutes: {background}"
+            time.sleep(1)
+    return wait

@@ -165,8 +165,9 @@ def _shoot_figure(page, panel, title_start: str, path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
-def test_notebook_in_jupyterlab(lab, name):
+def test_notebook_in_jupyterlab(lab, classroom_lesson, name):
     browser, base, token, folder = lab
+    classroom_lesson(name)
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1600})      # tall enough for the 3-panel UMAP
     try:

@@ -67,10 +67,11 @@ def apps(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", sorted(APP_CONTROLS))
-def test_lesson_as_a_voila_app(chromium, classroom, apps, name):
+def test_lesson_as_a_voila_app(chromium, classroom, classroom_lesson, apps, name):
     """The app version served by Voila (the README's command): it renders from the class-room store, shows no
     reveal before its button, and every control reaches every figure it drives, on every load."""
     browser = chromium
+    classroom_lesson(name)
     port = _free_port()
     command = [sys.executable, "-m", "voila", name, f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1",
                "--theme=light", *VOILA_OPTIONS]

@@ -142,6 +142,7 @@ def test_a_student_notebook_runs_from_the_store_and_its_checks_fail_until_solved
     for cell, solution in zip(answers, solutions):
         cell["source"] = "\n".join(line.replace("  # SOLUTION", "") for line in solution.splitlines()
                                    if "BEGIN SOLUTION" not in line and "END SOLUTION" not in line)
+    solved["cells"].append(nbformat.v4.new_code_cell(MODEL_MODULES, id="model-modules"))
     in_class = {"CLIPOOD_KIT_CACHE": str(store), "CLIPOOD_KIT_NO_TRAINING": "1"}
     ran, ran_solved = _one_kernel([unsolved, solved], FAST[name], tmp_path / name, in_class)
     for nb in (ran, ran_solved):
@@ -151,6 +152,15 @@ def test_a_student_notebook_runs_from_the_store_and_its_checks_fail_until_solved
     assert before and not any(before.values()), before
     assert after == {q: True for q in before}, after
     assert _listing(store) == before_store
+    if name not in BUILDS_A_MODEL:
+        loaded = "".join("".join(o.get("text", "")) for o in ran_solved["cells"][-1]["outputs"])
+        assert loaded.strip() == "model modules: []", f"{name} read the store, yet imported {loaded}"
+
+
+# A lesson that only reads the store builds no model, so its kernel never imports open_clip or torchvision (1.7 s of
+# its start: torchvision imports torch._dynamo). Lessons 1 and 2 show one image through the zero-shot model.
+BUILDS_A_MODEL = ("01_world_and_zero_shot.ipynb", "02_margins.ipynb")
+MODEL_MODULES = "import sys\nprint('model modules:', sorted(m for m in ('open_clip', 'torchvision') if m in sys.modules))"
 
 
 def test_without_the_store_training_is_refused_and_the_fix_named(tmp_path):
@@ -249,6 +259,23 @@ def test_a_lesson_that_raises_is_named_with_its_cell_also_among_lessons_run_at_o
     assert (tmp_path / "kept" / "00_fine.ipynb").exists() and not (tmp_path / "kept" / "01_raises.ipynb").exists()
     with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
         prepare_store(tmp_path / "cache", folder, progress=False, workers=0)
+
+
+def test_the_lessons_named_first_start_first_and_times_keep_the_lessons_order(tmp_path, monkeypatch):
+    """`prepare_store(first=...)` (the suite starts its longest lesson first): the named lessons run before the
+    others, the others in their order; the times come back in the lessons' order; an unknown name is refused."""
+    from clipood_kit.lessons import build
+    ran = []
+    monkeypatch.setattr(build, "_run_lesson", lambda nb, parameters, keep: ran.append(nb.name) or float(len(ran)))
+    folder = tmp_path / "lessons"
+    folder.mkdir()
+    for name in ("01_a.ipynb", "02_b.ipynb", "03_c.ipynb"):
+        nbformat.write(nbformat.v4.new_notebook(), folder / name)
+    times = prepare_store(tmp_path / "cache", folder, progress=False, first=["03_c.ipynb"])
+    assert ran == ["03_c.ipynb", "01_a.ipynb", "02_b.ipynb"]
+    assert list(times) == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"] and times["03_c.ipynb"] == 1.0
+    with pytest.raises(ValueError, match=r"first names no lesson of .*\['04_d.ipynb'\]"):
+        prepare_store(tmp_path / "cache", folder, progress=False, first=["04_d.ipynb"])
 
 
 def test_a_store_that_cannot_be_written_is_refused_before_any_lesson_runs(tmp_path):

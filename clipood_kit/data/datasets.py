@@ -15,7 +15,6 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.transforms.functional import pil_to_tensor
 
 from clipood_kit.core.io import current_umask
 from clipood_kit.data import splits
@@ -158,6 +157,7 @@ class FolderDataset(DomainDataset):
 
 def read_image(path: Path) -> torch.Tensor:
     """An image file as uint8 3 x H x W (RGB); a clear error names a file that cannot be read."""
+    from torchvision.transforms.functional import pil_to_tensor      # torchvision costs 1.3 s to import: on use
     try:
         with Image.open(path) as img:
             return pil_to_tensor(img.convert("RGB"))

@@ -5,13 +5,9 @@ Train: RandomResizedCrop(scale 0.7-1.0) + horizontal flip + normalise (CLIPood's
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-from torchvision.transforms import InterpolationMode, v2
-
-_INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
-                  "nearest": InterpolationMode.NEAREST}
 
 
 def _size(preprocess_cfg: dict) -> int:
@@ -19,10 +15,15 @@ def _size(preprocess_cfg: dict) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-def make_transform(preprocess_cfg: dict, train: bool = False, crop_scale: Sequence[float] = (0.7, 1.0)) -> v2.Compose:
-    """The eval (or train) transform for a model whose `model.visual.preprocess_cfg` is given."""
+def make_transform(preprocess_cfg: dict, train: bool = False, crop_scale: Sequence[float] = (0.7, 1.0)) -> Callable:
+    """The eval (or train) transform (a torchvision `v2.Compose`) for a model whose `model.visual.preprocess_cfg` is
+    given. torchvision is imported here, on use: its import costs 1.3 s (it imports torch._dynamo), which a process
+    that only reads stored results does not need."""
+    from torchvision.transforms import InterpolationMode, v2
     size = _size(preprocess_cfg)
-    interpolation = _INTERPOLATION.get(preprocess_cfg.get("interpolation", "bicubic"), InterpolationMode.BICUBIC)
+    modes = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+             "nearest": InterpolationMode.NEAREST}
+    interpolation = modes.get(preprocess_cfg.get("interpolation", "bicubic"), InterpolationMode.BICUBIC)
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(list(preprocess_cfg["mean"]), list(preprocess_cfg["std"]))]
     if train:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from tqdm.auto import tqdm
 
@@ -210,28 +210,36 @@ def _run_lesson(nb: Path, parameters: dict, keep: Optional[Path]) -> float:
             raise LessonFailed(f"lesson {nb.name} failed in cell {e.exec_count}: {e.ename}: "
                                f"{str(e.evalue).splitlines()[0][:300] if e.evalue else ''}; open it in "
                                f"JupyterLab to see the cell (the store keeps what ran before)") from None
-        if keep is not None:
+        if keep is not None:                     # whole or absent: its presence says the lesson's entries are stored
             Path(keep).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(tmp) / nb.name, Path(keep) / nb.name)
+            shutil.copyfile(Path(tmp) / nb.name, Path(keep) / f".{nb.name}.incoming")
+            os.replace(Path(keep) / f".{nb.name}.incoming", Path(keep) / nb.name)
     return round(time.perf_counter() - start, 1)
 
 
 def prepare_store(cache: Path, notebooks: Optional[Path] = None, parameters: Optional[Dict[str, dict]] = None,
-                  progress: bool = True, keep: Optional[Path] = None, workers: int = 1) -> Dict[str, float]:
+                  progress: bool = True, keep: Optional[Path] = None, workers: int = 1,
+                  first: Sequence[str] = ()) -> Dict[str, float]:
     """Run every lesson once (its default setting, or `parameters[name]`) with the result store at `cache`;
-    returns each notebook's run time in seconds. `keep`: a folder for the executed notebooks (with outputs).
-    `workers`: how many lessons run at once, each in a kernel of its own (the store writes each entry atomically:
-    two lessons that compute the same entry write the same bytes)."""
+    returns each notebook's run time in seconds, in the lessons' order. `keep`: a folder for the executed notebooks
+    (with outputs), each written when its lesson has ended (so its store entries are all there). `workers`: how
+    many lessons run at once, each in a kernel of its own (the store writes each entry atomically: two lessons that
+    compute the same entry write the same bytes). `first`: lessons started before the others (the longest, so that
+    lessons run at once end together)."""
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     lessons = _notebooks(notebooks)
+    unknown = sorted(set(first) - {nb.name for nb in lessons})
+    if unknown:
+        raise ValueError(f"first names no lesson of {notebooks or default_notebooks()}: {unknown}")
     cache = check_writable_folder(cache, "--cache", "the lessons' result store")
     cache.mkdir(parents=True, exist_ok=True)
     times = {}
     previous = os.environ.get("CLIPOOD_KIT_CACHE")
     os.environ["CLIPOOD_KIT_CACHE"] = str(cache.resolve())       # the kernels inherit it
     try:
-        jobs = [(nb, (parameters or {}).get(nb.name, {}), keep) for nb in lessons]
+        start = sorted(lessons, key=lambda nb: nb.name not in first)          # stable: the rest in their order
+        jobs = [(nb, (parameters or {}).get(nb.name, {}), keep) for nb in start]
         bar = tqdm(total=len(jobs), desc="lessons", disable=not progress)
         if workers == 1:
             for job in jobs:
@@ -249,8 +257,8 @@ def prepare_store(cache: Path, notebooks: Optional[Path] = None, parameters: Opt
                         raise future.exception()
                     times[futures[future]] = future.result()
                     bar.update()
-            times = {nb.name: times[nb.name] for nb in lessons}     # in the lessons' order
         bar.close()
+        times = {nb.name: times[nb.name] for nb in lessons}         # in the lessons' order
     finally:
         if previous is None:
             os.environ.pop("CLIPOOD_KIT_CACHE", None)

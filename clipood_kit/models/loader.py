@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
-import open_clip
 import torch
 
 from clipood_kit.core.io import file_sha256
@@ -28,7 +28,16 @@ TINY_NAME = "tiny-clip-world"
 TINY_MEAN = (0.5, 0.5, 0.5)
 TINY_STD = (0.25, 0.25, 0.25)
 
-open_clip.add_model_config(CONFIG_DIR)
+
+
+@functools.lru_cache(maxsize=None)
+def _open_clip():
+    """open_clip with the embedded architectures registered, imported on first use: open_clip imports torchvision,
+    which imports torch._dynamo (1.7 s of CPU in all), and a process that only reads stored results (a lesson opened
+    from the class-room store) builds no model."""
+    import open_clip
+    open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
 
 
 def data_dir() -> Path:
@@ -131,7 +140,7 @@ def _check_reachable(name: str, tag: str, cache_dir: Optional[str], timeout: flo
     folder for URL weights) pass without a network check."""
     import socket
     from urllib.parse import urlparse
-    cfg = open_clip.get_pretrained_cfg(name, tag)
+    cfg = _open_clip().get_pretrained_cfg(name, tag)
     hub = cfg.get("hf_hub", "")
     if hub:            # open_clip prefers the hub: 'org/model/' (default file names) or 'org/model/file'
         from huggingface_hub import try_to_load_from_cache
@@ -224,7 +233,8 @@ def architectures_like(path) -> List[str]:
         return []
     if sig is None:
         return []
-    like = [m for m in open_clip.list_models() if _signature_of_config(open_clip.get_model_config(m) or {}) == sig]
+    oc = _open_clip()
+    like = [m for m in oc.list_models() if _signature_of_config(oc.get_model_config(m) or {}) == sig]
     return sorted(like, key=lambda m: (len(m), m))              # the plain name first: ViT-B-32, then variants
 
 
@@ -276,7 +286,7 @@ def check_trained_state_metadata(path, meta: dict, name: str) -> None:
         raise ValueError(f"{path}: metadata field(s) {missing} missing or empty (a run writes {list(TRAINED_STATE_FIELDS)}): "
                          f"the file was edited; use the run's own model_*.safetensors or run it again")
     arch = meta["architecture"]
-    if arch not in open_clip.list_models():
+    if arch not in _open_clip().list_models():
         raise ValueError(f"{path}: metadata field 'architecture' is {arch!r}, which is no open_clip architecture")
     if arch != name:
         raise ValueError(f"{path} holds a trained state of {arch}, not {name}: pass --model {arch}")
@@ -363,7 +373,7 @@ def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", devi
     """Build an open_clip model with its weights, tokenizer and eval preprocessing, on `device` ('auto': the
     accelerator when present)."""
     device = resolve_device(device)
-    available = open_clip.list_models()
+    available = _open_clip().list_models()
     if name not in available:
         raise ValueError(f"unknown architecture {name!r}; choose one of open_clip.list_models() "
                          f"(e.g. {TINY_NAME}, ViT-B-32, ViT-B-16, RN50)")
@@ -380,7 +390,7 @@ def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", devi
     if meta is not None:
         return _load_trained_state(name, pretrained, meta, device, cache_dir)
     if pretrained is not None and not is_file:
-        tags = open_clip.list_pretrained_tags_by_model(name)
+        tags = _open_clip().list_pretrained_tags_by_model(name)
         if pretrained not in tags:
             raise PretrainedUnavailableError(
                 f"{pretrained!r} is neither a file nor a pretrained tag of {name} (tags: {tags or 'none'}); "
@@ -388,7 +398,7 @@ def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", devi
     if pretrained is not None and not is_file:
         _check_reachable(name, pretrained, cache_dir)
     try:
-        model, _, _ = open_clip.create_model_and_transforms(
+        model, _, _ = _open_clip().create_model_and_transforms(
             name, pretrained=pretrained, device=device, cache_dir=cache_dir, weights_only=True, **kwargs)
     except Exception as e:              # noqa: BLE001 - every failure to read a weights file is one user error
         if is_file:
@@ -405,7 +415,7 @@ def load_clip(name: str = TINY_NAME, pretrained: Optional[str] = "default", devi
             f"connected machine and pass its path instead, e.g. --pretrained /path/to/open_clip_model.safetensors"
         ) from None
     model.eval()
-    tokenizer = tiny_tokenizer() if is_tiny else open_clip.get_tokenizer(name)
+    tokenizer = tiny_tokenizer() if is_tiny else _open_clip().get_tokenizer(name)
     if is_file:
         weights = f"file:{Path(pretrained).name}@{file_digest(pretrained)}"
     else:
