@@ -112,23 +112,26 @@ def classroom_folder(root: Path) -> Path:
 
 
 # The order files are handed to the two workers (`make test` keeps it: --no-loadscope-reorder): the browser tests first
-# (see above), then files with more tests first (xdist's own default order, which balanced the two workers best of
-# the orders measured), and the files that read the fast lessons' store after the one that builds it.
+# (see above), then the files that take over a minute (measured on 2 cores), longest first, then the others by their
+# number of tests (most first), so the run ends on short files that the two workers share evenly; the files that read
+# the fast lessons' store come after the one that builds it.
 BROWSER_FILES = ("test_browser.py", "test_browser_voila.py")
+LONG_FILES = ("test_lessons.py", "test_training.py", "test_fanout.py", "test_real_arch.py", "test_faults.py")
 LAST = ("test_notebooks.py",)
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Order the files: `BROWSER_FILES`, then by their number of tests (most first), then `LAST`; a file's tests
-    keep their order."""
+    """Order the files: `BROWSER_FILES`, `LONG_FILES`, the others by their number of tests (most first), `LAST`; a
+    file's tests keep their order."""
     from collections import Counter
     names = [Path(str(item.fspath)).name for item in items]
     counts = Counter(names)
 
     def rank(name):
-        if name in BROWSER_FILES:
-            return (0, BROWSER_FILES.index(name), name)
-        return (2, 0, name) if name in LAST else (1, -counts[name], name)
+        for group, files in enumerate((BROWSER_FILES, LONG_FILES)):
+            if name in files:
+                return (group, files.index(name), name)
+        return (3, 0, name) if name in LAST else (2, -counts[name], name)
     ranks = {id(item): rank(name) for item, name in zip(items, names)}
     items.sort(key=lambda item: ranks[id(item)])
 
