@@ -1,15 +1,16 @@
-"""Run a tiny CLIPood fine-tune on N CPU processes (gloo) through Accelerate's debug_launcher.
+"""Tiny runs on N CPU processes (gloo) through Accelerate's debug_launcher, several in one launch.
 
-    python tests/dist_worker.py N OUT_FILE [METHOD]
-    python tests/dist_worker.py N OUT_FILE evaluate
+    python tests/dist_worker.py N OUT_DIR JOB [JOB ...]     # JOB: a METHOD or `evaluate`
     python tests/dist_worker.py N OUT_FILE diverge
 
+A METHOD (a tiny CLIPood-style fine-tune) may carry a variant: `ogen:no-dropout` (OGEN's generator without attention
+dropout). The jobs run one after the other in the same processes (a launch's processes start once: each costs an
+interpreter, torch and the prepared world), each with its own seeds, so one launch's JOB equals another launch's.
 
-METHOD may carry a variant: `ogen:no-dropout` (OGEN's generator without attention dropout).
-
-The main process saves the evaluated encoder states to OUT_FILE (safetensors). With METHOD ogen every process
-also saves its feature generator to OUT_FILE.rank<r> (the method's own module, prepared by Accelerate like the
-model: DDP averages its gradients, so every process must hold the same generator).
+The main process saves each method's evaluated encoder states to OUT_DIR/JOB.safetensors. A method with a module
+of its own (OGEN's generator, the toy probe) also has every process save that module to OUT_DIR/JOB.safetensors.rank<r>
+(prepared by Accelerate like the model: DDP averages its gradients, so every process must hold the same module).
+`evaluate` saves the zero-shot model's features to OUT_DIR/evaluate.safetensors and its scores beside them (.json).
 
 The encoder runs in float64: AdamW divides each gradient by its running RMS, so for parameters whose true
 gradient is zero (the key bias of attention pooling: softmax ignores it) float32 summation noise, which
@@ -113,12 +114,17 @@ def diverge(out_file):
         f.write(outcome)
 
 
+def jobs(out_dir, names):
+    """Every job of `names` in turn, into `out_dir` (see the module docstring)."""
+    from pathlib import Path
+    for name in names:
+        out = str(Path(out_dir) / f"{name}.safetensors")
+        evaluate(out) if name == "evaluate" else train(out, name)
+
+
 if __name__ == "__main__":
     from accelerate import debug_launcher
-    if len(sys.argv) > 3 and sys.argv[3] == "diverge":
+    if sys.argv[3] == "diverge":
         debug_launcher(diverge, args=(sys.argv[2],), num_processes=int(sys.argv[1]))
-    elif len(sys.argv) > 3 and sys.argv[3] == "evaluate":
-        debug_launcher(evaluate, args=(sys.argv[2],), num_processes=int(sys.argv[1]))
     else:
-        debug_launcher(train, args=(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "clipood"),
-                       num_processes=int(sys.argv[1]))
+        debug_launcher(jobs, args=(sys.argv[2], sys.argv[3:]), num_processes=int(sys.argv[1]))

@@ -109,15 +109,29 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
         assert torch.equal(resumed[k], v), k
 
 
-def test_two_processes_equal_one_process(tmp_path):
-    outs = {}
+# Each method (and the sharded evaluation) runs once on one CPU process and once on two, every job of a count in one
+# launch (tests/dist_worker.py): fresh processes, started twice instead of once per job and count.
+DIST_JOBS = ("clipood", "lp-ft", "probe-ce", "ogen:no-dropout", "ogen-ft:no-dropout", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """{1: folder, 2: folder}: every `DIST_JOBS` job's files after a launch on that many processes."""
+    folders = {}
     for n in (1, 2):
-        out = tmp_path / f"p{n}.safetensors"
-        proc = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), str(n), str(out)], capture_output=True,
-                              text=True, timeout=600)
+        folders[n] = tmp_path_factory.mktemp(f"processes{n}")
+        proc = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), str(n), str(folders[n]), *DIST_JOBS],
+                              capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        outs[n] = load_file(out)
-    one, two = outs[1], outs[2]
+    return folders
+
+
+def _launch(launched, n, job):
+    return launched[n] / f"{job}.safetensors"
+
+
+def test_two_processes_equal_one_process(launched):
+    one, two = load_file(_launch(launched, 1, "clipood")), load_file(_launch(launched, 2, "clipood"))
     assert one.keys() == two.keys()
     bma_keys = [k for k in one if k.startswith("bma/")]
     assert bma_keys
@@ -128,14 +142,6 @@ def test_two_processes_equal_one_process(tmp_path):
     assert moved > 0      # the run did train: BMA differs from the last step
 
 
-def _launch(tmp_path, n, method):
-    out = tmp_path / f"{method}{n}.safetensors"
-    proc = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), str(n), str(out), method],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
 def _assert_close(a, b):
     assert a.keys() == b.keys() and a
     for k in a:
@@ -143,11 +149,11 @@ def _assert_close(a, b):
 
 
 @pytest.mark.parametrize("method", ["lp-ft", "probe-ce"])
-def test_parts_with_modules_train_the_same_on_two_processes_as_on_one(tmp_path, method):
+def test_parts_with_modules_train_the_same_on_two_processes_as_on_one(launched, method):
     """A part's module in the model (LP-FT's head, prepared with the model) and a part's own training module
     (the toy probe, prepared on its own): DDP averages every gradient, nothing is averaged by hand, and two
     processes give one process's model, and the same own module on both ranks."""
-    one, two = _launch(tmp_path, 1, method), _launch(tmp_path, 2, method)
+    one, two = _launch(launched, 1, method), _launch(launched, 2, method)
     _assert_close(load_file(one), load_file(two))
     if method == "lp-ft":
         head = load_file(one)["last/parts.lp-ft.weight"]
@@ -160,12 +166,12 @@ def test_parts_with_modules_train_the_same_on_two_processes_as_on_one(tmp_path, 
 
 
 @pytest.mark.parametrize("method", ["ogen", "ogen-ft"])
-def test_ogen_trains_the_same_on_two_processes_as_on_one(tmp_path, method):
+def test_ogen_trains_the_same_on_two_processes_as_on_one(launched, method):
     """OGEN beside a trained prompt context (ogen) or image tower (ogen-ft): its generator, prepared by Accelerate,
     is identical on every process, and two processes give one process's model and generator, because u is drawn
     for the global batch (`OGENGenerator.sample_features`). Without attention dropout: its masks are drawn per
     process (methods/ogen.py says so)."""
-    one, two = _launch(tmp_path, 1, f"{method}:no-dropout"), _launch(tmp_path, 2, f"{method}:no-dropout")
+    one, two = _launch(launched, 1, f"{method}:no-dropout"), _launch(launched, 2, f"{method}:no-dropout")
     ranks = [load_file(f"{two}.rank{r}") for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys() and ranks[0]
     for k, v in ranks[0].items():
@@ -203,15 +209,12 @@ def test_every_registered_method_trains_three_steps_and_is_scored(small, name):
     assert r["method_config"] == method.to_dict()    # results record the parts the method used, only those
 
 
-def test_evaluation_sharded_over_two_processes_equals_one_process(tmp_path):
+def test_evaluation_sharded_over_two_processes_equals_one_process(launched):
     """Each process encodes every 2nd image (a batch size of 7 leaves ragged shards); the gathered features,
     in order, and the scores equal one process's."""
     outs = {}
     for n in (1, 2):
-        out = tmp_path / f"eval{n}.safetensors"
-        proc = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), str(n), str(out), "evaluate"],
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = _launch(launched, n, "evaluate")
         outs[n] = (load_file(out), json.loads(Path(f"{out}.json").read_text()))
     (one, s1), (two, s2) = outs[1], outs[2]
     assert torch.equal(one["labels"], two["labels"]) and torch.equal(one["domains"], two["domains"])
