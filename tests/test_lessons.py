@@ -274,6 +274,9 @@ def test_the_lessons_named_first_start_first_and_times_keep_the_lessons_order(tm
     times = prepare_store(tmp_path / "cache", folder, progress=False, first=["03_c.ipynb"])
     assert ran == ["03_c.ipynb", "01_a.ipynb", "02_b.ipynb"]
     assert list(times) == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"] and times["03_c.ipynb"] == 1.0
+    ran.clear()
+    prepare_store(tmp_path / "cache", folder, progress=False, first="02_b.ipynb")       # one name as a string
+    assert ran == ["02_b.ipynb", "01_a.ipynb", "03_c.ipynb"]
     with pytest.raises(ValueError, match=r"first names no lesson of .*\['04_d.ipynb'\]"):
         prepare_store(tmp_path / "cache", folder, progress=False, first=["04_d.ipynb"])
 

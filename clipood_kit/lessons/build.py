@@ -229,6 +229,7 @@ def prepare_store(cache: Path, notebooks: Optional[Path] = None, parameters: Opt
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     lessons = _notebooks(notebooks)
+    first = [first] if isinstance(first, str) else list(first)             # one name, or several
     unknown = sorted(set(first) - {nb.name for nb in lessons})
     if unknown:
         raise ValueError(f"first names no lesson of {notebooks or default_notebooks()}: {unknown}")
