@@ -119,7 +119,10 @@ def jobs(out_dir, names):
     from pathlib import Path
     for name in names:
         out = str(Path(out_dir) / f"{name}.safetensors")
-        evaluate(out) if name == "evaluate" else train(out, name)
+        if name == "evaluate":
+            evaluate(out)
+        else:
+            train(out, name)
 
 
 if __name__ == "__main__":
